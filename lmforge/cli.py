@@ -1,0 +1,153 @@
+"""`lmforge <command>`: the command line.
+
+    lmforge run RECIPE [key=value ...] [--dry-run] [--fresh]    run a recipe's stages
+    lmforge demo [key=value ...]                                run recipes/demo.yaml
+    lmforge <stage> RECIPE [key=value ...] [--resume] [--fresh] run a recipe up to that stage
+    lmforge tokenizer train --input FILE... --out DIR           train a BPE tokenizer on any corpus
+    lmforge export CHECKPOINT OUT_DIR                           write a transformers-loadable directory
+
+User errors print one line (`error: ...`) and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+
+def find_recipe(name: str) -> Path:
+    """A recipe path as given, or a shipped recipe by name (demo -> recipes/demo.yaml)."""
+    p = Path(name)
+    if p.exists() or p.suffix in (".yaml", ".yml"):
+        return p
+    for root in (Path.cwd() / "recipes", Path(__file__).resolve().parent.parent / "recipes"):
+        cand = root / f"{name}.yaml"
+        if cand.exists():
+            return cand
+    return p
+
+
+def _pipeline_command(args, until: str | None) -> int:
+    from lmforge.config import dump_yaml, load_run_config
+    from lmforge.pipeline import run_pipeline
+    from lmforge.train.distributed import cleanup, init_distributed
+
+    cfg = load_run_config(find_recipe(args.recipe), args.overrides)
+    if args.dry_run:
+        print(dump_yaml(cfg), end="")
+        return 0
+    info = init_distributed("cuda" if cfg.train.device != "cpu" and _cuda() else "cpu")
+    try:
+        if args.fresh and info.is_main:
+            target = Path(cfg.out_dir) / cfg.name
+            if until is not None and args.command != "run":
+                target = target / until
+            shutil.rmtree(target, ignore_errors=True)
+        from lmforge.train.distributed import barrier
+
+        barrier(info)
+        run_pipeline(cfg, until=until, info=info, resume=args.resume or args.command in ("run", "demo"))
+    finally:
+        cleanup(info)
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _tokenizer_train(args) -> int:
+    from lmforge.data import SourceConfig, iter_many
+    from lmforge.stages.tokenizer import is_heldout
+    from lmforge.tokenizer import train_tokenizer
+
+    sources = [SourceConfig(path=p, format=args.format, text_field=args.text_field) for p in args.input]
+    heldout: list[str] = []
+
+    def texts():
+        for doc in iter_many(sources):
+            if is_heldout(doc) and len(heldout) < 2000:
+                heldout.append(doc)
+            else:
+                yield doc
+
+    tok = train_tokenizer(texts(), args.out, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+    print(f"wrote {Path(args.out) / 'tokenizer.json'} (vocab {tok.vocab_size})")
+    if heldout:
+        print(f"compression on {len(heldout)} held-out documents: {tok.bytes_per_token(heldout):.3f} bytes/token")
+    return 0
+
+
+def _export(args) -> int:
+    from lmforge.model.export import export_hf
+
+    out = export_hf(args.checkpoint, args.out)
+    print(f"wrote {out} (loads with transformers.AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lmforge.stages import STAGES
+
+    parser = argparse.ArgumentParser(prog="lmforge", description="Build a chat LM through every stage.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def pipeline_args(p, recipe=True):
+        if recipe:
+            p.add_argument("recipe", help="recipe YAML (or the name of one in recipes/)")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.n_layer=6")
+        p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+        p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+        p.add_argument("--fresh", action="store_true", help="delete earlier outputs and start over")
+
+    pipeline_args(sub.add_parser("run", help="run every stage of a recipe"))
+    demo = sub.add_parser("demo", help="run recipes/demo.yaml (the whole pipeline on toyworld)")
+    pipeline_args(demo, recipe=False)
+    demo.set_defaults(recipe="demo")
+    for name, stage in STAGES.items():
+        if name == "tokenizer":
+            continue
+        pipeline_args(sub.add_parser(name, help=f"{stage.description} (runs earlier stages if needed)"))
+
+    tk = sub.add_parser("tokenizer", help="tokenizer tools")
+    tks = tk.add_subparsers(dest="tok_command", required=True)
+    tr = tks.add_parser("train", help="train a byte-level BPE tokenizer on text/JSONL/parquet/HF data")
+    tr.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
+    tr.add_argument("--out", required=True, help="output directory for tokenizer.json")
+    tr.add_argument("--vocab-size", type=int, default=8192)
+    tr.add_argument("--min-frequency", type=int, default=2)
+    tr.add_argument("--format", default="auto", help="auto|text|jsonl|parquet|hf")
+    tr.add_argument("--text-field", default="text")
+
+    ex = sub.add_parser("export", help="export a checkpoint as a Hugging Face Llama directory")
+    ex.add_argument("checkpoint")
+    ex.add_argument("out")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "tokenizer":
+            return _tokenizer_train(args)
+        if args.command == "export":
+            return _export(args)
+        until = None if args.command in ("run", "demo") else args.command
+        return _pipeline_command(args, until)
+    except LmforgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Read documents from plain text, JSONL, parquet and Hugging Face datasets through one interface.
+
+Every reader yields non-empty, stripped `str` documents and turns bad input into a one-line
+`LmforgeError` naming the file (and line, for line formats), so a user can fix a 10 GB corpus
+without reading a traceback. `datasets` and `pyarrow` are imported lazily: they are slow to
+import and only needed for their own formats.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+FORMATS = ("auto", "text", "jsonl", "parquet", "hf")
+# Longest suffix first, so `x.jsonl.gz` is not taken for something ending in `.gz`.
+_EXTENSIONS = {".jsonl.gz": "jsonl", ".json.gz": "jsonl", ".jsonl": "jsonl",
+               ".txt": "text", ".md": "text", ".parquet": "parquet"}
+_EXT_HELP = ".txt, .md, .jsonl, .jsonl.gz, .json.gz, .parquet, or a datasets.save_to_disk directory"
+# Text files are read in chunks so a multi-GB file never has to sit in memory at once.
+_CHUNK_BYTES = 1 << 22
+
+
+@dataclass
+class SourceConfig:
+    path: str                  # file, directory or glob; or an HF hub id / local dataset dir (format="hf")
+    format: str = "auto"       # auto|text|jsonl|parquet|hf
+    text_field: str = "text"   # jsonl/parquet/hf column
+    split: str = "train"       # hf split
+    separator: str = "<|endoftext|>"  # text files: document separator; a file without it is one document
+
+
+def _one_line(e: BaseException) -> str:
+    """First line of an exception message: library errors are often multi-line, ours must not be."""
+    lines = str(e).strip().splitlines()
+    msg = lines[0] if lines else type(e).__name__
+    return msg if len(msg) <= 200 else msg[:197] + "..."
+
+
+def _is_saved_hf_dir(p: Path) -> bool:
+    # Dataset.save_to_disk writes state.json; DatasetDict.save_to_disk writes dataset_dict.json.
+    return p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
+
+
+def _format_of(p: Path) -> str | None:
+    if _is_saved_hf_dir(p):
+        return "hf"
+    name = p.name.lower()
+    for ext, fmt in _EXTENSIONS.items():
+        if name.endswith(ext):
+            return fmt
+    return None
+
+
+def _resolve(cfg: SourceConfig) -> list[tuple[Path | str, str]]:
+    """Expand cfg.path into (path, format) pairs, in a deterministic (sorted) order."""
+    if cfg.format not in FORMATS:
+        raise LmforgeError(f"{cfg.path}: unknown format '{cfg.format}' "
+                           f"(expected one of: {', '.join(FORMATS)})")
+    p = Path(cfg.path)
+    if cfg.format == "hf":
+        # Not a local directory: a hub id (or a path datasets knows how to load); load_dataset decides.
+        return [(p if p.exists() else cfg.path, "hf")]
+    if p.is_dir() and not _is_saved_hf_dir(p):
+        files = sorted(f for f in p.rglob("*")
+                       if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if cfg.format == "auto":
+            # In a directory, files of unknown type (READMEs, licences) are skipped, not errors.
+            pairs = [(f, fmt) for f in files if (fmt := _format_of(f)) is not None]
+        else:
+            pairs = [(f, cfg.format) for f in files]
+        if not pairs:
+            raise LmforgeError(f"{p}: no data files in directory (expected {_EXT_HELP})")
+        return pairs
+    if p.exists():
+        paths = [p]
+    elif glob.has_magic(cfg.path):
+        paths = [Path(m) for m in sorted(glob.glob(cfg.path, recursive=True)) if Path(m).is_file()]
+        if not paths:
+            raise LmforgeError(f"{cfg.path}: no files match")
+    else:
+        raise LmforgeError(f"{cfg.path}: file not found")
+    out = []
+    for f in paths:
+        fmt = cfg.format if cfg.format != "auto" else _format_of(f)
+        if fmt is None:
+            raise LmforgeError(f"{f}: cannot tell the format from the name (expected {_EXT_HELP}); "
+                               "set format explicitly")
+        out.append((f, fmt))
+    return out
+
+
+def _open_error(path, e: OSError) -> LmforgeError:
+    if isinstance(e, FileNotFoundError):
+        return LmforgeError(f"{path}: file not found")
+    return LmforgeError(f"{path}: cannot read ({e.strerror or _one_line(e)})")
+
+
+def _tail(b: bytes, k: int) -> bytes:
+    return b[max(0, len(b) - k):]
+
+
+def _iter_text(path: Path, sep: str) -> Iterator[str]:
+    """Split a text file on `sep`, streaming: a document is joined only once its end is seen."""
+    sepb = sep.encode("utf-8")
+    offset = 0  # file byte offset of the current (unfinished) document, for UTF-8 error positions
+
+    def decode(raw: bytes, at: int) -> str:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise LmforgeError(f"{path}: not valid UTF-8 at byte {at + e.start} ({e.reason})") from None
+        if at == 0:
+            text = text.lstrip("\ufeff")  # a BOM is an encoding marker, not content
+        return text.replace("\r\n", "\n").strip()
+
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise _open_error(path, e) from None
+    with f:
+        pending: list[bytes] = []  # chunks of the current document; together they hold no separator
+        tail = b""  # last len(sep) - 1 bytes of `pending`: a separator may straddle two chunks
+        while chunk := f.read(_CHUNK_BYTES):
+            if not sepb or sepb not in tail + chunk:
+                pending.append(chunk)
+                tail = _tail(tail + chunk, len(sepb) - 1)
+                continue
+            parts = (b"".join(pending) + chunk).split(sepb)
+            pending = [parts.pop()]
+            tail = _tail(pending[0], len(sepb) - 1)
+            for raw in parts:
+                if doc := decode(raw, offset):
+                    yield doc
+                offset += len(raw) + len(sepb)
+        if doc := decode(b"".join(pending), offset):
+            yield doc
+
+
+def _json_type(v) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+            float: "number"}.get(type(v), "null" if v is None else type(v).__name__)
+
+
+def _iter_jsonl(path: Path, field: str) -> Iterator[str]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        f = opener(path, "rb")  # bytes, decoded per line, so a UTF-8 error gets its own line number
+    except OSError as e:
+        raise _open_error(path, e) from None
+    with f:
+        lineno = 0
+        try:
+            for lineno, raw in enumerate(f, 1):  # noqa: B007 (lineno is read in the except below)
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise LmforgeError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+                if not isinstance(obj, dict):
+                    raise LmforgeError(f"{path}:{lineno}: expected a JSON object with field '{field}', "
+                                       f"got {_json_type(obj)}")
+                if field not in obj:
+                    raise LmforgeError(f"{path}:{lineno}: missing field '{field}' (fields: {', '.join(obj)})")
+                text = obj[field]
+                if text is None:  # null is treated like an empty document (skipped), as in parquet
+                    continue
+                if not isinstance(text, str):
+                    raise LmforgeError(f"{path}:{lineno}: field '{field}' must be a string, "
+                                       f"got {_json_type(text)}")
+                if text := text.strip():
+                    yield text
+        except UnicodeDecodeError as e:
+            raise LmforgeError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
+        except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz
+            raise LmforgeError(f"{path}: cannot read ({_one_line(e)})") from None
+
+
+def _check_column(path, names: list[str], field: str, is_text: bool | None) -> None:
+    if field not in names:
+        raise LmforgeError(f"{path}: missing column '{field}' (columns: {', '.join(names)})")
+    if is_text is False:
+        raise LmforgeError(f"{path}: column '{field}' must hold strings")
+
+
+def _iter_parquet(path: Path, field: str) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise LmforgeError(f"{path}: file not found") from None
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError for non-parquet bytes
+        raise LmforgeError(f"{path}: cannot read ({_one_line(e)})") from None
+    schema = pf.schema_arrow
+    names = list(schema.names)
+    if field in names:
+        t = schema.field(field).type
+        is_text = (pa.types.is_string(t) or pa.types.is_large_string(t)
+                   or getattr(pa.types, "is_string_view", lambda _: False)(t))
+    else:
+        is_text = None
+    _check_column(path, names, field, is_text)
+    try:
+        for batch in pf.iter_batches(columns=[field], batch_size=1024):
+            for text in batch.column(0).to_pylist():
+                if text and (text := text.strip()):
+                    yield text
+    except Exception as e:
+        raise LmforgeError(f"{path}: cannot read ({_one_line(e)})") from None
+
+
+def _iter_hf(path: Path | str, field: str, split: str) -> Iterator[str]:
+    import datasets
+
+    try:
+        if isinstance(path, Path) and _is_saved_hf_dir(path):
+            ds = datasets.load_from_disk(str(path))
+        else:
+            ds = datasets.load_dataset(str(path), split=split)
+    except Exception as e:  # hub/network/format errors: all mean "could not load what you named"
+        raise LmforgeError(f"{path}: cannot load dataset ({_one_line(e)})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise LmforgeError(f"{path}: no split '{split}' (splits: {', '.join(ds)})")
+        ds = ds[split]
+    feat = ds.features.get(field)
+    is_text = None if feat is None else (isinstance(feat, datasets.Value)
+                                         and feat.dtype in ("string", "large_string"))
+    _check_column(path, list(ds.column_names), field, is_text)
+    for batch in ds.select_columns([field]).iter(batch_size=1024):
+        for text in batch[field]:
+            if text and (text := text.strip()):
+                yield text
+
+
+def _iter_source(cfg: SourceConfig) -> Iterator[str]:
+    for path, fmt in _resolve(cfg):
+        if fmt == "text":
+            yield from _iter_text(path, cfg.separator)
+        elif fmt == "jsonl":
+            yield from _iter_jsonl(path, cfg.text_field)
+        elif fmt == "parquet":
+            yield from _iter_parquet(path, cfg.text_field)
+        else:
+            yield from _iter_hf(path, cfg.text_field, cfg.split)
+
+
+def iter_documents(cfg: SourceConfig) -> Iterator[str]:
+    """Yield the non-empty, stripped documents of one source; LmforgeError on bad or empty input."""
+    n = 0
+    for doc in _iter_source(cfg):
+        n += 1
+        yield doc
+    if n == 0:
+        raise LmforgeError(f"{cfg.path}: empty corpus (no documents)")
+
+
+def iter_many(cfgs: list[SourceConfig]) -> Iterator[str]:
+    """Documents of several sources, one after the other. Only an empty *total* is an error:
+    one empty file in a mix is allowed (its siblings carry the corpus)."""
+    if not cfgs:
+        raise LmforgeError("data sources: none given (expected at least one source)")
+    n = 0
+    for cfg in cfgs:
+        for doc in _iter_source(cfg):
+            n += 1
+            yield doc
+    if n == 0:
+        raise LmforgeError(f"{', '.join(c.path for c in cfgs)}: empty corpus (no documents)")

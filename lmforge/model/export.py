@@ -1,0 +1,71 @@
+"""Export an lmforge checkpoint as a Hugging Face `LlamaForCausalLM` directory.
+
+The result (config.json, model.safetensors, tokenizer files, generation_config.json)
+loads with `transformers.AutoModelForCausalLM.from_pretrained(dir)` and in vLLM.
+Only the Llama-compatible architecture exports: RMSNorm, pre-norm, RoPE, SwiGLU,
+MHA/GQA/MQA, causal, full attention, no QK-norm (tied embeddings are fine).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+from lmforge.model.io import load_model, state_dict_for_saving
+from lmforge.tokenizer import Tokenizer
+from lmforge.utils import atomic_write_bytes, write_json
+
+
+def llama_config(cfg, tok: Tokenizer) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.ffn_hidden,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": tok.eos_id,
+        "pad_token_id": tok.pad_id,
+        "torch_dtype": "float32",
+    }
+
+
+def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    from safetensors.torch import save
+
+    model = load_model(ckpt_dir)
+    cfg = model.cfg
+    if not cfg.llama_compatible:
+        raise LmforgeError(
+            f"{ckpt_dir}: only the Llama-compatible architecture exports to transformers "
+            f"(norm=rmsnorm, norm_position=pre, position=rope, mlp=swiglu, qk_norm=false, "
+            f"sliding_window=0, mask=causal); this model has norm={cfg.norm}, "
+            f"norm_position={cfg.norm_position}, position={cfg.position}, mlp={cfg.mlp}, "
+            f"qk_norm={cfg.qk_norm}, sliding_window={cfg.sliding_window}, mask={cfg.mask}")
+    tok = Tokenizer.load(ckpt_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(Path(ckpt_dir) / name, out / name)
+    atomic_write_bytes(out / "model.safetensors", save(state_dict_for_saving(model), metadata={"format": "pt"}))
+    write_json(out / "generation_config.json", {
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": [tok.eos_id, tok.special["<|end_of_turn|>"]],
+        "pad_token_id": tok.pad_id,
+    })
+    write_json(out / "config.json", llama_config(cfg, tok))  # last: marks the export complete
+    return out

@@ -1,0 +1,143 @@
+"""The pipeline runner: a recipe lists stages; each writes into runs/<name>/<stage>/.
+
+A stage is complete when its `stage.json` exists (written last, atomically); complete
+stages are skipped, so running the same recipe again resumes where it stopped. Every
+stage's metrics are gathered into runs/<name>/summary.json (stage -> metric -> value).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.train.distributed import DistInfo, barrier
+from lmforge.utils import atomic_write_text, read_json, write_json
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[RunContext], dict]     # returns the stage's metrics (flat: name -> number/string)
+    requires: tuple[str, ...] = ()        # stages whose outputs it reads
+    distributed: bool = False             # runs on every rank (training); else on rank 0 only
+    description: str = ""
+
+
+@dataclass
+class RunContext:
+    cfg: object                            # RunConfig
+    info: DistInfo = field(default_factory=DistInfo)
+    resume: bool = True                    # continue a stage from its latest checkpoint
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.out_dir) / self.cfg.name
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def is_complete(self, name: str) -> bool:
+        return (self.stage_dir(name) / "stage.json").exists()
+
+    def metrics(self, name: str) -> dict:
+        p = self.stage_dir(name) / "stage.json"
+        if not p.exists():
+            raise LmforgeError(f"{p.parent}: stage '{name}' has not been run (no stage.json)")
+        return read_json(p)["metrics"]
+
+    def log(self, msg: str) -> None:
+        if self.info.is_main:
+            print(msg, flush=True)
+
+
+def stages_up_to(cfg, until: str | None) -> list[str]:
+    names = list(cfg.stages)
+    if until is None:
+        return names
+    if until not in names:
+        raise LmforgeError(f"stage '{until}' is not in this recipe's stages ({', '.join(names)})")
+    return names[: names.index(until) + 1]
+
+
+def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, resume: bool = True) -> dict:
+    """Run the recipe's stages in order (up to `until`), skipping complete ones."""
+    from lmforge.config import dump_yaml
+    from lmforge.stages import STAGES
+
+    ctx = RunContext(cfg=cfg, info=info or DistInfo(), resume=resume)
+    names = stages_up_to(cfg, until)
+    if ctx.info.is_main:
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(ctx.run_dir / "config.yaml", dump_yaml(cfg))
+        _write_hardware(ctx.run_dir)
+    for name in names:
+        stage = STAGES[name]
+        missing = [r for r in stage.requires if not ctx.is_complete(r) and r not in names]
+        if missing:
+            raise LmforgeError(f"stage '{name}' needs {', '.join(missing)} first; add it to stages")
+        if ctx.is_complete(name):
+            ctx.log(f"[{name}] complete, skipping ({ctx.stage_dir(name)})")
+            continue
+        ctx.log(f"[{name}] {stage.description}")
+        t0 = time.time()
+        metrics = None
+        if stage.distributed or ctx.info.is_main:
+            ctx.stage_dir(name).mkdir(parents=True, exist_ok=True)
+            metrics = stage.run(ctx)
+        barrier(ctx.info)
+        if ctx.info.is_main:
+            seconds = time.time() - t0
+            write_json(ctx.stage_dir(name) / "stage.json",
+                       {"stage": name, "seconds": round(seconds, 2), "metrics": metrics or {}})
+            ctx.log(f"[{name}] done in {seconds:.1f}s")
+        barrier(ctx.info)
+    summary = write_summary(ctx)
+    if ctx.info.is_main:
+        print(format_summary(summary))
+    return summary
+
+
+def _write_hardware(run_dir: Path) -> None:
+    hw = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+          "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    write_json(run_dir / "hardware.json", hw)
+
+
+def write_summary(ctx: RunContext) -> dict:
+    summary = {}
+    for name in ctx.cfg.stages:
+        p = ctx.stage_dir(name) / "stage.json"
+        if p.exists():
+            rec = read_json(p)
+            summary[name] = {**rec["metrics"], "seconds": rec["seconds"]}
+    if ctx.info.is_main:
+        write_json(ctx.run_dir / "summary.json", summary)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    rows = [(stage, k, v) for stage, m in summary.items() for k, v in m.items()]
+    if not rows:
+        return "(no completed stages)"
+    w1 = max(len(r[0]) for r in rows + [("stage", "", "")])
+    w2 = max(len(r[1]) for r in rows + [("", "metric", "")])
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return json.dumps(v) if not isinstance(v, str) else v
+
+    lines = [f"{'stage':<{w1}}  {'metric':<{w2}}  value", f"{'-' * w1}  {'-' * w2}  -----"]
+    prev = None
+    for stage, k, v in rows:
+        lines.append(f"{stage if stage != prev else '':<{w1}}  {k:<{w2}}  {fmt(v)}")
+        prev = stage
+    return "\n".join(lines)

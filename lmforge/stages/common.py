@@ -1,0 +1,40 @@
+"""Helpers several stages share: where the corpus and the tokenizer of a run live."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+
+def pretraining_documents(ctx) -> Iterator[str]:
+    """The recipe's pretraining text: its data sources, or else the toyworld corpus."""
+    from lmforge.data import iter_many
+
+    if ctx.cfg.data.sources:
+        yield from iter_many(ctx.cfg.data.sources)
+        return
+    path = ctx.stage_dir("toyworld") / "corpus.jsonl"
+    if not path.exists():
+        raise LmforgeError(f"{path}: missing; add the 'toyworld' stage or set data.sources")
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)["text"]
+
+
+def tokenizer_dir(ctx) -> Path:
+    """An explicit tokenizer.path, or the one the `tokenizer` stage trained."""
+    if ctx.cfg.tokenizer.path:
+        return Path(ctx.cfg.tokenizer.path)
+    return ctx.stage_dir("tokenizer")
+
+
+def load_world(ctx):
+    from lmforge.toyworld import World
+
+    path = ctx.stage_dir("toyworld") / "world.json"
+    if not path.exists():
+        raise LmforgeError(f"{path}: missing; the toyworld stage has not run")
+    return World.load(path)

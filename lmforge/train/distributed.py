@@ -1,0 +1,82 @@
+"""Process-group setup and model wrapping for torchrun (DDP or FSDP2).
+
+World size 1 takes the same code path with no wrapping, so single-process runs need no
+special case. The model code itself never sees any of this.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group torchrun describes through env vars; no-op for a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank=rank, local_rank=local, world_size=world)
+
+
+def resolve_device(choice: str, info: DistInfo) -> torch.device:
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def parallelize(model: torch.nn.Module, info: DistInfo, mode: str, device: torch.device) -> torch.nn.Module:
+    """Wrap for data parallelism: DDP (replicated weights) or FSDP2 (sharded per block)."""
+    if not info.enabled:
+        return model
+    if mode == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.model.layers:  # shard each block, then the root (embeddings, head)
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,82 @@
+"""Recipes, overrides and the exact errors for bad configuration."""
+
+from pathlib import Path
+
+import pytest
+
+from lmforge.cli import main
+from lmforge.config import dump_yaml, load_run_config
+from lmforge.errors import LmforgeError
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def test_recipes_exist():
+    assert len(RECIPES) >= 2
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(recipe):
+    cfg = load_run_config(recipe)
+    assert cfg.stages and cfg.name
+    assert load_run_config(recipe, []) == cfg
+
+
+def test_overrides_are_typed(tmp_path):
+    cfg = load_run_config(ROOT / "recipes/demo.yaml", ["train.lr=3e-4", "model.n_layer=6", "train.compile=true",
+                                                       "stages=toyworld,tokenizer"])
+    assert cfg.train.lr == 3e-4 and cfg.model.n_layer == 6 and cfg.train.compile is True
+    assert cfg.stages == ["toyworld", "tokenizer"]
+
+
+def test_list_of_sources_override():
+    cfg = load_run_config(None, ["data.sources=[{path: a.txt}, {path: b.jsonl, text_field: body}]",
+                                 "data.sources.1.text_field=content"])
+    assert [s.path for s in cfg.data.sources] == ["a.txt", "b.jsonl"]
+    assert cfg.data.sources[1].text_field == "content"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.lrr=1", "override: unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+    ("modle.n_layer=2", "override: unknown key 'modle' (did you mean 'model'?)"),
+    ("train.steps=abc", "train.steps: expected an integer, got 'abc'"),
+    ("train.lr=fast", "train.lr: expected a number, got 'fast'"),
+    ("train.compile=maybe", "train.compile: expected true or false, got 'maybe'"),
+    ("stages=[toyworld,pretrian]", "stages: unknown stage 'pretrian' (did you mean 'pretrain'?)"),
+    ("train.schedule=linear", "train.schedule: expected one of cosine, wsd, constant, got 'linear'"),
+    ("lr", "override 'lr': expected key=value (e.g. train.lr=3e-4)"),
+])
+def test_bad_overrides_give_one_line_errors(override, message):
+    with pytest.raises(LmforgeError) as e:
+        load_run_config(ROOT / "recipes/demo.yaml", [override])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_recipe_files(tmp_path):
+    with pytest.raises(LmforgeError, match=r"nope.yaml: recipe file not found"):
+        load_run_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stpes: 10\n")
+    with pytest.raises(LmforgeError, match=r"bad.yaml: unknown key 'train.stpes' \(did you mean 'train.steps'\?\)"):
+        load_run_config(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [1, 2\n")
+    with pytest.raises(LmforgeError, match=r"broken.yaml:\d+: invalid YAML"):
+        load_run_config(broken)
+
+
+def test_cli_exit_code_2_and_one_line(tmp_path, capsys):
+    rc = main(["pretrain", str(ROOT / "recipes/demo.yaml"), "train.lrr=1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err == "error: override: unknown key 'train.lrr' (did you mean 'train.lr'?)\n"
+
+
+def test_dry_run_prints_resolved_config(capsys):
+    assert main(["pretrain", str(ROOT / "recipes/demo.yaml"), "model.n_layer=7", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "n_layer: 7" in out
+    assert load_run_config(ROOT / "recipes/demo.yaml", ["model.n_layer=7"]) is not None
+    assert dump_yaml(load_run_config(ROOT / "recipes/demo.yaml", ["model.n_layer=7"])) == out

@@ -1,0 +1,98 @@
+"""Transformer variants: shapes, masking semantics, KV-cache consistency, parameter names."""
+
+import pytest
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.model.config import ModelConfig, depth_preset
+from lmforge.model.layers import alibi_slopes
+from lmforge.model.transformer import KVCache, Transformer
+
+VARIANTS = [
+    {},
+    dict(norm="layernorm", position="learned", mlp="gelu"),
+    dict(position="alibi", mlp="relu2", n_kv_head=1, qk_norm=True),
+    dict(sliding_window=3, n_kv_head=2, tie_embeddings=True),
+    dict(norm_position="post", position="none"),
+]
+
+
+def tiny(**kw):
+    return ModelConfig(**{**dict(vocab_size=50, n_layer=2, d_model=32, n_head=4, max_seq_len=32), **kw})
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_variants_are_causal_and_cache_consistent(kw):
+    torch.manual_seed(0)
+    model = Transformer(tiny(**kw)).eval()
+    x = torch.randint(0, 50, (2, 12))
+    full = model(x)
+    # causality: changing a later token never changes earlier logits
+    x2 = x.clone()
+    x2[:, 8] = (x2[:, 8] + 1) % 50
+    assert torch.allclose(model(x2)[:, :8], full[:, :8], atol=1e-6)
+    assert not torch.allclose(model(x2)[:, 8:], full[:, 8:], atol=1e-6)
+    # a prefill of 7 tokens then single-token decoding through the cache reproduces the full pass
+    cache = KVCache(model.cfg, 2, 16, "cpu", torch.float32)
+    parts = [model(x[:, :7], cache=cache, start=0)]
+    for t in range(7, 12):
+        parts.append(model(x[:, t:t + 1], cache=cache, start=t))
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+
+
+def test_sliding_window_limits_what_a_token_sees():
+    torch.manual_seed(0)
+    model = Transformer(tiny(sliding_window=2, n_layer=1)).eval()
+    x = torch.randint(0, 50, (1, 10))
+    x2 = x.clone()
+    x2[0, 2] = (x2[0, 2] + 1) % 50
+    # with one layer and a window of 2, position 5 sees positions 4 and 5 only
+    assert torch.allclose(model(x)[0, 5], model(x2)[0, 5], atol=1e-6)
+    assert not torch.allclose(model(x)[0, 3], model(x2)[0, 3], atol=1e-6)
+
+
+def test_prefix_lm_is_bidirectional_inside_the_prefix_only():
+    torch.manual_seed(0)
+    model = Transformer(tiny(mask="prefix", n_layer=1)).eval()
+    x = torch.randint(0, 50, (1, 10))
+    x2 = x.clone()
+    x2[0, 3] = (x2[0, 3] + 1) % 50
+    pl = torch.tensor([5])
+    a, b = model(x, prefix_len=pl), model(x2, prefix_len=pl)
+    assert not torch.allclose(a[0, 1], b[0, 1], atol=1e-6)  # position 1 sees position 3 (both in prefix)
+    x3 = x.clone()
+    x3[0, 7] = (x3[0, 7] + 1) % 50
+    assert torch.allclose(model(x3, prefix_len=pl)[0, :7], a[0, :7], atol=1e-6)  # after the prefix: causal
+
+
+def test_llama_parameter_names():
+    names = set(Transformer(tiny(n_kv_head=2)).state_dict())
+    for n in ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+              "model.layers.1.self_attn.k_proj.weight", "model.layers.0.mlp.gate_proj.weight",
+              "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
+              "model.norm.weight", "lm_head.weight"]:
+        assert n in names
+    k = Transformer(tiny(n_kv_head=2)).model.layers[0].self_attn.k_proj.weight
+    assert k.shape == (2 * 8, 32)  # grouped-query: 2 kv heads of dim 8
+
+
+def test_tied_embeddings_share_storage():
+    m = Transformer(tiny(tie_embeddings=True))
+    assert m.lm_head.weight.data_ptr() == m.model.embed_tokens.weight.data_ptr()
+    assert m.num_params() == Transformer(tiny()).num_params() - 50 * 32
+
+
+def test_alibi_slopes_match_the_paper():
+    # 8 heads: 2^-1 ... 2^-8
+    assert torch.allclose(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
+    assert alibi_slopes(6).shape == (6,)
+
+
+def test_depth_preset_and_bad_choices():
+    assert depth_preset(4) == (4, 256, 4)
+    cfg = ModelConfig(vocab_size=10, depth=6)
+    assert (cfg.n_layer, cfg.d_model, cfg.n_head) == (6, 384, 6)
+    with pytest.raises(LmforgeError, match="model.mlp: expected one of swiglu, gelu, relu2, got 'silu'"):
+        ModelConfig(mlp="silu")
+    with pytest.raises(LmforgeError, match=r"model.n_head \(4\) must be divisible by model.n_kv_head \(3\)"):
+        ModelConfig(n_head=4, d_model=64, n_kv_head=3)
