@@ -169,7 +169,7 @@ def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
 
 
 def dump_yaml(cfg) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
 
 
 # ---- the run configuration: composes every component's config ---------------------------

@@ -125,6 +125,9 @@ class Tokenizer:
 
     def __init__(self, tok):
         self.tok = tok
+        # Text is always text: a document that contains "<|user|>" must not smuggle in a real
+        # turn marker. Special tokens enter sequences only by id, from lmforge's own rendering.
+        self.tok.encode_special_tokens = True
         self.vocab_size = tok.get_vocab_size()
         ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
         missing = [t for t, i in ids.items() if i is None]

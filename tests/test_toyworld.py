@@ -226,6 +226,21 @@ def test_fact_sentences_are_true(world, docs):
     assert [s for s in sentences if s not in allowed] == []
 
 
+def test_canonical_per_fact_repeats_the_canonical_sentence(world):
+    """`canonical_per_fact` of the `paraphrases_per_fact` mentions use the canonical sentence."""
+    cfg = CorpusConfig(paraphrases_per_fact=5, canonical_per_fact=2, n_stories=0, n_arithmetic_docs=0,
+                       n_word_problems=0)
+    docs = corpus_documents(world, cfg)
+    sentences = [s for d in docs if d.kind == "facts" for s in re.split(r"(?<=\.)[ \n]", d.text)]
+    assert len(sentences) == 5 * len(world.facts)
+    counts = Counter(sentences)
+    for f in world.facts:
+        assert counts[canonical_sentence(f)] == 2, canonical_sentence(f)
+    for bad in (CorpusConfig(canonical_per_fact=0), CorpusConfig(paraphrases_per_fact=2, canonical_per_fact=3)):
+        with pytest.raises(LmforgeError):
+            pretraining_corpus(world, bad)
+
+
 def test_corpus_composition_and_size(world, docs):
     cfg = CorpusConfig()
     stats = corpus_stats(docs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ class SourceConfig:
     text_field: str = "text"   # jsonl/parquet/hf column
     split: str = "train"       # hf split
     separator: str = "<|endoftext|>"  # text files: document separator; a file without it is one document
+    name: str = ""             # hf: dataset configuration name (e.g. "sample-10BT" for fineweb-edu)
+    streaming: bool = False    # hf: stream from the hub instead of downloading the whole dataset first
+    max_documents: int = 0     # stop after this many documents from this source (0: all)
 
 
 def _one_line(e: BaseException) -> str:
@@ -218,20 +222,28 @@ def _iter_parquet(path: Path, field: str) -> Iterator[str]:
         raise LmforgeError(f"{path}: cannot read ({_one_line(e)})") from None
 
 
-def _iter_hf(path: Path | str, field: str, split: str) -> Iterator[str]:
+def _iter_hf(path: Path | str, cfg: SourceConfig) -> Iterator[str]:
     import datasets
 
+    field, split = cfg.text_field, cfg.split
     try:
         if isinstance(path, Path) and _is_saved_hf_dir(path):
             ds = datasets.load_from_disk(str(path))
         else:
-            ds = datasets.load_dataset(str(path), split=split)
+            ds = datasets.load_dataset(str(path), cfg.name or None, split=split, streaming=cfg.streaming)
     except Exception as e:  # hub/network/format errors: all mean "could not load what you named"
         raise LmforgeError(f"{path}: cannot load dataset ({_one_line(e)})") from None
-    if isinstance(ds, datasets.DatasetDict):
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split not in ds:
             raise LmforgeError(f"{path}: no split '{split}' (splits: {', '.join(ds)})")
         ds = ds[split]
+    if isinstance(ds, datasets.IterableDataset):  # streaming: columns are only known row by row
+        for i, row in enumerate(ds):
+            if field not in row:
+                raise LmforgeError(f"{path}: row {i}: missing field '{field}' (fields: {', '.join(row)})")
+            if isinstance(row[field], str) and (text := row[field].strip()):
+                yield text
+        return
     feat = ds.features.get(field)
     is_text = None if feat is None else (isinstance(feat, datasets.Value)
                                          and feat.dtype in ("string", "large_string"))
@@ -243,6 +255,13 @@ def _iter_hf(path: Path | str, field: str, split: str) -> Iterator[str]:
 
 
 def _iter_source(cfg: SourceConfig) -> Iterator[str]:
+    docs = _iter_all(cfg)
+    if cfg.max_documents > 0:
+        docs = itertools.islice(docs, cfg.max_documents)
+    yield from docs
+
+
+def _iter_all(cfg: SourceConfig) -> Iterator[str]:
     for path, fmt in _resolve(cfg):
         if fmt == "text":
             yield from _iter_text(path, cfg.separator)
@@ -251,7 +270,7 @@ def _iter_source(cfg: SourceConfig) -> Iterator[str]:
         elif fmt == "parquet":
             yield from _iter_parquet(path, cfg.text_field)
         else:
-            yield from _iter_hf(path, cfg.text_field, cfg.split)
+            yield from _iter_hf(path, cfg)
 
 
 def iter_documents(cfg: SourceConfig) -> Iterator[str]:

@@ -62,6 +62,8 @@ def equation(a: int, op: str, b: int) -> str:
 @dataclass
 class CorpusConfig:
     paraphrases_per_fact: int = 3     # mentions in "facts" documents; the first is canonical
+    canonical_per_fact: int = 1       # how many of those mentions use the canonical sentence (the rest
+                                      # cycle through the other paraphrases)
     n_stories: int = 1080             # 6 per person with the default world
     n_arithmetic_docs: int = 400
     arithmetic_lines_per_doc: int = 10  # on average; each document has 0.5x to 1.5x this many
@@ -75,6 +77,9 @@ class CorpusConfig:
         for key in ("n_stories", "n_arithmetic_docs", "n_word_problems"):
             if getattr(self, key) < 0:
                 raise LmforgeError(f"corpus config: {key} must be >= 0, got {getattr(self, key)}")
+        if not 1 <= self.canonical_per_fact <= self.paraphrases_per_fact:
+            raise LmforgeError("corpus config: canonical_per_fact must be in 1..paraphrases_per_fact "
+                               f"({self.paraphrases_per_fact}), got {self.canonical_per_fact}")
         if self.arithmetic_lines_per_doc < 1:
             raise LmforgeError("corpus config: arithmetic_lines_per_doc must be >= 1")
 
@@ -120,15 +125,16 @@ def _encyclopedia(rng: random.Random, world: World) -> list[Document]:
     return docs
 
 
-def _fact_notes(rng: random.Random, world: World, mentions: int) -> list[Document]:
+def _fact_notes(rng: random.Random, world: World, mentions: int, canonical: int = 1) -> list[Document]:
     paragraphs = []
     for e in world.entities:
-        # Per fact: the canonical sentence, then distinct paraphrases while they last.
+        # Per fact: the canonical sentence `canonical` times, then distinct paraphrases while they
+        # last (cycling when there are more mentions than paraphrases).
         phrasings = {}
         for r in e.attrs:
             extra = list(T.PARAPHRASES[r])
             rng.shuffle(extra)
-            phrasings[r] = [T.CANONICAL[r]] + [extra[i % len(extra)] for i in range(mentions - 1)]
+            phrasings[r] = [T.CANONICAL[r]] * canonical + [extra[i % len(extra)] for i in range(mentions - canonical)]
         for i in range(mentions):
             rels = list(e.attrs)
             rng.shuffle(rels)
@@ -243,7 +249,7 @@ def corpus_documents(world: World, config: CorpusConfig | None = None) -> list[D
     kinds = sorted(T.WORD_PROBLEMS)
     wp_rng = stream("word_problems")
     docs = (_encyclopedia(stream("encyclopedia"), world)
-            + _fact_notes(stream("facts"), world, cfg.paraphrases_per_fact)
+            + _fact_notes(stream("facts"), world, cfg.paraphrases_per_fact, cfg.canonical_per_fact)
             + _stories(stream("stories"), world, cfg.n_stories)
             + _arithmetic(stream("arithmetic"), cfg.n_arithmetic_docs, cfg.arithmetic_lines_per_doc)
             + [Document("word_problem", word_problem(wp_rng, world, kinds[i % len(kinds)])[0])

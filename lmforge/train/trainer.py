@@ -81,8 +81,9 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.tied = bool(getattr(getattr(self.model, "cfg", None), "tie_embeddings", False))
         self.model.to(self.device)
-        self.optimizer = build_optimizer(self.model, self.cfg, self.lr, self.device)
+        # FSDP2 swaps parameters for sharded DTensors, so the optimizer is built after wrapping
         self.wrapped = parallelize(self.model, self.info, self.cfg.parallel, self.device)
+        self.optimizer = build_optimizer(self.model, self.cfg, self.lr, self.device)
         if self.cfg.compile:
             self.wrapped = torch.compile(self.wrapped)
         self.logger = MetricsLogger(self.out_dir, enabled=self.info.is_main, tensorboard=self.cfg.tensorboard)
@@ -139,7 +140,11 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self, start_step: int = 0, stop_at: int | None = None) -> dict:
-        """Train from `start_step` to cfg.steps (or stop early at `stop_at`, for tests of resumption)."""
+        """Train from `start_step` to cfg.steps.
+
+        `stop_at` ends the loop early without a final checkpoint, exactly like a killed process
+        (tests use it to check that resumption reproduces the uninterrupted run).
+        """
         from tqdm.auto import tqdm
 
         cfg, end = self.cfg, min(self.cfg.steps, stop_at or self.cfg.steps)
@@ -177,7 +182,7 @@ class Trainer:
                     (cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
                 self.logger.log(done, "sample", **self.sample(self.model, done))
                 t_mark = time.perf_counter()
-            if done % cfg.ckpt_every == 0 or done == end:
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
                 self.save(done)
                 t_mark = time.perf_counter()
         bar.close()

@@ -1,0 +1,72 @@
+"""The pipeline runner and CLI end to end, on a tiny configuration."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmforge.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=300",
+        "train.steps=6", "train.micro_batch_size=4", "train.seq_len=32", "train.warmup_steps=1",
+        "train.eval_every=3", "train.eval_batches=2", "train.ckpt_every=3", "train.progress=false",
+        "train.tensorboard=false", "eval.cloze_limit=10", "eval.arithmetic_probes=10",
+        "toyworld.corpus.n_stories=20", "toyworld.corpus.n_arithmetic_docs=10",
+        "toyworld.corpus.n_word_problems=10"]
+
+
+def run(tmp_path, *extra, command="run"):
+    return main([command, str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "name=t", *TINY, *extra])
+
+
+def test_run_writes_every_stage_and_a_summary_then_skips(tmp_path, capsys):
+    assert run(tmp_path) == 0
+    summary = json.loads((tmp_path / "t/summary.json").read_text())
+    assert list(summary) == ["toyworld", "tokenizer", "pretrain", "eval_base"]
+    assert summary["toyworld"]["facts"] >= 1500
+    assert summary["pretrain"]["steps"] == 6 and summary["pretrain"]["tokens_per_s"] > 0
+    assert 0.0 <= summary["eval_base"]["cloze_heldout_acc"] <= 1.0
+    for name in ("model.safetensors", "model_config.json", "tokenizer.json"):
+        assert (tmp_path / "t/pretrain/model" / name).exists()
+    metrics = [json.loads(x) for x in (tmp_path / "t/pretrain/metrics.jsonl").read_text().splitlines()]
+    assert {m["kind"] for m in metrics} >= {"train", "eval", "sample"}
+    assert (tmp_path / "t/pretrain/tensorboard").exists() is False
+    out = capsys.readouterr().out
+    assert "cloze_heldout_acc" in out  # the summary table
+    # a second run skips every complete stage
+    assert run(tmp_path) == 0
+    assert capsys.readouterr().out.count("complete, skipping") == 4
+
+
+def test_stage_command_refuses_to_clobber_checkpoints(tmp_path, capsys):
+    assert run(tmp_path, "stages=[toyworld,tokenizer,pretrain]", "train.steps=3", command="pretrain") == 0
+    (tmp_path / "t/pretrain/stage.json").unlink()  # as if the run had been killed after its checkpoint
+    assert run(tmp_path, "stages=[toyworld,tokenizer,pretrain]", "train.steps=6", command="pretrain") == 2
+    assert "pass --resume to continue it or --fresh to start over" in capsys.readouterr().err
+    assert run(tmp_path, "stages=[toyworld,tokenizer,pretrain]", "train.steps=6", "--resume",
+               command="pretrain") == 0
+    assert "resuming from step 3" in capsys.readouterr().out
+
+
+def test_bad_data_source_is_one_line_and_leaves_no_complete_stage(tmp_path, capsys):
+    bad = tmp_path / "corpus.jsonl"
+    bad.write_text('{"text": "a fine document"}\n{"text": "another"\n')
+    rc = run(tmp_path, "stages=[tokenizer,pretrain]", f"data.sources=[{{path: {bad}}}]")
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith(f"error: {bad}:2: invalid JSON") and err.count("\n") == 1
+    assert not (tmp_path / "t/tokenizer/stage.json").exists()
+
+
+@pytest.mark.slow
+def test_demo_recipe_bounded(tmp_path):
+    """The shipped demo recipe end to end with fewer steps: every stage runs, loss falls."""
+    rc = main(["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "train.steps=40",
+               "train.progress=false", "train.eval_every=20"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "demo/summary.json").read_text())
+    evals = [json.loads(x) for x in (tmp_path / "demo/pretrain/metrics.jsonl").read_text().splitlines()]
+    val = [e["val_loss"] for e in evals if e["kind"] == "eval"]
+    assert len(val) == 2 and val[1] < val[0]
+    assert summary["eval_base"]["val_loss"] == pytest.approx(val[-1], abs=0.3)

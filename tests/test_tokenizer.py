@@ -1,0 +1,65 @@
+"""BPE tokenizer: special tokens, lossless round trip, HF compatibility, compression, CLI."""
+
+import pytest
+
+from lmforge.cli import main
+from lmforge.errors import LmforgeError
+from lmforge.tokenizer import BOS, SPECIAL_TOKENS, USER, Tokenizer, train_tokenizer
+
+TEXTS = ["The capital of Velora is Kamdu. 123 + 456 = 579.", "Kamdu lives in Velora; héllo wörld!"] * 50
+
+
+def test_special_tokens_and_round_trip(tmp_path):
+    tok = train_tokenizer(TEXTS, tmp_path, vocab_size=320)
+    assert [tok.tok.id_to_token(i) for i in range(len(SPECIAL_TOKENS))] == SPECIAL_TOKENS
+    for text in ["héllo wörld 🙂", "  spaces\tand\nnewlines", "x" * 50]:
+        assert tok.decode(tok.encode(text)) == text
+    # digits are split one per token
+    assert len(tok.encode("12345")) == 5
+    # literal special-token text in data stays text; the real token only comes by id
+    ids = tok.encode(f"a {USER} b")
+    assert tok.special[USER] not in ids
+    assert tok.decode(ids) == f"a {USER} b"
+    assert Tokenizer.load(tmp_path).bos_id == tok.special[BOS]
+
+
+def test_transformers_and_tokenizers_load_it_unchanged(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer as HF
+
+    tok = train_tokenizer(TEXTS, tmp_path, vocab_size=320)
+    text = "Kamdu lives in Velora. 42"
+    raw = HF.from_file(str(tmp_path / "tokenizer.json"))
+    assert raw.encode(text).ids == tok.encode(text)
+    fast = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert fast(text)["input_ids"] == tok.encode(text)
+    assert fast.bos_token == BOS and fast.convert_tokens_to_ids(USER) == tok.special[USER]
+
+
+def test_compression_is_reported(tmp_path):
+    tok = train_tokenizer(TEXTS, tmp_path, vocab_size=400)
+    bpt = tok.bytes_per_token(["The capital of Velora is Kamdu."])
+    assert 2.0 < bpt < 31  # merges learned: far better than 1 byte per token
+
+
+def test_errors(tmp_path):
+    with pytest.raises(LmforgeError, match="tokenizer training: the corpus is empty"):
+        train_tokenizer([], tmp_path, vocab_size=300)
+    with pytest.raises(LmforgeError, match="tokenizer.vocab_size: expected at least 267"):
+        train_tokenizer(TEXTS, tmp_path, vocab_size=100)
+    with pytest.raises(LmforgeError, match="tokenizer file not found"):
+        Tokenizer.load(tmp_path / "nope")
+
+
+def test_cli_tokenizer_train(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(f'{{"text": "document number {i} about Kamdu and Velora"}}\n' for i in range(300)))
+    assert main(["tokenizer", "train", "--input", str(corpus), "--out", str(tmp_path / "t"),
+                 "--vocab-size", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "tokenizer.json" in out and "bytes/token" in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"body": "no text"}\n')
+    assert main(["tokenizer", "train", "--input", str(bad), "--out", str(tmp_path / "u")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.jsonl:2" in err and err.count("\n") == 1
