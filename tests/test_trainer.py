@@ -19,7 +19,8 @@ from lmforge.train.metrics import read_metrics
 from lmforge.train.trainer import CausalLMModule, Trainer
 
 
-def make_trainer(data_dir, vocab, out_dir, info=DistInfo(), seed=0, **train_kw):
+def make_trainer(data_dir, vocab, out_dir, info=None, seed=0, **train_kw):
+    info = info or DistInfo()
     kw = dict(steps=12, micro_batch_size=4, grad_accum=1, seq_len=32, lr=3e-3, warmup_steps=2, log_every=1,
               eval_every=1000, ckpt_every=1000, progress=False, tensorboard=False)
     kw.update(train_kw)

@@ -18,7 +18,7 @@ def probe_accuracy(model, tok, probes, *, max_new_tokens: int = 8, score=None) -
     prompts = [[tok.bos_id] + tok.encode(p.prompt) for p in probes]
     outs = generate(model, prompts, max_new_tokens, temperature=0.0, stop_ids=(tok.eos_id,))
     records = []
-    for p, ids in zip(probes, outs):
+    for p, ids in zip(probes, outs, strict=True):
         text = tok.decode(ids, skip_special=True)
         records.append({"prompt": p.prompt, "answer": p.answer, "completion": text,
                         "correct": bool(score(p, text)), "split": getattr(p, "split", "")})

@@ -77,7 +77,8 @@ def run(ctx) -> dict:
         if info.enabled and tc.parallel == "fsdp2":
             return {}  # sharded weights: generation would need every rank; skipped
         ids = generate(m, [[tok.bos_id] + tok.encode(p) for p in prompts], 12, stop_ids=(tok.eos_id,))
-        return {f"sample_{i}": p + tok.decode(o, skip_special=True) for i, (p, o) in enumerate(zip(prompts, ids))}
+        texts = [p + tok.decode(o, skip_special=True) for p, o in zip(prompts, ids, strict=True)]
+        return {f"sample_{i}": t for i, t in enumerate(texts)}
 
     batches = PackedBatches(train_ds, tc.micro_batch_size, tc.grad_accum, cfg.seed, info.rank, info.world_size)
     trainer = Trainer(cfg=tc, model=model, module=CausalLMModule(), batches=batches, out_dir=out, device=device,
