@@ -94,23 +94,24 @@ def run(ctx) -> dict:
     n_params = model.num_params()
     ctx.log(f"[pretrain] {n_params / 1e6:.2f}M parameters, {len(train_ds)} train rows of {tc.seq_len} tokens, "
             f"{batches.rows_per_step} rows/step, lr {lr:.2e}, device {device}, world {info.world_size}")
-    last = trainer.run(start_step=start)
+    trainer.run(start_step=start)
     if info.is_main:
         # the final checkpoint holds the full (unsharded) weights: publish them as the stage's model
         final = out / "model"
         final.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(latest_checkpoint(out / "checkpoints") / "model.safetensors", final / "model.safetensors")
         write_model_meta(model.cfg, final, tokenizer_dir(ctx))
-    logs = read_metrics(out, "train")
+    # final numbers from the metrics file, so a run resumed after its last step reports them too
+    logs, evals = read_metrics(out, "train"), read_metrics(out, "eval")
     tps = [r["tokens_per_s"] for r in logs if "tokens_per_s" in r]
     mfu = [r["mfu"] for r in logs if "mfu" in r]
+    nan = float("nan")
     return {"params": n_params, "steps": tc.steps, "tokens": tc.steps * batches.rows_per_step * tc.seq_len,
-            "train_loss": round(last.get("loss", float("nan")), 4),
-            "val_loss": round(last.get("val_loss", float("nan")), 4),
-            "val_bpb": round(last.get("val_bpb", float("nan")), 4),
+            "train_loss": round(logs[-1]["loss"], 4) if logs else nan,
+            "val_loss": round(evals[-1]["val_loss"], 4) if evals else nan,
+            "val_bpb": round(evals[-1]["val_bpb"], 4) if evals else nan,
             "tokens_per_s": round(statistics.median(tps), 1) if tps else 0.0,
             "mfu": round(statistics.median(mfu), 4) if mfu else 0.0}
-
 
 STAGE = Stage("pretrain", run, requires=("tokenizer",), distributed=True,
               description="pretrain the transformer on next-token prediction")
