@@ -43,10 +43,12 @@ def _pipeline_command(args, until: str | None) -> int:
     info = init_distributed("cuda" if cfg.train.device != "cpu" and _cuda() else "cpu")
     try:
         if args.fresh and info.is_main:
-            target = Path(cfg.out_dir) / cfg.name
-            if until is not None and args.command != "run":
-                target = target / until
-            shutil.rmtree(target, ignore_errors=True)
+            run_dir = Path(cfg.out_dir) / cfg.name
+            if until is None:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:  # the stage and every later one, whose results were built on it
+                for name in cfg.stages[cfg.stages.index(until):]:
+                    shutil.rmtree(run_dir / name, ignore_errors=True)
         from lmforge.train.distributed import barrier
 
         barrier(info)
@@ -64,7 +66,7 @@ def _cuda() -> bool:
 
 def _tokenizer_train(args) -> int:
     from lmforge.data import SourceConfig, iter_many
-    from lmforge.stages.tokenizer import is_heldout
+    from lmforge.stages.tokenizer import MAX_HELDOUT_DOCS, is_heldout
     from lmforge.tokenizer import train_tokenizer
 
     sources = [SourceConfig(path=p, format=args.format, text_field=args.text_field) for p in args.input]
@@ -72,7 +74,7 @@ def _tokenizer_train(args) -> int:
 
     def texts():
         for doc in iter_many(sources):
-            if is_heldout(doc) and len(heldout) < 2000:
+            if is_heldout(doc) and len(heldout) < MAX_HELDOUT_DOCS:
                 heldout.append(doc)
             else:
                 yield doc
@@ -104,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.n_layer=6")
         p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
         p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-        p.add_argument("--fresh", action="store_true", help="delete earlier outputs and start over")
+        p.add_argument("--fresh", action="store_true",
+                       help="delete this stage's and later stages' outputs (run/demo: the whole run) first")
 
     pipeline_args(sub.add_parser("run", help="run every stage of a recipe"))
     demo = sub.add_parser("demo", help="run recipes/demo.yaml (the whole pipeline on toyworld)")
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
+        print("interrupted; add --resume to the same command to continue from the last checkpoint", file=sys.stderr)
         return 130
 
 

@@ -10,6 +10,7 @@ with the closest valid key for a misspelling.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -51,7 +52,7 @@ def _convert(value: Any, tp, key: str, source: str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise LmforgeError(f"{source}{key}: expected a list, got {value!r}")
-        out = [_convert(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        out = [_convert(v, item_tp, f"{key}.{i}", source) for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
@@ -160,12 +161,15 @@ def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
         if not isinstance(raw, dict):
             raise LmforgeError(f"{p}: expected a mapping of sections at the top level")
         source = f"{p}: "
+    if not overrides:
+        return build(cls, raw, "", source)
+    build(cls, copy.deepcopy(raw), "", source)  # the file alone must be valid: its errors name the file
     for ov in overrides:
         if "=" not in ov:
             raise LmforgeError(f"override {ov!r}: expected key=value (e.g. train.lr=3e-4)")
         key, value = ov.split("=", 1)
         _set_dotted(raw, cls, key.strip(), value.strip(), "override: ")
-    return build(cls, raw, "", source)
+    return build(cls, raw, "", "override: ")
 
 
 def dump_yaml(cfg) -> str:

@@ -28,6 +28,7 @@ class Stage:
     requires: tuple[str, ...] = ()        # stages whose outputs it reads
     distributed: bool = False             # runs on every rank (training); else on rank 0 only
     description: str = ""
+    inputs: tuple[str, ...] = ()          # config sections its outputs depend on (to detect stale results)
 
 
 @dataclass
@@ -84,6 +85,11 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
             raise LmforgeError(f"stage '{name}' needs {', '.join(missing)} first; add it to stages")
         if ctx.is_complete(name):
             ctx.log(f"[{name}] complete, skipping ({ctx.stage_dir(name)})")
+            changed = config_changes(read_json(ctx.stage_dir(name) / "stage.json").get("config", {}),
+                                     stage_config(cfg, stage))
+            if changed:
+                ctx.log(f"[{name}] note: the recipe changed since this stage ran ({'; '.join(changed[:3])}); "
+                        f"its results are kept; use --fresh to redo it")
             continue
         ctx.log(f"[{name}] {stage.description}")
         t0 = time.time()
@@ -95,13 +101,38 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
         if ctx.info.is_main:
             seconds = time.time() - t0
             write_json(ctx.stage_dir(name) / "stage.json",
-                       {"stage": name, "seconds": round(seconds, 2), "metrics": metrics or {}})
+                       {"stage": name, "seconds": round(seconds, 2), "metrics": metrics or {},
+                        "config": stage_config(cfg, stage)})
             ctx.log(f"[{name}] done in {seconds:.1f}s")
         barrier(ctx.info)
     summary = write_summary(ctx)
     if ctx.info.is_main:
         print(format_summary(summary))
     return summary
+
+
+def stage_config(cfg, stage: Stage) -> dict:
+    """The parts of the config a stage's outputs depend on, flattened to dotted keys."""
+    from lmforge.config import to_dict
+
+    full = to_dict(cfg)
+    flat: dict = {}
+
+    def walk(prefix, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            flat[prefix.rstrip(".")] = node
+
+    for section in stage.inputs:
+        walk(f"{section}.", full[section])
+    return flat
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
 def _write_hardware(run_dir: Path) -> None:

@@ -165,10 +165,9 @@ class Tokenizer:
     def token_bytes(self) -> list[int]:
         """UTF-8 byte length of each token id (0 for special tokens), for bits-per-byte."""
         special = set(self.special.values())
-        out = []
-        for i in range(self.vocab_size):
-            out.append(0 if i in special else len(self.tok.decode([i]).encode("utf-8")))
-        return out
+        # byte-level BPE: each character of a token's string stands for exactly one byte, so the
+        # string length is the byte count even for tokens holding part of a multi-byte character
+        return [0 if i in special else len(self.tok.id_to_token(i)) for i in range(self.vocab_size)]
 
     def bytes_per_token(self, texts: list[str]) -> float:
         """Compression on held-out text: UTF-8 bytes divided by tokens."""

@@ -37,6 +37,16 @@ def test_run_writes_every_stage_and_a_summary_then_skips(tmp_path, capsys):
     # a second run skips every complete stage
     assert run(tmp_path) == 0
     assert capsys.readouterr().out.count("complete, skipping") == 4
+    # a changed recipe is noticed (results kept, the user is told how to redo them)
+    assert run(tmp_path, "train.lr=0.001") == 0
+    out = capsys.readouterr().out
+    assert "[pretrain] note: the recipe changed since this stage ran (train.lr: " in out and "-> 0.001)" in out
+    assert "[tokenizer] note" not in out
+    # --fresh on a stage redoes it and every later stage, and keeps earlier ones
+    assert run(tmp_path, "--fresh", command="pretrain") == 0
+    out = capsys.readouterr().out
+    assert "[toyworld] complete, skipping" in out and "[pretrain] pretrain the transformer" in out
+    assert not (tmp_path / "t/eval_base").exists()
 
 
 def test_stage_command_refuses_to_clobber_checkpoints(tmp_path, capsys):

@@ -25,9 +25,7 @@ def pretraining_documents(ctx) -> Iterator[str]:
 
 
 def tokenizer_dir(ctx) -> Path:
-    """An explicit tokenizer.path, or the one the `tokenizer` stage trained."""
-    if ctx.cfg.tokenizer.path:
-        return Path(ctx.cfg.tokenizer.path)
+    """The run's tokenizer: trained (or copied from tokenizer.path) by the `tokenizer` stage."""
     return ctx.stage_dir("tokenizer")
 
 

@@ -51,4 +51,5 @@ def run(ctx) -> dict:
     return metrics
 
 
-STAGE = Stage("eval_base", run, requires=("pretrain",), description="evaluate the pretrained (base) model")
+STAGE = Stage("eval_base", run, requires=("pretrain",), description="evaluate the pretrained (base) model",
+              inputs=("seed", "toyworld", "data", "tokenizer", "model", "train", "eval"))

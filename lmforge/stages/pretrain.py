@@ -106,12 +106,15 @@ def run(ctx) -> dict:
     tps = [r["tokens_per_s"] for r in logs if "tokens_per_s" in r]
     mfu = [r["mfu"] for r in logs if "mfu" in r]
     nan = float("nan")
+    # tokens and tokens/s count row slots, padding included (that is the compute spent)
     return {"params": n_params, "steps": tc.steps, "tokens": tc.steps * batches.rows_per_step * tc.seq_len,
             "train_loss": round(logs[-1]["loss"], 4) if logs else nan,
             "val_loss": round(evals[-1]["val_loss"], 4) if evals else nan,
             "val_bpb": round(evals[-1]["val_bpb"], 4) if evals else nan,
             "tokens_per_s": round(statistics.median(tps), 1) if tps else 0.0,
-            "mfu": round(statistics.median(mfu), 4) if mfu else 0.0}
+            "mfu": round(statistics.median(mfu), 4) if mfu else 0.0,
+            "pad_fraction": round(train_ds.pad_fraction, 4)}
 
 STAGE = Stage("pretrain", run, requires=("tokenizer",), distributed=True,
-              description="pretrain the transformer on next-token prediction")
+              description="pretrain the transformer on next-token prediction",
+              inputs=("seed", "toyworld", "data", "tokenizer", "model", "train"))

@@ -1,11 +1,15 @@
-"""Stage `tokenizer`: train byte-level BPE on the pretraining corpus; report compression."""
+"""Stage `tokenizer`: train byte-level BPE on the pretraining corpus (or adopt `tokenizer.path`);
+report compression (UTF-8 bytes per token) on documents the tokenizer never saw."""
 
 from __future__ import annotations
 
+import itertools
 import zlib
 
 from lmforge.pipeline import Stage
 from lmforge.stages.common import pretraining_documents
+
+MAX_HELDOUT_DOCS = 2000
 
 
 def is_heldout(text: str, fraction: float = 0.02) -> bool:
@@ -14,24 +18,31 @@ def is_heldout(text: str, fraction: float = 0.02) -> bool:
 
 
 def run(ctx) -> dict:
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.tokenizer import Tokenizer, save_tokenizer, train_tokenizer
 
-    tc = ctx.cfg.tokenizer
-    heldout: list[str] = []
+    tc, out = ctx.cfg.tokenizer, ctx.stage_dir("tokenizer")
+    if tc.path:  # bring your own lmforge tokenizer: copy it in and measure it like a trained one
+        tok = Tokenizer.load(tc.path)
+        save_tokenizer(tok.tok, out)
+        heldout = list(itertools.islice(filter(is_heldout, pretraining_documents(ctx)), MAX_HELDOUT_DOCS))
+        metrics = {"vocab_size": tok.vocab_size, "source": str(tc.path)}
+    else:
+        heldout = []
 
-    def training_texts():
-        for doc in pretraining_documents(ctx):
-            if is_heldout(doc) and len(heldout) < 2000:
-                heldout.append(doc)
-            else:
-                yield doc
+        def training_texts():
+            for doc in pretraining_documents(ctx):
+                if is_heldout(doc) and len(heldout) < MAX_HELDOUT_DOCS:
+                    heldout.append(doc)
+                else:
+                    yield doc
 
-    tok = train_tokenizer(training_texts(), ctx.stage_dir("tokenizer"), vocab_size=tc.vocab_size,
-                          min_frequency=tc.min_frequency, max_chars=tc.max_chars)
-    metrics = {"vocab_size": tok.vocab_size}
+        tok = train_tokenizer(training_texts(), out, vocab_size=tc.vocab_size, min_frequency=tc.min_frequency,
+                              max_chars=tc.max_chars)
+        metrics = {"vocab_size": tok.vocab_size}
     if heldout:
         metrics["bytes_per_token_heldout"] = round(tok.bytes_per_token(heldout), 4)
     return metrics
 
 
-STAGE = Stage("tokenizer", run, description="train a byte-level BPE tokenizer")
+STAGE = Stage("tokenizer", run, description="train a byte-level BPE tokenizer",
+              inputs=("seed", "toyworld", "data", "tokenizer"))

@@ -22,4 +22,5 @@ def run(ctx) -> dict:
             "documents": len(docs), "characters": sum(len(d) for d in docs)}
 
 
-STAGE = Stage("toyworld", run, description="generate the synthetic world and its pretraining corpus")
+STAGE = Stage("toyworld", run, description="generate the synthetic world and its pretraining corpus",
+              inputs=("seed", "toyworld"))

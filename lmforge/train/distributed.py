@@ -6,6 +6,7 @@ special case. The model code itself never sees any of this.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -38,7 +39,9 @@ def init_distributed(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend)
+        # rank 0 alone prepares data (world, tokenizer, shards) while the others wait at a barrier:
+        # allow far longer than the 10-minute default before calling that a hang
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=3))
     return DistInfo(rank=rank, local_rank=local, world_size=world)
 
 
