@@ -202,14 +202,13 @@ def prepare_shards(docs: Iterable[str], tokenizer: Tokenizer, out_dir, *, val_fr
     for f in out.iterdir():  # shards of an earlier, larger run in the same directory
         if _SHARD_RE.match(f.name) and f.name not in keep:
             f.unlink()
-    tok_json = getattr(getattr(tokenizer, "tok", None), "to_str", None)
     meta = {
         "format": "lmforge-shards-v1",
         "dtype": dtype.name,
         "vocab_size": tokenizer.vocab_size,
         "bos_id": tokenizer.bos_id,
         "eos_id": tokenizer.eos_id,
-        "tokenizer_sha256": hashlib.sha256(tok_json().encode()).hexdigest() if tok_json else None,
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
         "seed": seed,
         "val_fraction": val_fraction,
         "shard_tokens": shard_tokens,
@@ -217,6 +216,20 @@ def prepare_shards(docs: Iterable[str], tokenizer: Tokenizer, out_dir, *, val_fr
     }
     write_json(out / "meta.json", meta)
     return meta
+
+
+def tokenizer_fingerprint(tokenizer) -> str | None:
+    """sha256 of the tokenizer's JSON: shards made with another tokenizer are not reusable."""
+    to_str = getattr(getattr(tokenizer, "tok", None), "to_str", None)
+    return hashlib.sha256(to_str().encode()).hexdigest() if to_str else None
+
+
+def shards_are_current(out_dir, tokenizer) -> bool:
+    """True when `out_dir` holds complete shards made with this very tokenizer."""
+    meta_path = Path(out_dir) / "meta.json"
+    if not meta_path.exists():
+        return False
+    return json.loads(meta_path.read_text()).get("tokenizer_sha256") == tokenizer_fingerprint(tokenizer)
 
 
 def load_meta(out_dir) -> dict:

@@ -40,6 +40,7 @@ def sample_prompts(ctx) -> list[str]:
 
 def run(ctx) -> dict:
     from lmforge.data import PackedDataset, prepare_shards
+    from lmforge.data.shards import shards_are_current
     from lmforge.engine import generate
     from lmforge.eval.perplexity import evaluate_lm
     from lmforge.model.config import suggested_lr
@@ -54,7 +55,7 @@ def run(ctx) -> dict:
     out = ctx.stage_dir("pretrain")
     tok = Tokenizer.load(tokenizer_dir(ctx))
     data_dir = out / "data"
-    if info.is_main and not (data_dir / "meta.json").exists():
+    if info.is_main and not shards_are_current(data_dir, tok):
         prepare_shards(pretraining_documents(ctx), tok, data_dir, val_fraction=cfg.data.val_fraction,
                        seed=cfg.seed, progress=tc.progress)
     barrier(info)
