@@ -87,6 +87,14 @@ def depth_preset(depth: int) -> tuple[int, int, int]:
     return depth, d_model, max(1, d_model // 64)
 
 
+def suggested_batch_tokens(depth: int) -> int:
+    """Tokens per optimizer step for a depth-N model: grows with model size (~N^2), as a power of two.
+
+    depth 4 -> 32k, depth 12 -> 256k, depth 20 -> 1M tokens (nanochat trains depth 20 on ~0.5M).
+    """
+    return 2 ** round(math.log2(2048 * depth ** 2))
+
+
 def suggested_lr(d_model: int) -> float:
     """AdamW learning rate that scales like 1/sqrt(width) (3e-3 at d_model=256)."""
     return 3e-3 * (256 / d_model) ** 0.5

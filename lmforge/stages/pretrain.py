@@ -27,6 +27,17 @@ def build_model_config(cfg, vocab_size: int):
                                max_seq_len=max(cfg.model.max_seq_len, cfg.train.seq_len))
 
 
+def resolve_batch(tc, depth: int, world_size: int):
+    """Derive grad_accum from a token budget per step (train.batch_tokens, or the depth preset's)."""
+    from lmforge.model.config import suggested_batch_tokens
+
+    target = tc.batch_tokens or (suggested_batch_tokens(depth) if depth > 0 else 0)
+    if not target:
+        return tc
+    per_micro = tc.micro_batch_size * tc.seq_len * world_size
+    return dataclasses.replace(tc, grad_accum=max(1, round(target / per_micro)))
+
+
 def sample_prompts(ctx) -> list[str]:
     """A few prompts whose completions show progress: toyworld cloze facts when there is a world."""
     if ctx.is_complete("toyworld"):
@@ -81,6 +92,7 @@ def run(ctx) -> dict:
         texts = [p + tok.decode(o, skip_special=True) for p, o in zip(prompts, ids, strict=True)]
         return {f"sample_{i}": t for i, t in enumerate(texts)}
 
+    tc = resolve_batch(tc, cfg.model.depth, info.world_size)
     batches = PackedBatches(train_ds, tc.micro_batch_size, tc.grad_accum, cfg.seed, info.rank, info.world_size)
     trainer = Trainer(cfg=tc, model=model, module=CausalLMModule(), batches=batches, out_dir=out, device=device,
                       lr=lr, info=info, evaluate=evaluate, sample=sample, tokens_per_row=tc.seq_len,

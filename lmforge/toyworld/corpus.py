@@ -4,8 +4,9 @@ Five kinds of documents, shuffled together:
 - "encyclopedia": one entry per entity, a title line then its facts in random order and
   random phrasing, plus inverse listings ("The cities of Velora are ...");
 - "facts": short paragraphs restating each fact `paraphrases_per_fact` more times; the first
-  restatement is always the relation's canonical sentence (the one the probes cut), the rest
-  are other paraphrases. Seeing one fact in many phrasings is what makes it retrievable by
+  `canonical_per_fact` restatements (default 1) are the relation's canonical sentence (the one
+  the probes cut), the rest are other paraphrases; `paragraphs_per_doc` paragraphs per document
+  (default: 2 to 4 at random). Seeing one fact in many phrasings is what makes it retrievable by
   new questions later (Allen-Zhu & Li, "Physics of Language Models 3.1"; knowledge augmentation);
 - "story": 3-6 sentences about one person that use their facts in passing;
 - "arithmetic": lines like "37 + 48 = 85";
@@ -64,6 +65,7 @@ class CorpusConfig:
     paraphrases_per_fact: int = 3     # mentions in "facts" documents; the first is canonical
     canonical_per_fact: int = 1       # how many of those mentions use the canonical sentence (the rest
                                       # cycle through the other paraphrases)
+    paragraphs_per_doc: int = 0       # "facts" paragraphs per document; 0: 2 to 4 at random
     n_stories: int = 1080             # 6 per person with the default world
     n_arithmetic_docs: int = 400
     arithmetic_lines_per_doc: int = 10  # on average; each document has 0.5x to 1.5x this many
@@ -80,6 +82,8 @@ class CorpusConfig:
         if not 1 <= self.canonical_per_fact <= self.paraphrases_per_fact:
             raise LmforgeError("corpus config: canonical_per_fact must be in 1..paraphrases_per_fact "
                                f"({self.paraphrases_per_fact}), got {self.canonical_per_fact}")
+        if self.paragraphs_per_doc < 0:
+            raise LmforgeError(f"corpus config: paragraphs_per_doc must be >= 0, got {self.paragraphs_per_doc}")
         if self.arithmetic_lines_per_doc < 1:
             raise LmforgeError("corpus config: arithmetic_lines_per_doc must be >= 1")
 
@@ -125,7 +129,8 @@ def _encyclopedia(rng: random.Random, world: World) -> list[Document]:
     return docs
 
 
-def _fact_notes(rng: random.Random, world: World, mentions: int, canonical: int = 1) -> list[Document]:
+def _fact_notes(rng: random.Random, world: World, mentions: int, canonical: int = 1,
+                per_doc: int = 0) -> list[Document]:
     paragraphs = []
     for e in world.entities:
         # Per fact: the canonical sentence `canonical` times, then distinct paraphrases while they
@@ -142,7 +147,7 @@ def _fact_notes(rng: random.Random, world: World, mentions: int, canonical: int 
     rng.shuffle(paragraphs)
     docs = []
     while paragraphs:
-        k = rng.randint(2, 4)
+        k = per_doc or rng.randint(2, 4)
         docs.append(Document("facts", "\n".join(paragraphs[:k])))
         paragraphs = paragraphs[k:]
     return docs
@@ -249,7 +254,8 @@ def corpus_documents(world: World, config: CorpusConfig | None = None) -> list[D
     kinds = sorted(T.WORD_PROBLEMS)
     wp_rng = stream("word_problems")
     docs = (_encyclopedia(stream("encyclopedia"), world)
-            + _fact_notes(stream("facts"), world, cfg.paraphrases_per_fact, cfg.canonical_per_fact)
+            + _fact_notes(stream("facts"), world, cfg.paraphrases_per_fact, cfg.canonical_per_fact,
+                           cfg.paragraphs_per_doc)
             + _stories(stream("stories"), world, cfg.n_stories)
             + _arithmetic(stream("arithmetic"), cfg.n_arithmetic_docs, cfg.arithmetic_lines_per_doc)
             + [Document("word_problem", word_problem(wp_rng, world, kinds[i % len(kinds)])[0])

@@ -12,6 +12,8 @@ class TrainConfig:
     steps: int = 1000               # optimizer steps
     micro_batch_size: int = 16      # rows per forward pass per process
     grad_accum: int = 1             # micro-batches per optimizer step per process
+    batch_tokens: int = 0           # >0: tokens per optimizer step; grad_accum is derived from it
+                                    # (model.depth > 0 and batch_tokens 0: taken from the depth preset)
     seq_len: int = 256
     lr: float = 0.0                 # peak AdamW lr; 0: derived from model width (see suggested_lr)
     min_lr_ratio: float = 0.1       # final lr = min_lr_ratio * lr
