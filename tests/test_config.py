@@ -81,3 +81,15 @@ def test_dry_run_prints_resolved_config(capsys):
     assert "n_layer: 7" in out
     assert load_run_config(ROOT / "recipes/demo.yaml", ["model.n_layer=7"]) is not None
     assert dump_yaml(load_run_config(ROOT / "recipes/demo.yaml", ["model.n_layer=7"])) == out
+
+
+def test_batch_tokens_and_depth_preset_derive_grad_accum():
+    from lmforge.stages.pretrain import resolve_batch
+    from lmforge.train.config import TrainConfig
+
+    tc = TrainConfig(micro_batch_size=32, seq_len=2048, batch_tokens=524288)
+    assert resolve_batch(tc, depth=0, world_size=1).grad_accum == 8
+    assert resolve_batch(tc, depth=0, world_size=8).grad_accum == 1
+    # depth 4 preset: 32k tokens per step = 16 rows x 256 tokens x 8 micro-batches
+    assert resolve_batch(TrainConfig(micro_batch_size=16, seq_len=256), depth=4, world_size=1).grad_accum == 8
+    assert resolve_batch(TrainConfig(grad_accum=3), depth=0, world_size=1).grad_accum == 3

@@ -236,7 +236,12 @@ def test_canonical_per_fact_repeats_the_canonical_sentence(world):
     counts = Counter(sentences)
     for f in world.facts:
         assert counts[canonical_sentence(f)] == 2, canonical_sentence(f)
-    for bad in (CorpusConfig(canonical_per_fact=0), CorpusConfig(paraphrases_per_fact=2, canonical_per_fact=3)):
+    one = corpus_documents(world, CorpusConfig(paraphrases_per_fact=2, paragraphs_per_doc=1, n_stories=0,
+                                               n_arithmetic_docs=0, n_word_problems=0))
+    facts_docs = [d for d in one if d.kind == "facts"]
+    assert len(facts_docs) == 2 * len(world.entities) and all("\n" not in d.text for d in facts_docs)
+    for bad in (CorpusConfig(canonical_per_fact=0), CorpusConfig(paraphrases_per_fact=2, canonical_per_fact=3),
+                CorpusConfig(paragraphs_per_doc=-1)):
         with pytest.raises(LmforgeError):
             pretraining_corpus(world, bad)
 
