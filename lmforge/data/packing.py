@@ -101,6 +101,7 @@ class PackedDataset:
             if not path.is_file():
                 raise LmforgeError(f"{path}: shard file not found (incomplete data dir; prepare it again)")
         self._open()
+        self.doc_index_name = info["docs"]
         docs = np.load(self.data_dir / info["docs"])  # (n_docs, 3) int64
         # Packing is deterministic and vectorised (about a second for 10M docs), so rows are
         # recomputed and cached in memory rather than stored on disk per seq_len.

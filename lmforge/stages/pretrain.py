@@ -126,7 +126,7 @@ def run(ctx) -> dict:
             "val_bpb": round(evals[-1]["val_bpb"], 4) if evals else nan,
             "tokens_per_s": round(statistics.median(tps), 1) if tps else 0.0,
             "mfu": round(statistics.median(mfu), 4) if mfu else 0.0,
-            "pad_fraction": round(train_ds.pad_fraction, 4)}
+            "pad_fraction": round(batches.epochs.pad_fraction(0), 4)}
 
 STAGE = Stage("pretrain", run, requires=("tokenizer",), distributed=True,
               description="pretrain the transformer on next-token prediction",
