@@ -246,6 +246,20 @@ def test_canonical_per_fact_repeats_the_canonical_sentence(world):
             pretraining_corpus(world, bad)
 
 
+def test_sentences_per_note_makes_short_mixed_documents(world):
+    cfg = CorpusConfig(paraphrases_per_fact=3, canonical_per_fact=1, sentences_per_note=1, n_stories=0,
+                       n_arithmetic_docs=0, n_word_problems=0)
+    facts_docs = [d.text for d in corpus_documents(world, cfg) if d.kind == "facts"]
+    assert len(facts_docs) == 3 * len(world.facts)  # one restatement per document
+    assert set(canonical_sentence(f) for f in world.facts) <= set(facts_docs)
+    pairs = [d.text for d in corpus_documents(world, CorpusConfig(sentences_per_note=2, n_stories=0,
+                                                                   n_arithmetic_docs=0, n_word_problems=0))
+             if d.kind == "facts"]
+    assert len(pairs) == -(-3 * len(world.facts) // 2)
+    with pytest.raises(LmforgeError, match="sentences_per_note must be >= 0"):
+        pretraining_corpus(world, CorpusConfig(sentences_per_note=-1))
+
+
 def test_corpus_composition_and_size(world, docs):
     cfg = CorpusConfig()
     stats = corpus_stats(docs)

@@ -66,6 +66,9 @@ class CorpusConfig:
     canonical_per_fact: int = 1       # how many of those mentions use the canonical sentence (the rest
                                       # cycle through the other paraphrases)
     paragraphs_per_doc: int = 0       # "facts" paragraphs per document; 0: 2 to 4 at random
+    sentences_per_note: int = 0       # >0: "facts" documents are this many sentences drawn from all
+                                      # entities (1: every restatement is its own document) instead of
+                                      # one paragraph per entity
     n_stories: int = 1080             # 6 per person with the default world
     n_arithmetic_docs: int = 400
     arithmetic_lines_per_doc: int = 10  # on average; each document has 0.5x to 1.5x this many
@@ -84,6 +87,8 @@ class CorpusConfig:
                                f"({self.paraphrases_per_fact}), got {self.canonical_per_fact}")
         if self.paragraphs_per_doc < 0:
             raise LmforgeError(f"corpus config: paragraphs_per_doc must be >= 0, got {self.paragraphs_per_doc}")
+        if self.sentences_per_note < 0:
+            raise LmforgeError(f"corpus config: sentences_per_note must be >= 0, got {self.sentences_per_note}")
         if self.arithmetic_lines_per_doc < 1:
             raise LmforgeError("corpus config: arithmetic_lines_per_doc must be >= 1")
 
@@ -130,8 +135,9 @@ def _encyclopedia(rng: random.Random, world: World) -> list[Document]:
 
 
 def _fact_notes(rng: random.Random, world: World, mentions: int, canonical: int = 1,
-                per_doc: int = 0) -> list[Document]:
+                per_doc: int = 0, sentences: int = 0) -> list[Document]:
     paragraphs = []
+    loose: list[str] = []  # restatements as separate sentences, when sentences > 0
     for e in world.entities:
         # Per fact: the canonical sentence `canonical` times, then distinct paraphrases while they
         # last (cycling when there are more mentions than paraphrases).
@@ -143,7 +149,16 @@ def _fact_notes(rng: random.Random, world: World, mentions: int, canonical: int 
         for i in range(mentions):
             rels = list(e.attrs)
             rng.shuffle(rels)
-            paragraphs.append(" ".join(_cap(phrasings[r][i].format(s=e.name, o=e.attrs[r])) for r in rels))
+            said = [_cap(phrasings[r][i].format(s=e.name, o=e.attrs[r])) for r in rels]
+            if sentences:
+                loose.extend(said)
+            else:
+                paragraphs.append(" ".join(said))
+    if sentences:
+        # Short notes mixing entities: a fact must be recalled from its subject alone, the way a
+        # probe asks for it, not continued from the other facts of the same entity.
+        rng.shuffle(loose)
+        return [Document("facts", " ".join(loose[i:i + sentences])) for i in range(0, len(loose), sentences)]
     rng.shuffle(paragraphs)
     docs = []
     while paragraphs:
@@ -255,7 +270,7 @@ def corpus_documents(world: World, config: CorpusConfig | None = None) -> list[D
     wp_rng = stream("word_problems")
     docs = (_encyclopedia(stream("encyclopedia"), world)
             + _fact_notes(stream("facts"), world, cfg.paraphrases_per_fact, cfg.canonical_per_fact,
-                           cfg.paragraphs_per_doc)
+                           cfg.paragraphs_per_doc, cfg.sentences_per_note)
             + _stories(stream("stories"), world, cfg.n_stories)
             + _arithmetic(stream("arithmetic"), cfg.n_arithmetic_docs, cfg.arithmetic_lines_per_doc)
             + [Document("word_problem", word_problem(wp_rng, world, kinds[i % len(kinds)])[0])
