@@ -96,3 +96,23 @@ def test_depth_preset_and_bad_choices():
         ModelConfig(mlp="silu")
     with pytest.raises(LmforgeError, match=r"model.n_head \(4\) must be divisible by model.n_kv_head \(3\)"):
         ModelConfig(n_head=4, d_model=64, n_kv_head=3)
+
+
+@pytest.mark.parametrize("kw", VARIANTS[:4])
+def test_left_padded_batch_matches_unpadded_rows(kw):
+    """Prompts of different lengths in one left-padded batch give each row's unpadded logits,
+    through prefill and cached decoding alike."""
+    torch.manual_seed(0)
+    model = Transformer(tiny(**kw)).eval()
+    a, b = torch.randint(0, 50, (1, 9)), torch.randint(0, 50, (1, 5))
+    batch = torch.zeros(2, 9, dtype=torch.long)
+    batch[0], batch[1, 4:] = a[0], b[0]
+    pad_left = torch.tensor([0, 4])
+    cache = KVCache(model.cfg, 2, 12, "cpu", torch.float32)
+    out = model(batch, cache=cache, pad_left=pad_left)
+    assert torch.allclose(out[0], model(a)[0], atol=1e-5)
+    assert torch.allclose(out[1, 4:], model(b)[0], atol=1e-5)
+    nxt = torch.tensor([[7], [8]])
+    step = model(nxt, cache=cache, start=9, pad_left=pad_left)
+    assert torch.allclose(step[1, 0], model(torch.cat([b, nxt[1:]], 1))[0, -1], atol=1e-5)
+    assert torch.allclose(step[0, 0], model(torch.cat([a, nxt[:1]], 1))[0, -1], atol=1e-5)

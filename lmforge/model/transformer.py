@@ -125,25 +125,36 @@ class Transformer(nn.Module):
             nn.init.normal_(p, mean=0.0, std=s)
 
     def forward(self, idx: torch.Tensor, *, prefix_len: torch.Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
-        """idx: (B, T) token ids at positions start..start+T-1 -> logits (B, T, V).
+                cache: KVCache | None = None, start: int = 0, pad_left: torch.Tensor | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids in columns start..start+T-1 -> logits (B, T, V).
 
         prefix_len: (B,) prefix lengths for prefix-LM masking; cache: filled in place.
+        pad_left: (B,) left-padding columns per row, for batches of prompts of different lengths:
+        row b's real tokens start at column pad_left[b] and get positions 0, 1, ...; pad columns
+        are never attended to (a pad query sees only itself, which keeps its output finite).
         """
         cfg = self.cfg
         B, T = idx.shape
         if start + T > cfg.max_seq_len and cfg.position == "learned":
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {cfg.max_seq_len}")
         x = self.model.embed_tokens(idx)
-        q_pos = torch.arange(start, start + T, device=idx.device)
+        q_pos = torch.arange(start, start + T, device=idx.device)                      # (T,) columns
+        pos = q_pos if pad_left is None else (q_pos[None, :] - pad_left[:, None]).clamp(min=0)  # (T,)|(B, T)
         if cfg.position == "learned":
-            x = x + self.model.embed_positions(q_pos)
-        rope = rope_cos_sin(q_pos, cfg.head_dim, cfg.rope_theta) if cfg.position == "rope" else None
+            x = x + self.model.embed_positions(pos)
+        rope = None
+        if cfg.position == "rope":
+            cos, sin = rope_cos_sin(pos.reshape(-1), cfg.head_dim, cfg.rope_theta)     # (T | B*T, D)
+            rope = (cos, sin) if pad_left is None else (cos.view(B, 1, T, -1), sin.view(B, 1, T, -1))
         bias = None
         plain_causal = cfg.position != "alibi" and cfg.sliding_window == 0 and cfg.mask == "causal"
-        if not plain_causal or (T > 1 and start > 0):
+        if not plain_causal or (T > 1 and start > 0) or pad_left is not None:
             k_pos = torch.arange(0, start + T, device=idx.device)
-            bias = attention_mask(cfg, q_pos, k_pos, prefix_len, torch.float32)
+            bias = attention_mask(cfg, q_pos, k_pos, prefix_len, torch.float32)          # (1|B, 1|H, T, S)
+            if pad_left is not None:
+                is_pad = k_pos[None, :] < pad_left[:, None]                              # (B, S)
+                hide = is_pad[:, None, :] & (k_pos[None, None, :] != q_pos[None, :, None])  # (B, T, S)
+                bias = bias.masked_fill(hide[:, None], float("-inf"))
         for block in self.model.layers:
             x = block(x, rope, bias, cache, start)
         return self.lm_head(self.model.norm(x))
