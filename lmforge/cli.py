@@ -5,6 +5,8 @@
     lmforge <stage> RECIPE [key=value ...] [--resume] [--fresh] run a recipe up to that stage
     lmforge tokenizer train --input FILE... --out DIR           train a BPE tokenizer on any corpus
     lmforge export CHECKPOINT OUT_DIR                           write a transformers-loadable directory
+    lmforge merge ADAPTER BASE OUT                              fold a LoRA adapter into its base model
+    lmforge chat CHECKPOINT [-p PROMPT]                         talk to a model
 
 User errors print one line (`error: ...`) and exit with code 2.
 """
@@ -94,6 +96,16 @@ def _export(args) -> int:
     return 0
 
 
+def _merge(args) -> int:
+    from lmforge.model.io import load_model, save_model
+    from lmforge.model.lora import load_adapter, merge_lora
+
+    model = merge_lora(load_adapter(load_model(args.base), args.adapter))
+    save_model(model, args.out, args.base)
+    print(f"wrote {args.out} (base {args.base} + adapter {args.adapter}, merged)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmforge.stages import STAGES
 
@@ -131,17 +143,37 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export a checkpoint as a Hugging Face Llama directory")
     ex.add_argument("checkpoint")
     ex.add_argument("out")
+
+    mg = sub.add_parser("merge", help="fold a LoRA adapter (PEFT format) into its base checkpoint")
+    mg.add_argument("adapter", help="adapter directory (adapter_config.json + adapter_model.safetensors)")
+    mg.add_argument("base", help="the lmforge checkpoint the adapter was trained on")
+    mg.add_argument("out", help="output checkpoint directory")
+
+    from lmforge.chat_cli import add_parser as add_chat
+
+    add_chat(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides written after a flag (e.g. --fresh train.lr=1e-3) land here
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "tokenizer":
             return _tokenizer_train(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "merge":
+            return _merge(args)
+        if args.command == "chat":
+            from lmforge.chat_cli import run_chat
+
+            return run_chat(args)
         until = None if args.command in ("run", "demo") else args.command
         return _pipeline_command(args, until)
     except LmforgeError as e:

@@ -184,6 +184,8 @@ from lmforge.model.config import ModelConfig  # noqa: E402
 from lmforge.tokenizer import TokenizerConfig  # noqa: E402
 from lmforge.toyworld import CorpusConfig, WorldConfig  # noqa: E402
 from lmforge.train.config import TrainConfig  # noqa: E402
+from lmforge.sft import SFTConfig  # noqa: E402
+from lmforge.stages.eval_sft import ChatEvalConfig  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -219,6 +221,8 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
+    eval_sft: ChatEvalConfig = dataclasses.field(default_factory=ChatEvalConfig)
 
     def __post_init__(self):
         from lmforge.stages import STAGES

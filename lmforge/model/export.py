@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+from lmforge.chat import write_chat_template
 from lmforge.errors import LmforgeError
 from lmforge.model.io import load_model, state_dict_for_saving
 from lmforge.tokenizer import Tokenizer
@@ -61,6 +62,7 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(Path(ckpt_dir) / name, out / name)
+    write_chat_template(out)  # apply_chat_template then yields the ids lmforge trains on
     atomic_write_bytes(out / "model.safetensors", save(state_dict_for_saving(model), metadata={"format": "pt"}))
     write_json(out / "generation_config.json", {
         "bos_token_id": tok.bos_id,

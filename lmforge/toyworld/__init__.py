@@ -45,6 +45,8 @@ from lmforge.toyworld.corpus import (
 )
 from lmforge.toyworld.names import nonexistent_names
 from lmforge.toyworld.probes import Probe, arithmetic_probes, cloze_probes, cloze_prompt, score_completion
+from lmforge.toyworld.rules import REFUSAL, is_refusal
+from lmforge.toyworld.tasks import HELDOUT_TASKS, IDENTITY, TASKS, Example, Task, eval_examples, score, sft_examples
 from lmforge.toyworld.world import (
     KINDS,
     RELATIONS,
@@ -62,4 +64,6 @@ __all__ = [
     "WorldConfig", "arithmetic_probes", "canonical_sentence", "cloze_probes", "cloze_prompt",
     "corpus_documents", "corpus_stats", "generate_world", "nonexistent_names", "pretraining_corpus",
     "score_completion", "word_problem",
+    "HELDOUT_TASKS", "IDENTITY", "REFUSAL", "TASKS", "Example", "Task", "eval_examples", "is_refusal", "score",
+    "sft_examples",
 ]

@@ -81,6 +81,9 @@ class Trainer:
         self.out_dir = Path(self.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.tied = bool(getattr(getattr(self.model, "cfg", None), "tie_embeddings", False))
+        # Denormal floats (e.g. tiny Adam second moments) run ~100x slower on x86 CPUs; flushing
+        # them to zero changes no result that matters and kept SFT steps from slowing 50-fold.
+        torch.set_flush_denormal(True)
         self.model.to(self.device)
         # FSDP2 swaps parameters for sharded DTensors, so the optimizer is built after wrapping
         self.wrapped = parallelize(self.model, self.info, self.cfg.parallel, self.device)

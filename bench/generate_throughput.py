@@ -1,0 +1,133 @@
+"""Generation throughput: lmforge's engine vs transformers' `generate`, same weights, greedy.
+
+One lmforge checkpoint (a random Llama-compatible model, or --checkpoint DIR) is exported with
+`lmforge.model.export.export_hf` and loaded back with `AutoModelForCausalLM`, so both sides run
+identical fp32 weights. Both complete the same batch of prompts of different lengths (left
+padded) greedily for exactly --new-tokens tokens (stop tokens off on both sides), timed side by
+side in one process. Prints new tokens/s of each, the ratio, and whether the greedy outputs are
+identical (the sanity check: same model, same text). A benchmark, not a test: nothing asserts speed.
+
+    python bench/generate_throughput.py                        # d_model 256 x 4 layers, vocab 2048, 8 x 128
+    python bench/generate_throughput.py --checkpoint runs/demo/pretrain/model --batch 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lmforge.engine import Engine, SamplingParams
+from lmforge.model.config import ModelConfig
+from lmforge.model.export import export_hf
+from lmforge.model.io import load_model, save_model
+from lmforge.model.transformer import Transformer
+from lmforge.tokenizer import Tokenizer, train_tokenizer
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Once upon a time there was a small model.",
+         "12 + 30 = 42", "Generation is prefill, then one token at a time through the KV cache."] * 20
+
+
+def make_checkpoint(args, root: Path) -> Path:
+    """A random Llama-compatible model with a small tokenizer, saved as an lmforge checkpoint."""
+    train_tokenizer(TEXTS, root / "tok", vocab_size=300)
+    torch.manual_seed(args.seed)
+    cfg = ModelConfig(vocab_size=args.vocab, n_layer=args.layers, d_model=args.d_model, n_head=args.heads,
+                      n_kv_head=args.kv_heads, max_seq_len=args.max_seq_len, init_std=args.init_std)
+    save_model(Transformer(cfg), root / "ckpt", tokenizer_dir=root / "tok")
+    return root / "ckpt"
+
+
+def timed(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Median seconds per call and the last output of each function, runs interleaved so that a
+    change in machine load (a shared CPU) hits every contender alike."""
+    outs = {name: fn() for name, fn in fns.items()}  # warm-up
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}, outs
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=None, help="an lmforge model directory (Llama-compatible)")
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--max-seq-len", type=int, default=512)
+    ap.add_argument("--init-std", type=float, default=0.05,
+                    help="random weights: at lmforge's 0.02 a random model mostly repeats one token, which makes "
+                         "the identical-output check weak; 0.05 gives ~100 distinct tokens in 128")
+    ap.add_argument("--batch", type=int, default=8, help="prompts per batch")
+    ap.add_argument("--prompt-len", type=int, default=48, help="longest prompt; the others are shorter")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(args.checkpoint) if args.checkpoint else make_checkpoint(args, Path(tmp))
+        export_hf(ckpt, Path(tmp) / "hf")
+        ours = load_model(ckpt, device).eval()
+        theirs = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", attn_implementation="sdpa")
+        theirs = theirs.float().to(device).eval()
+        tok = Tokenizer.load(ckpt)
+    theirs.generation_config.eos_token_id = None  # exactly --new-tokens tokens on both sides
+    cfg = ours.cfg
+
+    g = torch.Generator().manual_seed(args.seed)
+    B, N = args.batch, args.new_tokens
+    lengths = [max(1, args.prompt_len - (i * args.prompt_len) // (2 * B)) for i in range(B)]  # L down to ~L/2
+    prompts = [torch.randint(0, min(tok.vocab_size, cfg.vocab_size), (n,), generator=g).tolist() for n in lengths]
+    L = max(lengths)
+    input_ids = torch.tensor([[tok.pad_id] * (L - len(p)) + p for p in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=device)
+
+    params = SamplingParams(max_new_tokens=N, temperature=0.0)
+    engine = Engine(ours, batch_size=B)
+    reference = Engine(ours, batch_size=B, fast=False)
+
+    def run_ours(e=engine):
+        return [c[0].ids for c in e.generate(prompts, params)]
+
+    @torch.inference_mode()
+    def run_theirs():
+        out = theirs.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=N,
+                              do_sample=False, use_cache=True, pad_token_id=tok.pad_id)
+        return out[:, L:].tolist()
+
+    print(f"device {device} ({torch.get_num_threads()} threads), {ours.num_params() / 1e6:.2f}M params "
+          f"(d_model {cfg.d_model} x {cfg.n_layer} layers, vocab {cfg.vocab_size}), fp32, greedy, "
+          f"{B} prompts of {min(lengths)}-{L} tokens, {N} new tokens each")
+    fns = {"transformers": run_theirs, "lmforge": run_ours, "lmforge fast=False": lambda: run_ours(reference)}
+    secs, outs = timed(fns, args.repeats)
+    results = {name: B * N / dt for name, dt in secs.items()}
+    for name, dt in secs.items():
+        print(f"{name:>20}: {B * N / dt:9.0f} new tokens/s   ({dt * 1e3:7.1f} ms per batch, median of {args.repeats})")
+    for name in ("lmforge", "lmforge fast=False"):
+        print(f"ratio {name} / transformers: {results[name] / results['transformers']:.2f}x")
+    same = [a == b for a, b in zip(outs["lmforge"], outs["transformers"], strict=True)]
+    print(f"greedy outputs identical: {all(same)} ({sum(same)}/{B} rows)")
+    if not all(same):
+        first = [next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
+                 for a, b in zip(outs["lmforge"], outs["transformers"], strict=True)]
+        print(f"  first differing position per row: {first}")
+    print(f"  row 0, first new ids: lmforge {outs['lmforge'][0][:8]}, transformers {outs['transformers'][0][:8]}; "
+          f"distinct tokens per row: {[len(set(o)) for o in outs['lmforge']]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""`lmforge chat CHECKPOINT`: talk to a model in the terminal.
+
+Streams tokens as they are generated, keeps a multi-turn history trimmed to the context window
+(oldest turns go first; the system prompt stays), and understands /reset, /system TEXT,
+/help and /quit. `-p "prompt"` answers once and exits. Tool calls (the calculator) run inside
+the engine and their outputs are shown in brackets.
+"""
+
+from __future__ import annotations
+
+import sys
+
+HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt), /help, /quit"
+
+
+class ChatSession:
+    def __init__(self, model, tok, *, temperature: float = 0.7, top_k: int = 50, top_p: float = 0.95,
+                 max_new_tokens: int = 256, system: str = "", seed: int = 0):
+        from lmforge.engine import Engine, SamplingParams
+        from lmforge.tokenizer import END_OF_TURN
+        from lmforge.tools import TOOLS
+
+        self.model, self.tok = model, tok
+        self.engine = Engine(model, tok, tools=TOOLS)
+        self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                     top_p=top_p, stop_ids=(tok.special[END_OF_TURN], tok.eos_id), seed=seed)
+        self.system = system
+        self.history: list[dict] = []
+        self.turn = 0
+
+    def messages(self) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+
+    def prompt_ids(self) -> list[int]:
+        """The conversation rendered for generation, dropping the oldest turns until it fits."""
+        from lmforge.chat import render_prompt
+
+        budget = self.model.cfg.max_seq_len - self.params.max_new_tokens
+        while True:
+            ids = render_prompt(self.messages(), self.tok)
+            if len(ids) <= budget or len(self.history) <= 1:
+                # one message longer than the window: keep BOS and the most recent tokens
+                return ids if len(ids) <= budget else ids[:1] + ids[len(ids) - budget + 1:]
+            # drop the oldest user turn and everything up to the next user turn
+            nxt = next((i for i, m in enumerate(self.history[1:], 1) if m["role"] == "user"), len(self.history))
+            self.history = self.history[nxt:]
+
+    def reply(self, text: str, out=sys.stdout) -> str:
+        """Add a user turn, stream the answer to `out`, return it."""
+        from lmforge.tokenizer import END_OF_TURN
+
+        self.history.append({"role": "user", "content": text})
+        prompt = self.prompt_ids()
+        generated: list[int] = []
+        shown = ""
+        self.params.seed += 1  # a fresh sample each turn, still reproducible from --seed
+        for tid in self.engine.stream(prompt, self.params):
+            if tid in (self.tok.special[END_OF_TURN], self.tok.eos_id):
+                break
+            generated.append(tid)
+            text_now = self._visible(generated)
+            if text_now.startswith(shown):  # print only the new part (a multi-byte character may be partial)
+                out.write(text_now[len(shown):])
+                out.flush()
+                shown = text_now
+        out.write(self._visible(generated)[len(shown):] + "\n")
+        answer = self.tok.decode(generated, skip_special=True).strip()
+        self.history.append({"role": "assistant", "content": answer})
+        return answer
+
+    def _visible(self, ids: list[int]) -> str:
+        """Decoded text with tool segments shown as [tool call ...] / [= result]."""
+        from lmforge.tokenizer import END_TOOL_CALL, END_TOOL_OUTPUT, TOOL_CALL, TOOL_OUTPUT
+
+        marks = {self.tok.special[TOOL_CALL]: " [tool call: ", self.tok.special[END_TOOL_CALL]: "]",
+                 self.tok.special[TOOL_OUTPUT]: " [= ", self.tok.special[END_TOOL_OUTPUT]: "] "}
+        text, run = "", []
+        for t in ids:
+            if t in marks:
+                text += self.tok.decode(run) + marks[t]
+                run = []
+            else:
+                run.append(t)
+        return text + self.tok.decode(run, skip_special=True)
+
+
+def run_chat(args) -> int:
+    from lmforge.model.io import load_model
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.train.distributed import DistInfo, resolve_device
+
+    device = resolve_device(args.device, DistInfo())
+    model = load_model(args.checkpoint, device).eval()
+    tok = Tokenizer.load(args.checkpoint)
+    session = ChatSession(model, tok, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          max_new_tokens=args.max_new_tokens, system=args.system, seed=args.seed)
+    if args.prompt is not None:
+        session.reply(args.prompt)
+        return 0
+    print(f"lmforge chat: {args.checkpoint} ({model.num_params() / 1e6:.1f}M parameters). {HELP}")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/help":
+            print(HELP)
+        elif line == "/reset":
+            session.history.clear()
+            print("(conversation cleared)")
+        elif line.startswith("/system"):
+            session.system = line[len("/system"):].strip()
+            print(f"(system prompt {'set' if session.system else 'cleared'})")
+        elif line.startswith("/"):
+            print(f"unknown command {line.split()[0]}; {HELP}")
+        else:
+            sys.stdout.write("model> ")
+            session.reply(line)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("chat", help="talk to a checkpoint (interactive, or one-shot with -p)")
+    p.add_argument("checkpoint", help="a model directory, e.g. runs/demo/sft/model")
+    p.add_argument("-p", "--prompt", default=None, help="answer this one message and exit")
+    p.add_argument("--system", default="", help="system prompt")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")

@@ -1,0 +1,376 @@
+"""Conversations from JSONL/JSON, parquet and Hugging Face datasets, in three record formats.
+
+Record formats (`format`, detected per record with "auto"):
+- messages (OpenAI): {"messages": [{"role": ..., "content": ...}, ...]}. OpenAI's nested tool calls
+  ({"type": "function", "function": {"name", "arguments"}}, arguments as a string or object) are
+  flattened to lmforge's {"name", "arguments": str}; `tool_call_id`/`name` of tool messages and
+  null-valued keys (parquet fills absent struct fields with null) are dropped.
+- sharegpt: {"conversations": [{"from": "human"|"gpt"|"system"|..., "value": str}]}; optional
+  top-level "system"; "function_call" turns (value: JSON {"name", "arguments"} or a list of them)
+  become assistant tool calls, "observation"/"tool" turns tool outputs.
+- alpaca: {"instruction", "input" (optional), "output", "system" (optional)} -> user = instruction
+  + "\\n\\n" + input (an empty input is left out), assistant = output.
+Other top-level fields (ids, sources, tools) are ignored; unknown keys *inside* messages are errors,
+since they are usually typos. Content is kept verbatim (not stripped).
+
+Every bad record is a one-line `LmforgeError` "<file>:<line>: ..." (JSONL) or "<file>: record <i>: ..."
+(JSON arrays, parquet, datasets; i counts from 0), or, with `skip_invalid`, skipped and counted.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmforge.chat import validate
+from lmforge.data.sources import _is_saved_hf_dir, _json_type, _one_line, _open_error
+from lmforge.errors import LmforgeError
+
+FORMATS = ("auto", "messages", "sharegpt", "alpaca")
+FILE_FORMATS = ("auto", "jsonl", "parquet", "hf")
+# .json may hold a JSON array (alpaca_data.json) or JSON lines: the reader looks at the first byte.
+_EXTENSIONS = {".jsonl.gz": "jsonl", ".json.gz": "jsonl", ".jsonl": "jsonl", ".json": "jsonl",
+               ".parquet": "parquet"}
+_EXT_HELP = ".jsonl, .json, .jsonl.gz, .json.gz, .parquet, or a datasets.save_to_disk directory"
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system", "tool": "tool", "observation": "tool", "function_call": "assistant"}
+
+
+@dataclass
+class ChatSourceConfig:
+    path: str                   # file, directory or glob; or an HF hub id / saved dataset dir (file_format="hf")
+    format: str = "auto"        # auto|messages|sharegpt|alpaca: record format (auto: by keys, per record)
+    file_format: str = "auto"   # auto|jsonl|parquet|hf
+    split: str = "train"        # hf split
+    name: str = ""              # hf configuration name
+    weight: float = 1.0         # mixture weight: examples drawn = weight x conversations (see `mix`)
+    skip_invalid: bool = False  # skip (and count) malformed records instead of failing
+
+
+# ---------------------------------------------------------------- files
+
+
+def _format_of(p: Path) -> str | None:
+    if _is_saved_hf_dir(p):
+        return "hf"
+    name = p.name.lower()
+    return next((fmt for ext, fmt in _EXTENSIONS.items() if name.endswith(ext)), None)
+
+
+def _resolve(cfg: ChatSourceConfig) -> list[tuple[Path | str, str]]:
+    """cfg.path as (path, file format) pairs, sorted. Mirrors lmforge.data.sources, with chat extensions."""
+    if cfg.format not in FORMATS:
+        raise LmforgeError(f"{cfg.path}: unknown record format '{cfg.format}' (expected one of: {', '.join(FORMATS)})")
+    if cfg.file_format not in FILE_FORMATS:
+        raise LmforgeError(f"{cfg.path}: unknown file_format '{cfg.file_format}' "
+                           f"(expected one of: {', '.join(FILE_FORMATS)})")
+    p = Path(cfg.path)
+    if cfg.file_format == "hf":
+        return [(p if p.exists() else cfg.path, "hf")]
+    if p.is_dir() and not _is_saved_hf_dir(p):
+        files = sorted(f for f in p.rglob("*")
+                       if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if cfg.file_format == "auto":  # READMEs and licences in a directory are skipped, not errors
+            pairs = [(f, fmt) for f in files if (fmt := _format_of(f)) is not None]
+        else:
+            pairs = [(f, cfg.file_format) for f in files]
+        if not pairs:
+            raise LmforgeError(f"{p}: no data files in directory (expected {_EXT_HELP})")
+        return pairs
+    if p.exists():
+        paths = [p]
+    elif glob.has_magic(cfg.path):
+        paths = [Path(m) for m in sorted(glob.glob(cfg.path, recursive=True)) if Path(m).is_file()]
+        if not paths:
+            raise LmforgeError(f"{cfg.path}: no files match")
+    else:
+        raise LmforgeError(f"{cfg.path}: file not found")
+    out = []
+    for f in paths:
+        fmt = cfg.file_format if cfg.file_format != "auto" else _format_of(f)
+        if fmt is None:
+            raise LmforgeError(f"{f}: cannot tell the file format from the name (expected {_EXT_HELP}); "
+                               "set file_format explicitly")
+        out.append((f, fmt))
+    return out
+
+
+# Readers yield (where, record) pairs; a record that cannot even be parsed comes as an LmforgeError
+# instance (not raised) so that skip_invalid can count it. Errors about the whole file are raised.
+
+
+def _iter_json(path: Path) -> Iterator[tuple[str, object]]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        f = opener(path, "rb")
+    except OSError as e:
+        raise _open_error(path, e) from None
+    with f:
+        try:
+            first = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+            f.seek(0)
+            if first == b"[":  # one JSON array of records
+                try:
+                    records = json.loads(f.read().decode("utf-8-sig"))
+                except UnicodeDecodeError as e:
+                    raise LmforgeError(f"{path}: not valid UTF-8 ({e.reason})") from None
+                except json.JSONDecodeError as e:
+                    raise LmforgeError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+                for i, rec in enumerate(records):
+                    yield f"{path}: record {i}", rec
+                return
+            for lineno, raw in enumerate(f, 1):
+                where = f"{path}:{lineno}"
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    yield where, LmforgeError(f"{where}: not valid UTF-8 ({e.reason})")
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    yield where, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield where, LmforgeError(f"{where}: invalid JSON ({e.msg})")
+        except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+            raise LmforgeError(f"{path}: cannot read ({_one_line(e)})") from None
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, object]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise LmforgeError(f"{path}: file not found") from None
+    except Exception as e:  # ArrowInvalid / OSError for bytes that are not parquet
+        raise LmforgeError(f"{path}: cannot read ({_one_line(e)})") from None
+    i = 0
+    try:
+        for batch in pf.iter_batches(batch_size=1024):
+            for rec in batch.to_pylist():
+                yield f"{path}: record {i}", rec
+                i += 1
+    except Exception as e:
+        raise LmforgeError(f"{path}: cannot read ({_one_line(e)})") from None
+
+
+def _iter_hf(path: Path | str, cfg: ChatSourceConfig) -> Iterator[tuple[str, object]]:
+    import datasets
+
+    try:
+        if isinstance(path, Path) and _is_saved_hf_dir(path):
+            ds = datasets.load_from_disk(str(path))
+        else:
+            ds = datasets.load_dataset(str(path), cfg.name or None, split=cfg.split)
+    except Exception as e:  # hub, network and format errors all mean "could not load what you named"
+        raise LmforgeError(f"{path}: cannot load dataset ({_one_line(e)})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if cfg.split not in ds:
+            raise LmforgeError(f"{path}: no split '{cfg.split}' (splits: {', '.join(ds)})")
+        ds = ds[cfg.split]
+    for i, rec in enumerate(ds):
+        yield f"{path}: record {i}", rec
+
+
+# ---------------------------------------------------------------- records
+
+
+def _need_str(rec: dict, key: str, where: str, optional: bool = False) -> str:
+    if key not in rec or rec[key] is None:
+        if optional:
+            return ""
+        raise LmforgeError(f"{where}: missing field '{key}' (fields: {', '.join(rec)})")
+    if not isinstance(rec[key], str):
+        raise LmforgeError(f"{where}: field '{key}' must be a string, got {_json_type(rec[key])}")
+    return rec[key]
+
+
+def _flat_call(c):
+    """OpenAI's {"id", "type": "function", "function": {"name", "arguments"}} -> {"name", "arguments": str}."""
+    if isinstance(c, dict) and isinstance(c.get("function"), dict) and c.get("type", "function") == "function":
+        c = c["function"]
+    if isinstance(c, dict):
+        c = {k: v for k, v in c.items() if v is not None}
+        if isinstance(c.get("arguments"), (dict, list)):
+            c["arguments"] = json.dumps(c["arguments"], ensure_ascii=False)
+    return c
+
+
+def _from_messages(rec: dict, where: str) -> list[dict]:
+    msgs = rec["messages"]
+    if not isinstance(msgs, list):
+        raise LmforgeError(f"{where}: field 'messages' must be a list, got {_json_type(msgs)}")
+    out = []
+    for m in msgs:
+        if isinstance(m, dict):
+            m = {k: v for k, v in m.items() if v is not None}
+            if m.get("role") == "tool":
+                m.pop("tool_call_id", None)
+                m.pop("name", None)
+            if isinstance(m.get("tool_calls"), list):
+                m["tool_calls"] = [_flat_call(c) for c in m["tool_calls"]]
+                m.setdefault("content", "")  # OpenAI: content null beside tool calls
+        out.append(m)
+    validate(out, where)
+    return out
+
+
+def _from_sharegpt(rec: dict, where: str) -> list[dict]:
+    turns = rec["conversations"]
+    if not isinstance(turns, list):
+        raise LmforgeError(f"{where}: field 'conversations' must be a list, got {_json_type(turns)}")
+    system = _need_str(rec, "system", where, optional=True)
+    out = [{"role": "system", "content": system}] if system.strip() else []
+    for i, t in enumerate(turns):
+        at = f"{where}: conversations[{i}]"
+        if not isinstance(t, dict):
+            raise LmforgeError(f"{at}: expected an object with 'from' and 'value', got {_json_type(t)}")
+        for k in ("from", "value"):
+            if k not in t:
+                raise LmforgeError(f"{at}: missing '{k}'")
+        extra = [k for k in t if k not in ("from", "value")]
+        if extra:
+            raise LmforgeError(f"{at}: unknown key {extra[0]!r} (allowed: from, value)")
+        src, value = t["from"], t["value"]
+        if src not in _SHAREGPT_ROLES:
+            raise LmforgeError(f"{at}: unknown 'from' value {src!r} (expected one of: {', '.join(_SHAREGPT_ROLES)})")
+        if not isinstance(value, str):
+            raise LmforgeError(f"{at}: 'value' must be a string, got {_json_type(value)}")
+        if src == "function_call":
+            try:
+                calls = json.loads(value)
+            except json.JSONDecodeError:
+                calls = None
+            calls = calls if isinstance(calls, list) else [calls]
+            if not all(isinstance(c, dict) for c in calls):
+                raise LmforgeError(f'{at}: a function_call value must be JSON {{"name": ..., "arguments": ...}} '
+                                   "or a list of them")
+            out.append({"role": "assistant", "content": "", "tool_calls": [_flat_call(c) for c in calls]})
+        else:
+            out.append({"role": _SHAREGPT_ROLES[src], "content": value})
+    offset = len(out) - len(turns)  # 1 when a top-level system message was put first
+    validate(out, where, label=lambda i: "system" if i < offset else f"conversations[{i - offset}]")
+    return out
+
+
+def _from_alpaca(rec: dict, where: str) -> list[dict]:
+    instruction = _need_str(rec, "instruction", where)
+    extra = _need_str(rec, "input", where, optional=True)
+    output = _need_str(rec, "output", where)
+    system = _need_str(rec, "system", where, optional=True)
+    out = [{"role": "system", "content": system}] if system.strip() else []
+    user = "\n\n".join(x for x in (instruction, extra) if x.strip())
+    out += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    field = {"system": "system", "user": "instruction", "assistant": "output"}
+    validate(out, where, label=lambda i: field[out[i]["role"]])
+    return out
+
+
+_CONVERTERS = {"messages": _from_messages, "sharegpt": _from_sharegpt, "alpaca": _from_alpaca}
+_KEY = {"messages": "messages", "sharegpt": "conversations", "alpaca": "instruction"}
+
+
+def to_messages(rec, fmt: str, where: str) -> list[dict]:
+    """One record as a validated list of messages; LmforgeError("<where>: ...") if malformed."""
+    if not isinstance(rec, dict):
+        raise LmforgeError(f"{where}: expected a JSON object, got {_json_type(rec)}")
+    if fmt == "auto":
+        fmt = next((f for f in ("messages", "sharegpt", "alpaca") if _KEY[f] in rec), None)
+        if fmt is None:
+            raise LmforgeError(f"{where}: cannot tell the record format: expected a 'messages', 'conversations' or "
+                               f"'instruction' field (fields: {', '.join(rec)})")
+    elif _KEY[fmt] not in rec:
+        raise LmforgeError(f"{where}: missing field '{_KEY[fmt]}' (fields: {', '.join(rec)})")
+    return _CONVERTERS[fmt](rec, where)
+
+
+def _read(cfg: ChatSourceConfig) -> tuple[list[list[dict]], int, str]:
+    """(conversations, number skipped, the first skipped record's error or "")."""
+    convs, skipped, first = [], 0, ""
+    for path, ffmt in _resolve(cfg):
+        records = _iter_hf(path, cfg) if ffmt == "hf" else _iter_parquet(path) if ffmt == "parquet" \
+            else _iter_json(path)
+        for where, rec in records:
+            try:
+                if isinstance(rec, LmforgeError):
+                    raise rec
+                convs.append(to_messages(rec, cfg.format, where))
+            except LmforgeError as e:
+                if not cfg.skip_invalid:
+                    raise
+                skipped += 1
+                first = first or str(e)
+    if not convs:
+        why = f" ({skipped} invalid records skipped; the first: {first})" if skipped else ""
+        raise LmforgeError(f"{cfg.path}: no conversations{why}")
+    return convs, skipped, first
+
+
+def read_conversations(cfg: ChatSourceConfig) -> tuple[list[list[dict]], int]:
+    """All conversations of one source (validated message lists) and the number of records skipped."""
+    convs, skipped, _ = _read(cfg)
+    return convs, skipped
+
+
+# ---------------------------------------------------------------- mixture
+
+
+def _round_to(values: list[float], total: int) -> list[int]:
+    """Integers summing to `total`, each the floor or ceiling of its value (largest remainders first)."""
+    base = [math.floor(v) for v in values]
+    order = sorted(range(len(values)), key=lambda i: (base[i] - values[i], i))
+    for i in order[: total - sum(base)]:
+        base[i] += 1
+    return base
+
+
+def mix(sources: list[ChatSourceConfig], seed: int, total: int | None = None) -> tuple[list[list[dict]], dict]:
+    """A shuffled mixture of several sources and its stats.
+
+    A source's weight multiplies its size: it contributes round(weight x conversations) examples
+    (1.0: each once, 2.0: each twice, 0.5: a random half, 0: none). With `total`, those counts are
+    scaled to sum to `total`, keeping their ratios. Upsampling takes whole passes over a source,
+    then a random subset for the fraction, so every example is used before any repeats more
+    than the others (lower variance than drawing with replacement). Deterministic in `seed`.
+    stats: {"total": N, "sources": [{"path", "conversations", "skipped", "weight", "drawn", "first_skipped"?}]}.
+    """
+    import numpy as np
+
+    if not sources:
+        raise LmforgeError("chat sources: none given (expected at least one source)")
+    if total is not None and total <= 0:
+        raise LmforgeError(f"chat sources: total must be positive, got {total}")
+    read, rows = [], []
+    for cfg in sources:
+        w = cfg.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise LmforgeError(f"{cfg.path}: weight must be a number >= 0, got {w!r}")
+        convs, skipped, first = _read(cfg) if w > 0 else ([], 0, "")
+        read.append(convs)
+        row = {"path": cfg.path, "conversations": len(convs), "skipped": skipped, "weight": w}
+        if first:
+            row["first_skipped"] = first
+        rows.append(row)
+    want = [c.weight * len(v) for c, v in zip(sources, read, strict=True)]
+    if total is None:
+        total = math.floor(sum(want) + 0.5)
+    elif sum(want) > 0:
+        want = [x * total / sum(want) for x in want]
+    if sum(want) == 0 or total == 0:
+        raise LmforgeError(f"chat sources: the mixture is empty (weights: {', '.join(str(c.weight) for c in sources)})")
+    counts = _round_to(want, total)
+    out: list[list[dict]] = []
+    for i, (convs, k, row) in enumerate(zip(read, counts, rows, strict=True)):
+        rng = np.random.default_rng([seed, i])
+        full, rest = divmod(k, len(convs)) if convs else (0, 0)
+        idx = [rng.permutation(len(convs)) for _ in range(full)] + [rng.permutation(len(convs))[:rest]]
+        out += [convs[j] for j in np.concatenate(idx).tolist()]
+        row["drawn"] = k
+    order = np.random.default_rng(seed).permutation(len(out)).tolist()
+    return [out[j] for j in order], {"total": len(out), "sources": rows}

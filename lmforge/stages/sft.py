@@ -1,0 +1,132 @@
+"""Stage `sft`: supervised instruction tuning on chat conversations, full or LoRA.
+
+Starts from the pretrained model (`sft.init`), trains on assistant tokens only (the loss
+is normalized by the number of assistant tokens in the global batch), on the shared
+trainer loop. Data: `sft.sources` (OpenAI messages, ShareGPT or Alpaca records, mixed by
+weight), or by default the toyworld instruction tasks built from the *training* entities,
+with some task types held out entirely. Output: `sft/model/` (a full checkpoint; LoRA
+adapters merged) and, for LoRA, `sft/adapter/` in the PEFT format.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.pipeline import Stage
+
+
+def init_dir(ctx, init: str) -> Path:
+    """`init` names a stage of this run (its model/ directory) or a checkpoint directory."""
+    if init in ctx.cfg.stages:
+        return ctx.stage_dir(init) / "model"
+    p = Path(init)
+    if not (p / "model_config.json").exists():
+        raise LmforgeError(f"sft.init: {init!r} is neither a stage of this recipe nor a checkpoint directory")
+    return p
+
+
+def conversations(ctx) -> tuple[list, list, dict]:
+    """(train conversations, validation conversations, stats)."""
+    sc = ctx.cfg.sft
+    if sc.sources:
+        from lmforge.data.chat_sources import mix
+
+        convs, stats = mix(sc.sources, seed=ctx.cfg.seed)
+        n_val = min(sc.val_examples, len(convs) // 10)
+        val = convs[:n_val]
+        # upsampled sources repeat conversations: keep every copy of a validation one out of training
+        held = {json.dumps(c, sort_keys=True) for c in val}
+        train = [c for c in convs[n_val:] if json.dumps(c, sort_keys=True) not in held]
+        return train, val, {"sources": len(sc.sources)}
+    from lmforge.stages.common import load_world
+    from lmforge.toyworld.tasks import sft_examples
+
+    world = load_world(ctx)
+    train = [e.messages for e in sft_examples(world, sc.n_per_task, seed=ctx.cfg.seed)]
+    per_task = max(1, sc.val_examples // 10)
+    val = [e.messages for e in sft_examples(world, per_task, seed=ctx.cfg.seed + 10_000)][: sc.val_examples]
+    return train, val, {"toyworld_tasks": len(train)}
+
+
+def run(ctx) -> dict:
+    from lmforge.eval.perplexity import evaluate_lm
+    from lmforge.model.io import load_model, save_model
+    from lmforge.model.lora import apply_lora, merge_lora, save_adapter
+    from lmforge.sft import SFTBatches, tokenize_conversations
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.train.distributed import resolve_device
+    from lmforge.train.metrics import read_metrics
+    from lmforge.train.trainer import CausalLMModule, Trainer
+
+    cfg, info, sc = ctx.cfg, ctx.info, ctx.cfg.sft
+    tc = sc.train
+    out = ctx.stage_dir("sft")
+    src = init_dir(ctx, sc.init)
+    tok = Tokenizer.load(src)
+    torch.manual_seed(cfg.seed)
+    model = load_model(src)
+    max_len = min(tc.seq_len, model.cfg.max_seq_len - 1)
+    train_convs, val_convs, stats = conversations(ctx)
+    train = tokenize_conversations(train_convs, tok, max_len)
+    val = tokenize_conversations(val_convs, tok, max_len)
+    trainable = apply_lora(model, sc.lora) if sc.lora.enabled else model.num_params()
+    device = resolve_device(tc.device, info)
+    batches = SFTBatches(train, tok.pad_id, tc.micro_batch_size, tc.grad_accum, cfg.seed, info.rank,
+                         info.world_size)
+    val_rows = ValRows(val, tok.pad_id)
+    token_bytes = torch.tensor(tok.token_bytes(), dtype=torch.float64)
+
+    def evaluate(m, step):
+        return evaluate_lm(m, val_rows, token_bytes, max_rows=len(val_rows), micro_batch=tc.micro_batch_size,
+                           device=device, bf16=tc.dtype == "bf16", info=info)
+
+    trainer = Trainer(cfg=tc, model=model, module=CausalLMModule(), batches=batches, out_dir=out, device=device,
+                      lr=tc.lr, info=info, evaluate=evaluate if len(val_rows) else None)
+    start = 0
+    if (out / "checkpoints" / "latest").exists():
+        if not ctx.resume:
+            raise LmforgeError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it "
+                               f"or --fresh to start over")
+        start = trainer.resume()
+        ctx.log(f"[sft] resuming from step {start}")
+    ctx.log(f"[sft] {len(train.ids)} conversations ({train.n_trained_tokens} assistant tokens, "
+            f"{train.truncated} truncated), {'LoRA r=%d' % sc.lora.r if sc.lora.enabled else 'full'}: "
+            f"{trainable / 1e6:.2f}M trainable parameters, from {src}")
+    trainer.run(start_step=start)
+    if info.is_main:
+        model = model.cpu()
+        if sc.lora.enabled:
+            save_adapter(model, sc.lora, out / "adapter", base_model=str(src))
+            model = merge_lora(model)
+        save_model(model, out / "model", src)
+    logs, evals = read_metrics(out, "train"), read_metrics(out, "eval")
+    return {"conversations": len(train.ids), "assistant_tokens": train.n_trained_tokens,
+            "truncated": train.truncated, "trainable_params": trainable, "steps": tc.steps,
+            "pad_fraction": round(batches.pad_fraction(), 4),
+            "train_loss": round(statistics.fmean(r["loss"] for r in logs[-3:]), 4) if logs else float("nan"),
+            "val_loss": round(evals[-1]["val_loss"], 4) if evals else float("nan"), **stats}
+
+
+class ValRows:
+    """Validation conversations as fixed rows, in the interface evaluate_lm expects."""
+
+    def __init__(self, data, pad_id: int):
+        self.data, self.pad_id = data, pad_id
+
+    def __len__(self) -> int:
+        return len(self.data.ids)
+
+    def get_batch(self, rows):
+        from lmforge.sft import collate
+
+        return collate([self.data.ids[i] for i in rows], [self.data.mask[i] for i in rows], self.pad_id)
+
+
+STAGE = Stage("sft", run, distributed=True,
+              description="instruction-tune the model on chat conversations (full or LoRA)",
+              inputs=("seed", "toyworld", "data", "tokenizer", "model", "train", "sft"))

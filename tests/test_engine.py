@@ -1,0 +1,310 @@
+"""Generation engine: cached greedy equals uncached argmax, batching/padding invariance, N samples,
+seeding, stop tokens, length limits, streaming, and tool calls forced into the sequence with mask 0."""
+
+import pytest
+import torch
+
+import lmforge.engine as engine_mod
+from lmforge.engine import Completion, Engine, SamplingParams, generate
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
+from lmforge.tokenizer import END_OF_TURN, END_TOOL_CALL, END_TOOL_OUTPUT, TOOL_CALL, TOOL_OUTPUT
+from lmforge.tools import TOOLS
+
+VOCAB = 64
+VARIANTS = [  # the fast decoder covers the first five; ALiBi and sliding windows use Transformer.forward
+    {},
+    dict(n_kv_head=1, qk_norm=True, tie_embeddings=True),
+    dict(norm="layernorm", position="learned", mlp="gelu"),
+    dict(norm_position="post", position="none", mlp="relu2"),
+    dict(mask="prefix"),
+    dict(position="alibi", n_kv_head=1),
+    dict(sliding_window=4),
+]
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
+
+
+def tiny(seed: int = 0, **kw) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(**{**dict(vocab_size=VOCAB, n_layer=2, d_model=32, n_head=2, max_seq_len=64), **kw})
+    return Transformer(cfg).eval()
+
+
+def prompts_of(lengths, seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in lengths]
+
+
+@torch.no_grad()
+def argmax_no_cache(model, prompt, n) -> list[int]:
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+def ids(outs) -> list[list[int]]:
+    return [samples[0].ids for samples in outs]
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+@pytest.mark.parametrize("fast", [True, False])
+def test_greedy_matches_uncached_argmax(kw, fast):
+    model = tiny(**kw)
+    prompts = prompts_of([5, 9, 2])
+    outs = Engine(model, fast=fast).generate(prompts, GREEDY)
+    for p, samples in zip(prompts, outs, strict=True):
+        assert samples[0].ids == argmax_no_cache(model, p, 12)
+        assert samples[0].mask == [1] * 12 and samples[0].finish_reason == "length"
+
+
+def test_fast_decoder_is_used_where_supported():
+    assert Engine(tiny()).fast and not Engine(tiny(), fast=False).fast
+    assert not Engine(tiny(position="alibi")).fast and not Engine(tiny(sliding_window=4)).fast
+
+
+@pytest.mark.parametrize("kw", VARIANTS[:3])
+def test_batched_left_padded_equals_one_prompt_at_a_time(kw):
+    model = tiny(**kw)
+    prompts = prompts_of([3, 11, 1, 7, 7])
+    alone = [Engine(model).generate([p], GREEDY)[0][0].ids for p in prompts]
+    assert ids(Engine(model).generate(prompts, GREEDY)) == alone
+    assert ids(Engine(model, batch_size=2).generate(prompts, GREEDY)) == alone  # several runs, order kept
+
+
+def test_lora_model_decodes_like_the_reference_path():
+    from lmforge.model.lora import LoRAConfig, apply_lora, lora_layers
+
+    model = tiny()
+    apply_lora(model, LoRAConfig(r=4, targets=["q_proj", "v_proj", "up_proj", "lm_head"]))
+    for _, m in lora_layers(model):
+        torch.nn.init.normal_(m.lora_B.weight, std=0.5)  # a trained adapter: not the identity
+    prompts = prompts_of([4, 8])
+    ref = ids(Engine(model, fast=False).generate(prompts, GREEDY))
+    assert ids(Engine(model).generate(prompts, GREEDY)) == ref
+    assert ref == [argmax_no_cache(model, p, 12) for p in prompts]
+
+
+def test_samples_differ_and_the_seed_reproduces_them():
+    model = tiny()
+    prompts = prompts_of([4, 6])
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=3)
+    a = Engine(model).generate(prompts, params, n=4)
+    assert [len(s) for s in a] == [4, 4]
+    for samples in a:
+        assert len({tuple(c.ids) for c in samples}) > 1
+    assert Engine(model).generate(prompts, params, n=4) == a
+    other = Engine(model).generate(prompts, SamplingParams(max_new_tokens=10, temperature=1.0, seed=4), n=4)
+    assert other != a
+
+
+def test_n_greedy_samples_are_identical_and_match_n_equal_one():
+    model = tiny()
+    prompts = prompts_of([4, 9, 2])
+    one = ids(Engine(model).generate(prompts, GREEDY))
+    for batch_size in (64, 4, 2):  # 2 < n: a prompt's samples are split over runs
+        outs = Engine(model, batch_size=batch_size).generate(prompts, GREEDY, n=3)
+        assert [[c.ids for c in s] for s in outs] == [[o] * 3 for o in one]
+
+
+def test_sampling_leaves_the_global_rng_alone():
+    model = tiny()
+    state = torch.get_rng_state()
+    Engine(model).generate(prompts_of([3, 5]), SamplingParams(max_new_tokens=8, temperature=1.0, seed=1), n=2)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_top_k_1_and_tiny_top_p_equal_greedy():
+    model = tiny()
+    prompts = prompts_of([3, 8])
+    greedy = ids(Engine(model).generate(prompts, GREEDY))
+    for params in (SamplingParams(max_new_tokens=12, temperature=1.5, top_k=1, seed=5),
+                   SamplingParams(max_new_tokens=12, temperature=1.5, top_p=1e-6, seed=5)):
+        assert ids(Engine(model).generate(prompts, params)) == greedy
+
+
+def test_stop_token_ends_its_row_and_the_others_continue():
+    model = tiny()
+    prompts = prompts_of([5, 3, 8])
+    free = ids(Engine(model).generate(prompts, GREEDY))
+    # a token of row 0 (not its first) that some other row never produces
+    stop = next(t for t in free[0][1:] if any(t not in f for f in free[1:]))
+    outs = Engine(model).generate(prompts, SamplingParams(max_new_tokens=12, temperature=0.0, stop_ids=(stop,)))
+    reasons = []
+    for full, samples in zip(free, outs, strict=True):
+        c = samples[0]
+        if stop in full:
+            assert c.ids == full[:full.index(stop) + 1] and c.finish_reason == "stop"
+        else:
+            assert c.ids == full and c.finish_reason == "length"
+        reasons.append(c.finish_reason)
+    assert outs[0][0].finish_reason == "stop" and len(outs[0][0].ids) < 12 and "length" in reasons
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_finished_rows_leave_the_batch(fast, monkeypatch):
+    """Once half the rows are done they are dropped from the batch; the others are unaffected."""
+    model = tiny()
+    prompts = prompts_of([5, 3, 8, 6, 2, 9])
+    free = ids(Engine(model, fast=fast).generate(prompts, GREEDY, n=2))
+    stop = free[0][1]
+    widths = []
+    real_forward = Engine._forward
+    monkeypatch.setattr(Engine, "_forward", lambda self, d, idx, *a: widths.append(len(idx)) or
+                        real_forward(self, d, idx, *a))
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, stop_ids=(stop,))
+    outs = Engine(model, fast=fast).generate(prompts, params, n=2)
+    for full, samples in zip(free, outs, strict=True):
+        want = full[:full.index(stop) + 1] if stop in full else full
+        assert [c.ids for c in samples] == [want, want]
+    assert widths[0] == 6 and widths[1] == 12 and widths[-1] < 6  # prefill, first step, after compaction
+
+
+def test_max_seq_len_is_respected():
+    model = tiny(max_seq_len=20)
+    long, short, too_long = prompts_of([17, 4, 20])
+    outs = Engine(model).generate([long, short, too_long], SamplingParams(max_new_tokens=10, temperature=0.0))
+    assert [len(s[0].ids) for s in outs] == [3, 10, 0]
+    assert all(s[0].finish_reason == "length" for s in outs)
+    assert outs[0][0].ids == argmax_no_cache(model, long, 3)
+
+
+def test_long_and_short_prompts_near_max_seq_len():
+    """A short prompt batched with a long one still gets all its tokens (they go to separate runs)."""
+    model = tiny(position="learned", max_seq_len=20)
+    long, short = prompts_of([16, 3])
+    outs = Engine(model).generate([long, short], SamplingParams(max_new_tokens=10, temperature=0.0))
+    assert outs[0][0].ids == argmax_no_cache(model, long, 4)
+    assert outs[1][0].ids == argmax_no_cache(model, short, 10)
+
+
+def test_stream_yields_the_same_tokens_as_generate():
+    model = tiny()
+    (prompt,) = prompts_of([6])
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=7)
+    streamed = list(Engine(model).stream(prompt, params))
+    assert streamed == Engine(model).generate([prompt], params)[0][0].ids
+    assert len(streamed) == 10
+
+
+def test_training_mode_is_restored():
+    model = tiny()
+    model.train()
+    Engine(model).generate(prompts_of([3]), GREEDY)
+    assert model.training
+    next(Engine(model).stream(prompts_of([3])[0], GREEDY))
+    assert model.training
+
+
+def test_functional_generate_keeps_its_contract():
+    model = tiny()
+    prompts = prompts_of([4, 4, 7])
+    free = generate(model, prompts, 8)
+    assert free == [argmax_no_cache(model, p, 8) for p in prompts]
+    stop = free[1][1]
+    cut = generate(model, prompts, 8, stop_ids=(stop,), batch_size=1)
+    assert cut[1] == free[1][:2]
+    sampled = generate(model, prompts, 8, temperature=1.0, top_k=5, top_p=0.9, seed=2)
+    assert sampled == generate(model, prompts, 8, temperature=1.0, top_k=5, top_p=0.9, seed=2)
+
+
+def test_bad_arguments():
+    model = tiny()
+    with pytest.raises(ValueError):
+        Engine(model).generate([[]], GREEDY)
+    with pytest.raises(ValueError):
+        Engine(model).generate([[1]], GREEDY, n=0)
+    with pytest.raises(ValueError):
+        SamplingParams(top_p=0.0)
+    assert Engine(model).generate([], GREEDY) == []
+    assert Engine(model).generate([[1, 2]], SamplingParams(max_new_tokens=0)) == [[Completion([], [], "length")]]
+
+
+# --- tool use -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from lmforge.tokenizer import train_tokenizer
+
+    texts = ["calculator(2+3) gives 5", "hello world, the answer is 12*7 = 84", "what is 2+3? it is 5"] * 20
+    return train_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=300)
+
+
+class Script:
+    """Stands in for `sample_next`: row r emits scripts[r][step] (the last token once it runs out)."""
+
+    def __init__(self, scripts):
+        self.scripts, self.step = scripts, 0
+
+    def __call__(self, logits, temperature, top_k, top_p, generator):
+        rows = [s[min(self.step, len(s) - 1)] for s in self.scripts]
+        self.step += 1
+        return torch.tensor(rows[:logits.shape[0]])
+
+
+def tool_setup(tok, monkeypatch, call_text="calculator(2+3)"):
+    sp = tok.special
+    call = [sp[TOOL_CALL], *tok.encode(call_text), sp[END_TOOL_CALL]]
+    answer = tok.encode("hello world")
+    eot = sp[END_OF_TURN]
+    model = tiny(vocab_size=tok.vocab_size)
+    fed = []
+    real_forward = Engine._forward
+
+    def spy(self, decoder, idx, *args):
+        fed.append(idx[:, -1].tolist())
+        return real_forward(self, decoder, idx, *args)
+
+    monkeypatch.setattr(Engine, "_forward", spy)
+    return model, call, answer, eot, fed
+
+
+def test_tool_call_output_is_forced_with_mask_zero(tok, monkeypatch):
+    model, call, answer, eot, fed = tool_setup(tok, monkeypatch)
+    sp = tok.special
+    forced = [sp[TOOL_OUTPUT], *tok.encode("5"), sp[END_TOOL_OUTPUT]]
+    filler = [answer[0]] * len(forced)  # what the "model" samples while the output is forced (ignored)
+    monkeypatch.setattr(engine_mod, "sample_next", Script([call + filler + [eot], answer + [eot]]))
+    params = SamplingParams(max_new_tokens=40, temperature=0.0, stop_ids=(eot,))
+    out = Engine(model, tok, tools=TOOLS).generate([[tok.bos_id, 5, 6], [tok.bos_id]], params)
+    row0, row1 = out[0][0], out[1][0]
+    assert row0.ids == call + forced + [eot]
+    assert row0.mask == [1] * len(call) + [0] * len(forced) + [1]
+    assert row0.finish_reason == "stop"
+    assert tok.decode(row0.ids[len(call):len(call) + len(forced)]) == "<|tool_output|>5<|end_tool_output|>"
+    # the other row kept sampling while row 0 was forced
+    assert row1.ids == answer + [eot] and row1.mask == [1] * (len(answer) + 1)
+    # forced tokens went through the model as row 0's inputs, one per step (fed[0] is the prefill)
+    assert [step[0] for step in fed[1:len(call + forced) + 1]] == call + forced
+
+
+def test_tool_errors_are_forced_as_text(tok, monkeypatch):
+    model, call, answer, eot, fed = tool_setup(tok, monkeypatch, call_text="weather(Paris)")
+    monkeypatch.setattr(engine_mod, "sample_next", Script([call + [answer[0]] * 30 + [eot]]))
+    params = SamplingParams(max_new_tokens=60, temperature=0.0, stop_ids=(eot,))
+    (c,) = Engine(model, tok, tools=TOOLS).generate([[tok.bos_id]], params)[0]
+    text = tok.decode(c.ids[len(call):])
+    assert text.startswith("<|tool_output|>error: unknown tool 'weather'<|end_tool_output|>")
+    assert 0 in c.mask
+
+
+def test_tools_need_a_tokenizer_and_streaming_shows_forced_tokens(tok, monkeypatch):
+    model, call, answer, eot, fed = tool_setup(tok, monkeypatch)
+    script = call + [answer[0]] * 3 + [eot]
+    params = SamplingParams(max_new_tokens=40, temperature=0.0, stop_ids=(eot,))
+    monkeypatch.setattr(engine_mod, "sample_next", Script([script]))
+    (c,) = Engine(model, None, tools=TOOLS).generate([[tok.bos_id]], params)[0]
+    assert c.ids == script and c.mask == [1] * len(script)  # no tokenizer: the call is just text
+    monkeypatch.setattr(engine_mod, "sample_next", Script([script]))
+    streamed = list(Engine(model, tok, tools=TOOLS).stream([tok.bos_id], params))
+    assert tok.decode(streamed[len(call):]).startswith("<|tool_output|>5<|end_tool_output|>")
+    assert streamed[-1] == eot
+
+
+def test_tool_forcing_is_per_sample(tok, monkeypatch):
+    """n samples of one prompt: only the sample that calls the tool gets the output."""
+    model, call, answer, eot, fed = tool_setup(tok, monkeypatch)
+    monkeypatch.setattr(engine_mod, "sample_next", Script([call + [answer[0]] * 5 + [eot], answer + [eot]]))
+    params = SamplingParams(max_new_tokens=40, temperature=1.0, stop_ids=(eot,))
+    a, b = Engine(model, tok, tools=TOOLS).generate([[tok.bos_id, 7]], params, n=2)[0]
+    assert 0 in a.mask and b.mask == [1] * len(b.ids) and b.ids == answer + [eot]
