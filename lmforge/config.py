@@ -181,11 +181,11 @@ def dump_yaml(cfg) -> str:
 # Each component owns its config; these imports only compose them.
 from lmforge.data.sources import SourceConfig  # noqa: E402
 from lmforge.model.config import ModelConfig  # noqa: E402
+from lmforge.sft import SFTConfig  # noqa: E402
+from lmforge.stages.eval_sft import ChatEvalConfig  # noqa: E402
 from lmforge.tokenizer import TokenizerConfig  # noqa: E402
 from lmforge.toyworld import CorpusConfig, WorldConfig  # noqa: E402
 from lmforge.train.config import TrainConfig  # noqa: E402
-from lmforge.sft import SFTConfig  # noqa: E402
-from lmforge.stages.eval_sft import ChatEvalConfig  # noqa: E402
 
 
 @dataclasses.dataclass

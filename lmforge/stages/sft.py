@@ -95,7 +95,7 @@ def run(ctx) -> dict:
         start = trainer.resume()
         ctx.log(f"[sft] resuming from step {start}")
     ctx.log(f"[sft] {len(train.ids)} conversations ({train.n_trained_tokens} assistant tokens, "
-            f"{train.truncated} truncated), {'LoRA r=%d' % sc.lora.r if sc.lora.enabled else 'full'}: "
+            f"{train.truncated} truncated), {f'LoRA r={sc.lora.r}' if sc.lora.enabled else 'full'}: "
             f"{trainable / 1e6:.2f}M trainable parameters, from {src}")
     trainer.run(start_step=start)
     if info.is_main:
