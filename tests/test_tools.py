@@ -71,7 +71,7 @@ def test_bounded_work_and_clear_errors():
     assert calculator("2 ^ 3") == "error: unsupported operator ^ (use ** for powers)"
 
 
-def test_deep_nesting_is_an_error_not_a_crash():
+def test_deep_nesting_within_the_length_limit_works():
     assert calculator("(" * 99 + "1" + ")" * 99) == "1"
     assert calculator("-" * 199 + "1") == "-1"
 
