@@ -35,7 +35,9 @@ class ChatSession:
         """The conversation rendered for generation, dropping the oldest turns until it fits."""
         from lmforge.chat import render_prompt
 
-        budget = self.model.cfg.max_seq_len - self.params.max_new_tokens
+        ctx = self.model.cfg.max_seq_len
+        # keep at least half the window for the conversation, however long the answers may be
+        budget = ctx - min(self.params.max_new_tokens, ctx // 2)
         while True:
             ids = render_prompt(self.messages(), self.tok)
             if len(ids) <= budget or len(self.history) <= 1:
