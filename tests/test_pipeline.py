@@ -8,7 +8,7 @@ import pytest
 from lmforge.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=300",
+TINY = ["stages=[toyworld,tokenizer,pretrain,eval_base]", "model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=300",
         "train.steps=6", "train.micro_batch_size=4", "train.seq_len=32", "train.warmup_steps=1",
         "train.eval_every=3", "train.eval_batches=2", "train.ckpt_every=3", "train.progress=false",
         "train.tensorboard=false", "eval.cloze_limit=10", "eval.arithmetic_probes=10",
@@ -73,10 +73,12 @@ def test_bad_data_source_is_one_line_and_leaves_no_complete_stage(tmp_path, caps
 def test_demo_recipe_bounded(tmp_path):
     """The shipped demo recipe end to end with fewer steps: every stage runs, loss falls."""
     rc = main(["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "train.steps=40",
-               "train.progress=false", "train.eval_every=20"])
+               "train.progress=false", "train.eval_every=20", "sft.train.steps=20", "sft.train.progress=false",
+               "eval_sft.qa_examples=20", "eval_sft.per_task=3"])
     assert rc == 0
     summary = json.loads((tmp_path / "demo/summary.json").read_text())
     evals = [json.loads(x) for x in (tmp_path / "demo/pretrain/metrics.jsonl").read_text().splitlines()]
     val = [e["val_loss"] for e in evals if e["kind"] == "eval"]
     assert len(val) == 2 and val[1] < val[0]
     assert summary["eval_base"]["val_loss"] == pytest.approx(val[-1], abs=0.3)
+    assert list(summary) == ["toyworld", "tokenizer", "pretrain", "eval_base", "sft", "eval_sft"]
