@@ -8,7 +8,8 @@ import pytest
 from lmforge.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["stages=[toyworld,tokenizer,pretrain,eval_base]", "model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=300",
+TINY = ["stages=[toyworld,tokenizer,pretrain,eval_base]",
+        "model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=300",
         "train.steps=6", "train.micro_batch_size=4", "train.seq_len=32", "train.warmup_steps=1",
         "train.eval_every=3", "train.eval_batches=2", "train.ckpt_every=3", "train.progress=false",
         "train.tensorboard=false", "eval.cloze_limit=10", "eval.arithmetic_probes=10",

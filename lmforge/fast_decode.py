@@ -1,0 +1,166 @@
+"""Fast decoding for the engine: the model's own layers, with per-call preparation hoisted out
+of the step loop (RoPE table, padding mask, and on CPU q|k|v and gate|up fused and pre-packed
+for oneDNN). See lmforge/engine.py for how and when it is used.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.model.layers import RMSNorm, apply_rope, rope_cos_sin
+from lmforge.model.transformer import KVCache, Transformer
+
+_ONEDNN_OK: dict[torch.dtype, bool] = {}
+
+
+def _onednn_ok(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's packed linear works here for `dtype` (checked once against F.linear).
+
+    `torch.ops.mkldnn._linear_pointwise` is the op inductor uses for CPU linears; it is private,
+    so any failure (a future PyTorch without it, a CPU without the kernel) falls back to F.linear.
+    """
+    if dtype not in _ONEDNN_OK:
+        ok = False
+        if torch.backends.mkldnn.is_available() and dtype in (torch.float32, torch.bfloat16):
+            try:
+                with torch.inference_mode():
+                    w, x = torch.randn(24, 16, dtype=dtype), torch.randn(3, 16, dtype=dtype)
+                    y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w),
+                                                           None, "none", [], "")
+                    ok = torch.allclose(y.float(), F.linear(x, w).float(), atol=0.05, rtol=0.05)
+            except Exception:  # any failure means: do not use it
+                ok = False
+        _ONEDNN_OK[dtype] = ok
+    return _ONEDNN_OK[dtype]
+
+
+def _plain_weight(m: nn.Module) -> torch.Tensor | None:
+    """The weight that makes `m` a bias-free matmul, or None when `m` is anything else."""
+    from lmforge.model.lora import LoRALinear
+
+    if type(m) is nn.Linear and m.bias is None:
+        return m.weight
+    if type(m) is LoRALinear and m.bias is None:  # eval-mode LoRA is a matmul by the merged weight
+        return m.merged_weight() if m.lora_enabled else m.weight
+    return None
+
+
+class _Proj:
+    """Linear layers that read the same input (q|k|v, gate|up), as one packed oneDNN matmul on CPU.
+
+    Elsewhere (GPU, unusual modules) the modules are called as they are: no weight copies.
+    """
+
+    def __init__(self, mods: list[nn.Module], pack: bool):
+        self.mods = mods
+        ws = [_plain_weight(m) for m in mods]
+        self.packed = None
+        if pack and all(w is not None for w in ws):
+            w = torch.cat(ws) if len(ws) > 1 else ws[0]
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous())
+            self.sizes = [w.shape[0] for w in ws]
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """All outputs side by side (packed only)."""
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.packed is None:
+            return [m(x) for m in self.mods]
+        y = torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        return list(y.split(self.sizes, -1)) if len(self.sizes) > 1 else [y]
+
+
+class _Decoder:
+    """`Transformer.forward` for generation, returning only the last position's logits.
+
+    Covers the configurations whose attention is plain causal (rope, learned or no positions;
+    pre/post-norm; any MLP; QK-norm; GQA); `supports()` says which. Prepared once per
+    generate/stream call, so weights changed by training are picked up by the next call.
+    """
+
+    def __init__(self, model: Transformer):
+        cfg = self.cfg = model.cfg
+        self.model = model
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        pack = self.device.type == "cpu" and _onednn_ok(self.dtype)
+        self.layers = []
+        for block in model.model.layers:
+            a, mlp = block.self_attn, block.mlp
+            self.layers.append((
+                block,
+                _Proj([a.q_proj, a.k_proj, a.v_proj], pack),
+                _Proj([a.o_proj], pack),
+                _Proj([mlp.gate_proj, mlp.up_proj] if cfg.mlp == "swiglu" else [mlp.up_proj], pack),
+                _Proj([mlp.down_proj], pack),
+            ))
+        self.head = _Proj([model.lm_head], pack)
+        # F.rms_norm is one kernel and, in fp32, bit-identical to RMSNorm's six
+        self.fast_norm = self.dtype == torch.float32
+        self.rope = None
+        if cfg.position == "rope":  # every position a row can reach: 0 .. max_seq_len - 1
+            cos, sin = rope_cos_sin(torch.arange(cfg.max_seq_len, device=self.device), cfg.head_dim, cfg.rope_theta)
+            self.rope = (cos, sin)
+
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """A Transformer whose forward is the stock one, with plain causal attention."""
+        return (isinstance(model, Transformer) and type(model).forward is Transformer.forward
+                and model.cfg.position != "alibi" and model.cfg.sliding_window == 0)
+
+    def forward(self, idx: torch.Tensor, start: int, pos: torch.Tensor, bias: torch.Tensor | None,
+                cache: KVCache) -> torch.Tensor:
+        """idx (B, T) in columns start.., at positions pos (B, T) -> logits of the last column (B, V).
+
+        bias: additive attention mask (B, 1, T, start + T), or None for plain causal.
+        """
+        cfg, m = self.cfg, self.model
+        B, T = idx.shape
+        H, Hkv, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        x = m.model.embed_tokens(idx)
+        if cfg.position == "learned":
+            x = x + m.model.embed_positions(pos)
+        rope = None
+        if self.rope is not None:
+            rope = (self.rope[0][pos][:, None], self.rope[1][pos][:, None])     # (B, 1, T, D)
+        norm = self._norm
+        for li, (block, qkv, o_proj, up, down) in enumerate(self.layers):
+            attn_in = norm(block.input_layernorm, x) if block.pre else x
+            if qkv.packed is not None and rope is not None and not cfg.qk_norm:
+                y = qkv.fused(attn_in)  # rotate q and k in one go: they sit side by side
+                qk = apply_rope(y[..., :(H + Hkv) * D].view(B, T, H + Hkv, D).transpose(1, 2), *rope)
+                q, k = qk[:, :H], qk[:, H:]
+                v = y[..., (H + Hkv) * D:].view(B, T, Hkv, D).transpose(1, 2)
+            else:
+                q, k, v = qkv(attn_in)
+                q = q.view(B, T, H, D).transpose(1, 2)
+                k = k.view(B, T, Hkv, D).transpose(1, 2)
+                v = v.view(B, T, Hkv, D).transpose(1, 2)
+                if cfg.qk_norm:
+                    q, k = block.self_attn.q_norm(q), block.self_attn.k_norm(k)
+                if rope is not None:
+                    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            k, v = cache.update(li, k, v, start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bias is None and T > 1,
+                                               enable_gqa=Hkv != H)
+            y = o_proj(y.transpose(1, 2).reshape(B, T, H * D))[0]
+            if block.pre:
+                x = x + y
+                h = up(norm(block.post_attention_layernorm, x))
+            else:
+                x = norm(block.input_layernorm, x + y)
+                h = up(x)
+            kind = block.mlp.kind
+            h = F.silu(h[0]) * h[1] if kind == "swiglu" else F.gelu(h[0]) if kind == "gelu" else F.relu(h[0]).square()
+            x = x + down(h)[0] if block.pre else norm(block.post_attention_layernorm, x + down(h)[0])
+        return self.head(norm(m.model.norm, x[:, -1]))[0]
+
+    def _norm(self, mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.fast_norm and type(mod) is RMSNorm:
+            return F.rms_norm(x, mod.weight.shape, mod.weight, mod.eps)
+        return mod(x)
+
+
