@@ -68,20 +68,13 @@ def _cuda() -> bool:
 
 def _tokenizer_train(args) -> int:
     from lmforge.data import SourceConfig, iter_many
-    from lmforge.stages.tokenizer import MAX_HELDOUT_DOCS, is_heldout
+    from lmforge.stages.tokenizer import split_heldout
     from lmforge.tokenizer import train_tokenizer
 
     sources = [SourceConfig(path=p, format=args.format, text_field=args.text_field) for p in args.input]
     heldout: list[str] = []
-
-    def texts():
-        for doc in iter_many(sources):
-            if is_heldout(doc) and len(heldout) < MAX_HELDOUT_DOCS:
-                heldout.append(doc)
-            else:
-                yield doc
-
-    tok = train_tokenizer(texts(), args.out, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+    tok = train_tokenizer(split_heldout(iter_many(sources), heldout), args.out, vocab_size=args.vocab_size,
+                          min_frequency=args.min_frequency)
     print(f"wrote {Path(args.out) / 'tokenizer.json'} (vocab {tok.vocab_size})")
     if heldout:
         print(f"compression on {len(heldout)} held-out documents: {tok.bytes_per_token(heldout):.3f} bytes/token")

@@ -29,6 +29,19 @@ def tokenizer_dir(ctx) -> Path:
     return ctx.stage_dir("tokenizer")
 
 
+def resume_step(ctx, trainer, name: str) -> int:
+    """Continue from the stage's latest checkpoint when asked to; refuse to overwrite one silently."""
+    out = ctx.stage_dir(name)
+    if not (out / "checkpoints" / "latest").exists():
+        return 0
+    if not ctx.resume:
+        raise LmforgeError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it "
+                           f"or --fresh to start over")
+    start = trainer.resume()
+    ctx.log(f"[{name}] resuming from step {start}")
+    return start
+
+
 def load_world(ctx):
     from lmforge.toyworld import World
 

@@ -14,9 +14,8 @@ import statistics
 
 import torch
 
-from lmforge.errors import LmforgeError
 from lmforge.pipeline import Stage
-from lmforge.stages.common import pretraining_documents, tokenizer_dir
+from lmforge.stages.common import pretraining_documents, resume_step, tokenizer_dir
 from lmforge.train.distributed import barrier, resolve_device
 from lmforge.train.metrics import read_metrics
 
@@ -97,13 +96,7 @@ def run(ctx) -> dict:
     trainer = Trainer(cfg=tc, model=model, module=CausalLMModule(), batches=batches, out_dir=out, device=device,
                       lr=lr, info=info, evaluate=evaluate, sample=sample, tokens_per_row=tc.seq_len,
                       flops_per_token=model.flops_per_token(tc.seq_len))
-    start = 0
-    if (out / "checkpoints" / "latest").exists():
-        if not ctx.resume:
-            raise LmforgeError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it "
-                               f"or --fresh to start over")
-        start = trainer.resume()
-        ctx.log(f"[pretrain] resuming from step {start}")
+    start = resume_step(ctx, trainer, "pretrain")
     n_params = model.num_params()
     ctx.log(f"[pretrain] {n_params / 1e6:.2f}M parameters, {len(train_ds)} train rows of {tc.seq_len} tokens, "
             f"{batches.rows_per_step} rows/step, lr {lr:.2e}, device {device}, world {info.world_size}")

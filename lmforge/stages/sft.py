@@ -18,6 +18,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.pipeline import Stage
+from lmforge.stages.common import resume_step
 
 
 def init_dir(ctx, init: str) -> Path:
@@ -87,13 +88,7 @@ def run(ctx) -> dict:
 
     trainer = Trainer(cfg=tc, model=model, module=CausalLMModule(), batches=batches, out_dir=out, device=device,
                       lr=tc.lr, info=info, evaluate=evaluate if len(val_rows) else None)
-    start = 0
-    if (out / "checkpoints" / "latest").exists():
-        if not ctx.resume:
-            raise LmforgeError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it "
-                               f"or --fresh to start over")
-        start = trainer.resume()
-        ctx.log(f"[sft] resuming from step {start}")
+    start = resume_step(ctx, trainer, "sft")
     ctx.log(f"[sft] {len(train.ids)} conversations ({train.n_trained_tokens} assistant tokens, "
             f"{train.truncated} truncated), {f'LoRA r={sc.lora.r}' if sc.lora.enabled else 'full'}: "
             f"{trainable / 1e6:.2f}M trainable parameters, from {src}")

@@ -17,6 +17,15 @@ def is_heldout(text: str, fraction: float = 0.02) -> bool:
     return zlib.crc32(text.encode("utf-8")) % 10_000 < fraction * 10_000
 
 
+def split_heldout(docs, heldout: list[str]):
+    """Yield the documents to train on; collect the held-out ones (up to MAX_HELDOUT_DOCS) in `heldout`."""
+    for doc in docs:
+        if is_heldout(doc) and len(heldout) < MAX_HELDOUT_DOCS:
+            heldout.append(doc)
+        else:
+            yield doc
+
+
 def run(ctx) -> dict:
     from lmforge.tokenizer import Tokenizer, save_tokenizer, train_tokenizer
 
@@ -28,16 +37,8 @@ def run(ctx) -> dict:
         metrics = {"vocab_size": tok.vocab_size, "source": str(tc.path)}
     else:
         heldout = []
-
-        def training_texts():
-            for doc in pretraining_documents(ctx):
-                if is_heldout(doc) and len(heldout) < MAX_HELDOUT_DOCS:
-                    heldout.append(doc)
-                else:
-                    yield doc
-
-        tok = train_tokenizer(training_texts(), out, vocab_size=tc.vocab_size, min_frequency=tc.min_frequency,
-                              max_chars=tc.max_chars)
+        tok = train_tokenizer(split_heldout(pretraining_documents(ctx), heldout), out, vocab_size=tc.vocab_size,
+                              min_frequency=tc.min_frequency, max_chars=tc.max_chars)
         metrics = {"vocab_size": tok.vocab_size}
     if heldout:
         metrics["bytes_per_token_heldout"] = round(tok.bytes_per_token(heldout), 4)
