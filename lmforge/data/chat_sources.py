@@ -19,7 +19,6 @@ Every bad record is a one-line `LmforgeError` "<file>:<line>: ..." (JSONL) or "<
 
 from __future__ import annotations
 
-import glob
 import gzip
 import json
 import math
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.chat import validate
-from lmforge.data.sources import _is_saved_hf_dir, _json_type, _one_line, _open_error
+from lmforge.data.sources import _is_saved_hf_dir, _json_type, _one_line, _open_error, resolve_files
 from lmforge.errors import LmforgeError
 
 FORMATS = ("auto", "messages", "sharegpt", "alpaca")
@@ -63,41 +62,13 @@ def _format_of(p: Path) -> str | None:
 
 
 def _resolve(cfg: ChatSourceConfig) -> list[tuple[Path | str, str]]:
-    """cfg.path as (path, file format) pairs, sorted. Mirrors lmforge.data.sources, with chat extensions."""
+    """cfg.path as (path, file format) pairs, sorted (lmforge.data.sources.resolve_files, chat extensions)."""
     if cfg.format not in FORMATS:
         raise LmforgeError(f"{cfg.path}: unknown record format '{cfg.format}' (expected one of: {', '.join(FORMATS)})")
     if cfg.file_format not in FILE_FORMATS:
         raise LmforgeError(f"{cfg.path}: unknown file_format '{cfg.file_format}' "
                            f"(expected one of: {', '.join(FILE_FORMATS)})")
-    p = Path(cfg.path)
-    if cfg.file_format == "hf":
-        return [(p if p.exists() else cfg.path, "hf")]
-    if p.is_dir() and not _is_saved_hf_dir(p):
-        files = sorted(f for f in p.rglob("*")
-                       if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
-        if cfg.file_format == "auto":  # READMEs and licences in a directory are skipped, not errors
-            pairs = [(f, fmt) for f in files if (fmt := _format_of(f)) is not None]
-        else:
-            pairs = [(f, cfg.file_format) for f in files]
-        if not pairs:
-            raise LmforgeError(f"{p}: no data files in directory (expected {_EXT_HELP})")
-        return pairs
-    if p.exists():
-        paths = [p]
-    elif glob.has_magic(cfg.path):
-        paths = [Path(m) for m in sorted(glob.glob(cfg.path, recursive=True)) if Path(m).is_file()]
-        if not paths:
-            raise LmforgeError(f"{cfg.path}: no files match")
-    else:
-        raise LmforgeError(f"{cfg.path}: file not found")
-    out = []
-    for f in paths:
-        fmt = cfg.file_format if cfg.file_format != "auto" else _format_of(f)
-        if fmt is None:
-            raise LmforgeError(f"{f}: cannot tell the file format from the name (expected {_EXT_HELP}); "
-                               "set file_format explicitly")
-        out.append((f, fmt))
-    return out
+    return resolve_files(cfg.path, cfg.file_format, _format_of, _EXT_HELP, "file_format")
 
 
 # Readers yield (where, record) pairs; a record that cannot even be parsed comes as an LmforgeError

@@ -66,36 +66,45 @@ def _resolve(cfg: SourceConfig) -> list[tuple[Path | str, str]]:
     if cfg.format not in FORMATS:
         raise LmforgeError(f"{cfg.path}: unknown format '{cfg.format}' "
                            f"(expected one of: {', '.join(FORMATS)})")
-    p = Path(cfg.path)
-    if cfg.format == "hf":
+    return resolve_files(cfg.path, cfg.format, _format_of, _EXT_HELP, "format")
+
+
+def resolve_files(path: str, fmt: str, format_of, ext_help: str, key: str) -> list[tuple[Path | str, str]]:
+    """A file, directory or glob -> sorted (path, file format) pairs; shared by text and chat sources.
+
+    fmt: "hf", "auto" (decided per file by `format_of`, which returns None for unknown names) or a
+    fixed format. `key` names the config field in the error that asks the user to set it.
+    """
+    p = Path(path)
+    if fmt == "hf":
         # Not a local directory: a hub id (or a path datasets knows how to load); load_dataset decides.
-        return [(p if p.exists() else cfg.path, "hf")]
+        return [(p if p.exists() else path, "hf")]
     if p.is_dir() and not _is_saved_hf_dir(p):
         files = sorted(f for f in p.rglob("*")
                        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
-        if cfg.format == "auto":
+        if fmt == "auto":
             # In a directory, files of unknown type (READMEs, licences) are skipped, not errors.
-            pairs = [(f, fmt) for f in files if (fmt := _format_of(f)) is not None]
+            pairs = [(f, ff) for f in files if (ff := format_of(f)) is not None]
         else:
-            pairs = [(f, cfg.format) for f in files]
+            pairs = [(f, fmt) for f in files]
         if not pairs:
-            raise LmforgeError(f"{p}: no data files in directory (expected {_EXT_HELP})")
+            raise LmforgeError(f"{p}: no data files in directory (expected {ext_help})")
         return pairs
     if p.exists():
         paths = [p]
-    elif glob.has_magic(cfg.path):
-        paths = [Path(m) for m in sorted(glob.glob(cfg.path, recursive=True)) if Path(m).is_file()]
+    elif glob.has_magic(path):
+        paths = [Path(m) for m in sorted(glob.glob(path, recursive=True)) if Path(m).is_file()]
         if not paths:
-            raise LmforgeError(f"{cfg.path}: no files match")
+            raise LmforgeError(f"{path}: no files match")
     else:
-        raise LmforgeError(f"{cfg.path}: file not found")
+        raise LmforgeError(f"{path}: file not found")
     out = []
     for f in paths:
-        fmt = cfg.format if cfg.format != "auto" else _format_of(f)
-        if fmt is None:
-            raise LmforgeError(f"{f}: cannot tell the format from the name (expected {_EXT_HELP}); "
-                               "set format explicitly")
-        out.append((f, fmt))
+        ff = fmt if fmt != "auto" else format_of(f)
+        if ff is None:
+            raise LmforgeError(f"{f}: cannot tell the {key.replace('_', ' ')} from the name (expected {ext_help}); "
+                               f"set {key} explicitly")
+        out.append((f, ff))
     return out
 
 
