@@ -14,8 +14,9 @@ message carries the output of one call. Rendered as token ids (`<|x|>` are speci
     assistant right after a tool message: {content}<|end_of_turn|>  (same turn: no <|assistant|>)
 
 Each piece of text is encoded on its own with `Tokenizer.encode`, so text never turns into a
-special token; special tokens enter only by id. This equals what Hugging Face gets by
-tokenizing the rendered string (it splits at special tokens first), which is why
+special token; special tokens enter only by id. The tokenizer starts every piece with a space
+(see tokenizer.py), so an answer's first word is the same token as that word mid-sentence.
+This equals what Hugging Face gets by tokenizing the rendered string (it splits at special tokens first), which is why
 `chat_template()` reproduces `render` exactly, as long as no content contains the literal text
 of a special token (HF would turn that text into the token; lmforge keeps it text).
 

@@ -49,14 +49,20 @@ class TokenizerConfig:
 
 
 def _build_empty():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     tok = Tokenizer(models.BPE())
+    # A space before every text segment (a document, or the text between two special tokens),
+    # so a word is one token wherever it stands: "Fopa" answering after <|assistant|> is the
+    # same token as " Fopa" in the question and in the corpus. Without it, a chat model must
+    # learn a second token for every name it may answer with, which it never can for names
+    # that only pretraining text mentioned. The decoder strips that one space again.
+    tok.normalizer = normalizers.Prepend(" ")
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
-    tok.decoder = decoders.ByteLevel()
+    tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
     return tok
 
 

@@ -75,9 +75,10 @@ def test_exact_rendering_and_mask(tok):
     assert mask == [0, 0] + [0] * len(enc("Be brief.")) + [0] + [0] + [0] * len(enc("Hi")) + [0] \
         + [0] + [1] * len(enc("Hello")) + [1]
     assert len(ids) == len(mask)
-    # the same thing, readable: text between the special tokens
-    assert tok.decode(ids) == "<|begin_of_text|><|system|>Be brief.<|end_of_turn|><|user|>Hi<|end_of_turn|>" \
-                              "<|assistant|>Hello<|end_of_turn|>"
+    # the same thing, readable: text between the special tokens, each piece with the one
+    # leading space the tokenizer gives every text segment (only a text's very first is stripped)
+    assert tok.decode(ids) == "<|begin_of_text|><|system|> Be brief.<|end_of_turn|><|user|> Hi<|end_of_turn|>" \
+                              "<|assistant|> Hello<|end_of_turn|>"
 
 
 def test_tool_call_rendering_and_mask(tok):
@@ -109,7 +110,7 @@ def test_mask_semantics(tok):
         assert all(mask[i] == 1 for i, x in enumerate(ids) if x == sp[marker]), marker
     # decoding only the trained tokens gives exactly what the assistant says
     assert tok.decode([ids[i] for i in sorted(trained)]) == \
-        "a1<|end_of_turn|>Let me see.<|tool_call|>calc(1+1)<|end_tool_call|>Two.<|end_of_turn|>"
+        "a1<|end_of_turn|> Let me see.<|tool_call|> calc(1+1)<|end_tool_call|> Two.<|end_of_turn|>"
     assert "<|end_of_text|>" not in tok.decode(ids)
 
 

@@ -271,7 +271,7 @@ def test_tool_call_output_is_forced_with_mask_zero(tok, monkeypatch):
     assert row0.ids == call + forced + [eot]
     assert row0.mask == [1] * len(call) + [0] * len(forced) + [1]
     assert row0.finish_reason == "stop"
-    assert tok.decode(row0.ids[len(call):len(call) + len(forced)]) == "<|tool_output|>5<|end_tool_output|>"
+    assert tok.decode(row0.ids[len(call):len(call) + len(forced)]) == "<|tool_output|> 5<|end_tool_output|>"
     # the other row kept sampling while row 0 was forced
     assert row1.ids == answer + [eot] and row1.mask == [1] * (len(answer) + 1)
     # forced tokens went through the model as row 0's inputs, one per step (fed[0] is the prefill)
@@ -284,7 +284,7 @@ def test_tool_errors_are_forced_as_text(tok, monkeypatch):
     params = SamplingParams(max_new_tokens=60, temperature=0.0, stop_ids=(eot,))
     (c,) = Engine(model, tok, tools=TOOLS).generate([[tok.bos_id]], params)[0]
     text = tok.decode(c.ids[len(call):])
-    assert text.startswith("<|tool_output|>error: unknown tool 'weather'<|end_tool_output|>")
+    assert text.startswith("<|tool_output|> error: unknown tool 'weather'<|end_tool_output|>")
     assert 0 in c.mask
 
 
@@ -297,7 +297,7 @@ def test_tools_need_a_tokenizer_and_streaming_shows_forced_tokens(tok, monkeypat
     assert c.ids == script and c.mask == [1] * len(script)  # no tokenizer: the call is just text
     monkeypatch.setattr(engine_mod, "sample_next", Script([script]))
     streamed = list(Engine(model, tok, tools=TOOLS).stream([tok.bos_id], params))
-    assert tok.decode(streamed[len(call):]).startswith("<|tool_output|>5<|end_tool_output|>")
+    assert tok.decode(streamed[len(call):]).startswith("<|tool_output|> 5<|end_tool_output|>")
     assert streamed[-1] == eot
 
 
