@@ -7,6 +7,8 @@
     lmforge export CHECKPOINT OUT_DIR                           write a transformers-loadable directory
     lmforge merge ADAPTER BASE OUT                              fold a LoRA adapter into its base model
     lmforge chat CHECKPOINT [-p PROMPT]                         talk to a model
+    lmforge eval CHECKPOINT --tasks T1,T2 [--limit N]           benchmarks (`lmforge eval --list`)
+    lmforge report RUN_DIR                                      the run's report card (md, html, plots)
 
 User errors print one line (`error: ...`) and exit with code 2.
 """
@@ -143,8 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("out", help="output checkpoint directory")
 
     from lmforge.chat_cli import add_parser as add_chat
+    from lmforge.eval.cli import add_parser as add_eval
+    from lmforge.report import add_parser as add_report
 
     add_chat(sub)
+    add_eval(sub)
+    add_report(sub)
     return parser
 
 
@@ -167,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             from lmforge.chat_cli import run_chat
 
             return run_chat(args)
+        if args.command == "eval":
+            from lmforge.eval.cli import run_eval
+
+            return run_eval(args)
+        if args.command == "report":
+            from lmforge.report import run_report
+
+            return run_report(args)
         until = None if args.command in ("run", "demo") else args.command
         return _pipeline_command(args, until)
     except LmforgeError as e:

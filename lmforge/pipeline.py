@@ -108,6 +108,10 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
     summary = write_summary(ctx)
     if ctx.info.is_main:
         print(format_summary(summary))
+        if until is None:  # a whole run: its report card (`lmforge report` makes one at any time)
+            from lmforge.report import write_report
+
+            ctx.log(f"[report] {write_report(ctx.run_dir)}")
     return summary
 
 
