@@ -5,9 +5,10 @@ engine, batched log-likelihoods, means and standard errors, and the results JSON
 
 `LM` is what tasks talk to:
 - `generate(prompts, max_new_tokens, stop, chat)`: prompts rendered as text after BOS (base models) or
-  with the chat template (`chat=True`), left-truncated to leave room for the answer, decoded greedily
-  (or at `temperature`) by `lmforge.engine.Engine` in runs of `batch_size`; base-model outputs are cut
-  at the first stop string (generation itself stops early at any token that contains one);
+  with the chat template (`chat=True`), shortened to leave room for the answer (whole few-shot
+  examples first, then cut from the left), decoded greedily (or at `temperature`) by
+  `lmforge.engine.Engine` in runs of `batch_size`; base-model outputs are cut at the first stop
+  string (generation itself stops early at any token that contains one);
 - `loglikelihood([(context_ids, continuation_ids)])`: log P(continuation | context) and whether it is
   the greedy continuation, from one forward per batch of `batch_size` rows (longest first, right-padded);
 - `rolling_loglikelihood(texts)`: each text scored in context-sized windows (perplexity).
@@ -32,7 +33,7 @@ from lmforge.eval.tasks.base import Loaded, Prompt, Task, TaskOptions, mean_stde
 class GenOutput:
     text: str          # the answer, cut at the first stop string (base models) and stripped
     prompt: str        # the prompt as text, for --log-samples
-    truncated: bool    # the prompt was cut (from the left) to fit the context
+    truncated: bool    # the prompt was shortened to fit: shots dropped, then cut from the left
 
 
 class LM:
@@ -73,6 +74,20 @@ class LM:
             return render_prompt(prompt.messages(), self.tok) + (self.tok.encode(prompt.lead) if prompt.lead else [])
         return [self.tok.bos_id] + self.tok.encode(prompt.text())
 
+    def _fit_prompt(self, prompt: Prompt, chat: bool, room: int) -> tuple[list[int], bool]:
+        """Drop whole few-shot examples (earliest first) until the prompt fits, then cut if it must:
+        a cut through the middle of an example shows the model a broken demonstration."""
+        import dataclasses
+
+        ids, dropped = self.render(prompt, chat), False
+        while len(ids) > room and prompt.shots:
+            prompt, dropped = dataclasses.replace(prompt, shots=tuple(prompt.shots)[1:]), True
+            ids = self.render(prompt, chat)
+        if dropped and len(ids) <= room:
+            self.truncated += 1
+            return ids, True
+        return self._fit(ids, room)
+
     def _fit(self, ids: list[int], room: int) -> tuple[list[int], bool]:
         """Keep BOS and the last tokens: the question and the answer cue matter more than early shots."""
         if len(ids) <= room:
@@ -99,7 +114,7 @@ class LM:
         from lmforge.engine import SamplingParams
 
         room = max(self.max_len - max_new_tokens, self.max_len // 2)
-        encoded = [self._fit(self.render(p, chat), room) for p in prompts]
+        encoded = [self._fit_prompt(p, chat, room) for p in prompts]
         stop = () if chat else tuple(stop)
         stop_ids = self._stop_ids(stop, chat)
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i][0]))  # similar lengths share a run

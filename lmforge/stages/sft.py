@@ -75,7 +75,12 @@ def run(ctx) -> dict:
     train_convs, val_convs, stats = conversations(ctx)
     train = tokenize_conversations(train_convs, tok, max_len)
     val = tokenize_conversations(val_convs, tok, max_len)
-    trainable = apply_lora(model, sc.lora) if sc.lora.enabled else model.num_params()
+    if sc.lora.enabled:
+        trainable = apply_lora(model, sc.lora)
+    else:
+        if sc.freeze_embeddings:
+            model.model.embed_tokens.weight.requires_grad_(False)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     device = resolve_device(tc.device, info)
     batches = SFTBatches(train, tok.pad_id, tc.micro_batch_size, tc.grad_accum, cfg.seed, info.rank,
                          info.world_size)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from lmforge.errors import LmforgeError
 from lmforge.toyworld import templates as T
-from lmforge.toyworld.world import World
+from lmforge.toyworld.world import World, canonical_sentence
 
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
 # Operand ranges of the arithmetic lines and probes: (first, second) for "+" and "*"; for "-"
@@ -69,6 +69,9 @@ class CorpusConfig:
     sentences_per_note: int = 0       # >0: "facts" documents are this many sentences drawn from all
                                       # entities (1: every restatement is its own document) instead of
                                       # one paragraph per entity
+    qa_per_train_fact: int = 0        # "Question: ... Answer: <canonical sentence>" documents per fact of a
+                                      # *training* entity: web text is full of Q&A pages, and seeing some lets
+                                      # a model learn to answer from what it stored (held-out entities: never)
     n_stories: int = 1080             # 6 per person with the default world
     n_arithmetic_docs: int = 400
     arithmetic_lines_per_doc: int = 10  # on average; each document has 0.5x to 1.5x this many
@@ -79,7 +82,7 @@ class CorpusConfig:
         if self.paraphrases_per_fact < 1:
             raise LmforgeError("corpus config: paraphrases_per_fact must be >= 1 (the canonical sentence "
                                f"of every fact must appear), got {self.paraphrases_per_fact}")
-        for key in ("n_stories", "n_arithmetic_docs", "n_word_problems"):
+        for key in ("n_stories", "n_arithmetic_docs", "n_word_problems", "qa_per_train_fact"):
             if getattr(self, key) < 0:
                 raise LmforgeError(f"corpus config: {key} must be >= 0, got {getattr(self, key)}")
         if not 1 <= self.canonical_per_fact <= self.paraphrases_per_fact:
@@ -180,6 +183,20 @@ def _story_slots(world: World, p: str) -> dict[str, str]:
             "color": animal["color"], "diet": animal["diet"], "habitat": animal["habitat"]}
 
 
+def _qa_pages(rng: random.Random, world: World, per_fact: int) -> list[Document]:
+    """Q&A documents about training-split facts only, in the phrasings of the qa instruction task."""
+    from lmforge.toyworld.tasks import QUESTIONS  # tasks imports this module
+
+    docs = []
+    for f in world.facts:
+        if world.split[f.subject] != "train":
+            continue
+        for _ in range(per_fact):
+            q = rng.choice(QUESTIONS[f.relation]).format(s=f.subject)
+            docs.append(Document("qa", f"Question: {q}\nAnswer: {canonical_sentence(f)}"))
+    return docs
+
+
 def _stories(rng: random.Random, world: World, n: int) -> list[Document]:
     people = [e.name for e in world.entities_of("person")]
     rng.shuffle(people)
@@ -271,6 +288,7 @@ def corpus_documents(world: World, config: CorpusConfig | None = None) -> list[D
     docs = (_encyclopedia(stream("encyclopedia"), world)
             + _fact_notes(stream("facts"), world, cfg.paraphrases_per_fact, cfg.canonical_per_fact,
                            cfg.paragraphs_per_doc, cfg.sentences_per_note)
+            + _qa_pages(stream("qa"), world, cfg.qa_per_train_fact)
             + _stories(stream("stories"), world, cfg.n_stories)
             + _arithmetic(stream("arithmetic"), cfg.n_arithmetic_docs, cfg.arithmetic_lines_per_doc)
             + [Document("word_problem", word_problem(wp_rng, world, kinds[i % len(kinds)])[0])
