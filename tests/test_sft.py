@@ -64,6 +64,12 @@ def test_sft_stage_full_and_eval(tmp_path):
     assert {"base_qa_heldout_acc", "sft_qa_heldout_acc", "sft_heldout_tasks_acc", "sft_trained_tasks_acc"} \
         <= set(summary["eval_sft"])
     assert (tmp_path / "s/sft/model/model.safetensors").exists()
+    # sft.freeze_embeddings (the default): the input embeddings are pretraining's, the rest trained
+    from safetensors.torch import load_file
+
+    before, after = (load_file(str(tmp_path / f"s/{st}/model/model.safetensors")) for st in ("pretrain", "sft"))
+    assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
 
 
 def test_lora_sft_writes_peft_adapter_and_merged_model(tmp_path):

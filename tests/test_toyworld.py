@@ -246,6 +246,19 @@ def test_canonical_per_fact_repeats_the_canonical_sentence(world):
             pretraining_corpus(world, bad)
 
 
+def test_qa_pages_ask_about_training_entities_only(world):
+    cfg = CorpusConfig(qa_per_train_fact=2, n_stories=0, n_arithmetic_docs=0, n_word_problems=0)
+    pages = [d.text for d in corpus_documents(world, cfg) if d.kind == "qa"]
+    train_facts = [f for f in world.facts if world.split[f.subject] == "train"]
+    assert len(pages) == 2 * len(train_facts)
+    answers = {p.split("\nAnswer: ")[1] for p in pages}
+    assert answers == {canonical_sentence(f) for f in train_facts}
+    heldout = {e for e, s in world.split.items() if s == "heldout"}
+    question_words = {w.strip("?.,").removesuffix("'s") for p in pages for w in p.split("\n")[0].split()}
+    assert not question_words & heldout and len(question_words & set(world.split)) > 100
+    assert not [d for d in corpus_documents(world, CorpusConfig()) if d.kind == "qa"]  # off by default
+
+
 def test_sentences_per_note_makes_short_mixed_documents(world):
     cfg = CorpusConfig(paraphrases_per_fact=3, canonical_per_fact=1, sentences_per_note=1, n_stories=0,
                        n_arithmetic_docs=0, n_word_problems=0)
