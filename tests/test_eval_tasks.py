@@ -275,7 +275,8 @@ def test_toyworld_suites_run(tiny, tmp_path):
         assert entry["n"] == 4 and 0.0 <= entry["metrics"]["acc"] <= 1.0 and entry["source"].endswith("world.json")
     assert set(report["results"]["toyworld_heldout_tasks"]["breakdown"]) == {"verify", "classify_kind",
                                                                                "list_attributes"}
-    assert report["groups"]["toyworld"]["n"] == 24
+    assert report["groups"]["toyworld"]["n"] == 4 * 9  # 9 suites of 4 examples
+    assert report["results"]["toyworld_refusals"]["breakdown"].keys() == {"refusal"}
 
 
 # --- errors --------------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ Base-model probes (plain text, greedy, `lmforge.toyworld.score_completion`):
     toyworld_arithmetic      "37 + 48 =" -> "85", operand pairs the corpus never writes (300)
 Chat suites (the chat template, `lmforge.eval.chat_tasks.evaluate_examples`), as the eval_sft stage:
     toyworld_qa_heldout      questions about held-out entities (200)
+    toyworld_qa_train        questions about training entities (200)
+    toyworld_word_problems   word problems, worked steps then "#### n" (100)
+    toyworld_refusals        forbidden requests and allowed look-alikes (100)
     toyworld_heldout_tasks   task types never in SFT data (30 per type)
     toyworld_trained_tasks   the SFT task types, on new examples (30 per type)
 
@@ -67,15 +70,15 @@ class ToyworldProbeTask(Task):
 class ToyworldChatTask(Task):
     kind = "toyworld"
 
-    def __init__(self, name: str, description: str, tasks: str, split: str, per_task: int):
+    def __init__(self, name: str, description: str, tasks: str | tuple[str, ...], split: str, per_task: int):
         self.name, self.description = name, description
         self.tasks, self.split, self.per_task = tasks, split, per_task
 
     def task_names(self) -> list[str]:
         from lmforge.toyworld.tasks import HELDOUT_TASKS, TASKS
 
-        if self.tasks == "qa":
-            return ["qa"]
+        if isinstance(self.tasks, tuple):  # explicit task types
+            return list(self.tasks)
         return list(HELDOUT_TASKS) if self.tasks == "heldout" else [t for t in TASKS if t not in HELDOUT_TASKS]
 
     def load(self, opts: TaskOptions) -> Loaded:
@@ -112,7 +115,13 @@ TOYWORLD_TASKS = [
     ToyworldProbeTask("toyworld_cloze_train", "toyworld cloze probes on train entities (base model)", "train"),
     ToyworldProbeTask("toyworld_cloze_heldout", "toyworld cloze probes on held-out entities (base model)", "heldout"),
     ToyworldProbeTask("toyworld_arithmetic", "'a + b =' probes with operand pairs never in the corpus", "arithmetic"),
-    ToyworldChatTask("toyworld_qa_heldout", "chat QA about held-out entities", "qa", "heldout", 200),
+    ToyworldChatTask("toyworld_qa_heldout", "chat QA about held-out entities", ("qa",), "heldout", 200),
+    ToyworldChatTask("toyworld_qa_train", "chat QA about training entities (facts SFT may not have shown)", ("qa",),
+                     "train", 200),
+    ToyworldChatTask("toyworld_word_problems", "chat word problems, steps then '#### n'", ("word_problem",), "train",
+                     100),
+    ToyworldChatTask("toyworld_refusals", "chat requests the world's rules forbid, and allowed look-alikes",
+                     ("refusal",), "train", 100),
     ToyworldChatTask("toyworld_heldout_tasks", "chat task types never in SFT data (zero-shot instructions)",
                      "heldout", "train", 30),
     ToyworldChatTask("toyworld_trained_tasks", "chat SFT task types on new examples", "trained", "train", 30),
