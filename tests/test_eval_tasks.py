@@ -286,14 +286,14 @@ def test_bad_input_names_the_file_line_and_field(tmp_path):
     bad.write_text('{"question": "q", "answer": "#### 3"}\n{"question": "q", "solution": "4"}\n')
     with pytest.raises(LmforgeError) as e:
         get_task("gsm8k").load(TaskOptions(path=str(bad), num_fewshot=0))
-    assert str(e.value) == (f"{bad}: line 2: missing field 'answer' (expected a string (a worked solution ending "
+    assert str(e.value) == (f"{bad}:2: missing field 'answer' (expected a string (a worked solution ending "
                             f"in '#### <number>'); fields: question, solution)")
     bad.write_text('{"question": "q", "answer": "it is 3"}\n')
     with pytest.raises(LmforgeError) as e:
         get_task("gsm8k").load(TaskOptions(path=str(bad), num_fewshot=0))
-    assert str(e.value) == f"{bad}: line 1: field 'answer' has no '#### <number>' final answer"
+    assert str(e.value) == f"{bad}:1: field 'answer' has no '#### <number>' final answer"
     bad.write_text('{"question": "q", "answer": "#### 3"\n')
-    with pytest.raises(LmforgeError, match=r"bad.jsonl: line 1: not valid JSON"):
+    with pytest.raises(LmforgeError, match=r"bad.jsonl:1: invalid JSON"):
         get_task("gsm8k").load(TaskOptions(path=str(bad), num_fewshot=0))
     with pytest.raises(LmforgeError) as e:
         get_task("svamp").load(TaskOptions(path=str(tmp_path / "missing.json")))
@@ -306,7 +306,7 @@ def test_bad_input_names_the_file_line_and_field(tmp_path):
     choice.write_text('{"question": "q", "choices": ["a", "b"], "answer": 5}\n')
     with pytest.raises(LmforgeError) as e:
         get_task("multiple_choice").load(TaskOptions(path=str(choice)))
-    assert str(e.value) == f"{choice}: line 1: field 'answer' must be the index (0-1), letter or text of the " \
+    assert str(e.value) == f"{choice}:1: field 'answer' must be the index (0-1), letter or text of the " \
                            f"correct choice, got 5"
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.chat import validate
-from lmforge.data.sources import _is_saved_hf_dir, _json_type, _one_line, _open_error, resolve_files
+from lmforge.data.sources import _is_saved_hf_dir, _json_type, _one_line, _open_error, load_hf_split, resolve_files
 from lmforge.errors import LmforgeError
 
 FORMATS = ("auto", "messages", "sharegpt", "alpaca")
@@ -75,7 +75,9 @@ def _resolve(cfg: ChatSourceConfig) -> list[tuple[Path | str, str]]:
 # instance (not raised) so that skip_invalid can count it. Errors about the whole file are raised.
 
 
-def _iter_json(path: Path) -> Iterator[tuple[str, object]]:
+def iter_json_records(path: Path) -> Iterator[tuple[str, object]]:
+    """(where, record) from a JSONL file (optionally .gz) or one JSON array. A line that is not
+    valid JSON yields an LmforgeError as its record, so a caller may skip it and count it."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         f = opener(path, "rb")
@@ -132,20 +134,7 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, object]]:
 
 
 def _iter_hf(path: Path | str, cfg: ChatSourceConfig) -> Iterator[tuple[str, object]]:
-    import datasets
-
-    try:
-        if isinstance(path, Path) and _is_saved_hf_dir(path):
-            ds = datasets.load_from_disk(str(path))
-        else:
-            ds = datasets.load_dataset(str(path), cfg.name or None, split=cfg.split)
-    except Exception as e:  # hub, network and format errors all mean "could not load what you named"
-        raise LmforgeError(f"{path}: cannot load dataset ({_one_line(e)})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if cfg.split not in ds:
-            raise LmforgeError(f"{path}: no split '{cfg.split}' (splits: {', '.join(ds)})")
-        ds = ds[cfg.split]
-    for i, rec in enumerate(ds):
+    for i, rec in enumerate(load_hf_split(path, cfg.name, cfg.split)):
         yield f"{path}: record {i}", rec
 
 
@@ -266,7 +255,7 @@ def _read(cfg: ChatSourceConfig) -> tuple[list[list[dict]], int, str]:
     convs, skipped, first = [], 0, ""
     for path, ffmt in _resolve(cfg):
         records = _iter_hf(path, cfg) if ffmt == "hf" else _iter_parquet(path) if ffmt == "parquet" \
-            else _iter_json(path)
+            else iter_json_records(path)
         for where, rec in records:
             try:
                 if isinstance(rec, LmforgeError):

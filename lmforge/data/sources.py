@@ -231,21 +231,31 @@ def _iter_parquet(path: Path, field: str) -> Iterator[str]:
         raise LmforgeError(f"{path}: cannot read ({_one_line(e)})") from None
 
 
-def _iter_hf(path: Path | str, cfg: SourceConfig) -> Iterator[str]:
+def load_hf_split(path: Path | str, name: str | None, split: str, streaming: bool = False):
+    """One split of a Hugging Face dataset: a hub id, a local dataset directory, or a directory
+    written by `save_to_disk`. Every loading failure becomes a one-line LmforgeError."""
     import datasets
 
-    field, split = cfg.text_field, cfg.split
     try:
-        if isinstance(path, Path) and _is_saved_hf_dir(path):
+        if _is_saved_hf_dir(Path(path)):
             ds = datasets.load_from_disk(str(path))
         else:
-            ds = datasets.load_dataset(str(path), cfg.name or None, split=split, streaming=cfg.streaming)
+            extra = {"streaming": True} if streaming else {}
+            ds = datasets.load_dataset(str(path), name or None, split=split, **extra)
     except Exception as e:  # hub/network/format errors: all mean "could not load what you named"
         raise LmforgeError(f"{path}: cannot load dataset ({_one_line(e)})") from None
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split not in ds:
             raise LmforgeError(f"{path}: no split '{split}' (splits: {', '.join(ds)})")
         ds = ds[split]
+    return ds
+
+
+def _iter_hf(path: Path | str, cfg: SourceConfig) -> Iterator[str]:
+    import datasets
+
+    field = cfg.text_field
+    ds = load_hf_split(path, cfg.name, cfg.split, cfg.streaming)
     if isinstance(ds, datasets.IterableDataset):  # streaming: columns are only known row by row
         for i, row in enumerate(ds):
             if field not in row:

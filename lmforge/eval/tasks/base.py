@@ -124,18 +124,18 @@ Record = tuple[str, dict]
 
 
 def read_jsonl(path: Path) -> list[Record]:
+    """Every line of a JSONL file as a JSON object (the chat readers' record reader, strict)."""
+    from lmforge.data.chat_sources import iter_json_records
+
+    if path.is_dir():
+        raise LmforgeError(f"{path}: is a directory, expected a file")
     out = []
-    with _open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmforgeError(f"{path}: line {i}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise LmforgeError(f"{path}: line {i}: expected a JSON object, got {type(rec).__name__}")
-            out.append((f"{path}: line {i}", rec))
+    for where, rec in iter_json_records(path):
+        if isinstance(rec, LmforgeError):
+            raise rec
+        if not isinstance(rec, dict):
+            raise LmforgeError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        out.append((where, rec))
     return out
 
 
@@ -169,20 +169,10 @@ def read_local(path: Path, json_key: str | None = None) -> list[Record]:
 
 def read_hf(dataset_id: str, config: str | None, split: str) -> list[Record]:
     """Rows of a Hugging Face dataset split (hub id, or a directory `datasets` can load)."""
-    import datasets
+    from lmforge.data.sources import load_hf_split
 
-    try:
-        if Path(dataset_id).is_dir() and (Path(dataset_id) / "dataset_info.json").exists():
-            ds = datasets.load_from_disk(dataset_id)
-        else:
-            ds = datasets.load_dataset(dataset_id, config, split=split)
-    except Exception as e:  # hub, network and format errors all mean "could not load what you named"
-        raise LmforgeError(f"{dataset_id}: cannot load dataset ({_one_line(e)})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise LmforgeError(f"{dataset_id}: no split '{split}' (splits: {', '.join(ds)})")
-        ds = ds[split]
-    return [(f"{dataset_id}[{split}]: row {i}", dict(rec)) for i, rec in enumerate(ds)]
+    rows = load_hf_split(dataset_id, config, split)
+    return [(f"{dataset_id}[{split}]: row {i}", dict(rec)) for i, rec in enumerate(rows)]
 
 
 def _open(path: Path):
@@ -193,10 +183,6 @@ def _open(path: Path):
     except IsADirectoryError:
         raise LmforgeError(f"{path}: is a directory, expected a file") from None
 
-
-def _one_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def get_field(rec: dict, where: str, names: Sequence[str], expected: str, types=(str,)):
