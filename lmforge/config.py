@@ -179,10 +179,17 @@ def dump_yaml(cfg) -> str:
 # ---- the run configuration: composes every component's config ---------------------------
 
 # Each component owns its config; these imports only compose them.
+from lmforge.curate.config import CurateConfig  # noqa: E402
 from lmforge.data.sources import SourceConfig  # noqa: E402
 from lmforge.model.config import ModelConfig  # noqa: E402
 from lmforge.sft import SFTConfig  # noqa: E402
+from lmforge.stages.bon import BoNConfig  # noqa: E402
+from lmforge.stages.dpo import DPOConfig  # noqa: E402
+from lmforge.stages.eval_dpo import AlignEvalConfig  # noqa: E402
 from lmforge.stages.eval_sft import ChatEvalConfig  # noqa: E402
+from lmforge.stages.grpo import GRPOConfig  # noqa: E402
+from lmforge.stages.pairs import PairsConfig  # noqa: E402
+from lmforge.stages.rm import RMConfig  # noqa: E402
 from lmforge.tokenizer import TokenizerConfig  # noqa: E402
 from lmforge.toyworld import CorpusConfig, WorldConfig  # noqa: E402
 from lmforge.train.config import TrainConfig  # noqa: E402
@@ -218,11 +225,18 @@ class RunConfig:
     toyworld: ToyworldConfig = dataclasses.field(default_factory=ToyworldConfig)
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    curate: CurateConfig = dataclasses.field(default_factory=CurateConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
     eval_sft: ChatEvalConfig = dataclasses.field(default_factory=ChatEvalConfig)
+    pairs: PairsConfig = dataclasses.field(default_factory=PairsConfig)
+    rm: RMConfig = dataclasses.field(default_factory=RMConfig)
+    bon: BoNConfig = dataclasses.field(default_factory=BoNConfig)
+    dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
+    eval_dpo: AlignEvalConfig = dataclasses.field(default_factory=AlignEvalConfig)
+    grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
 
     def __post_init__(self):
         from lmforge.stages import STAGES

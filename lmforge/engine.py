@@ -71,6 +71,8 @@ class SamplingParams:
     top_p: float = 1.0              # 1: off
     stop_ids: tuple[int, ...] = ()
     seed: int = 0
+    logprobs: bool = False          # record each sampled token's log-probability (RL rollouts): under
+                                    # the model's distribution at `temperature`, before top-k/top-p cuts
 
     def __post_init__(self):
         if self.max_new_tokens < 0 or self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
@@ -82,6 +84,7 @@ class Completion:
     ids: list[int]          # new tokens only; includes the stop token when one was hit
     mask: list[int]         # per token: 1 sampled by the model, 0 forced by the engine (tool output)
     finish_reason: str      # "stop" | "length"
+    logprobs: list[float] = field(default_factory=list)  # per token when asked for (0.0 on forced tokens)
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -104,6 +107,12 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> list[float]:
+    """log p(ids) under softmax(logits / temperature) (temperature 0: the raw logits), fp32."""
+    scaled = logits.float() / temperature if temperature > 0 else logits.float()
+    return torch.log_softmax(scaled, -1).gather(1, ids[:, None]).squeeze(1).tolist()
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-row state and the run loop.
 
@@ -115,9 +124,10 @@ class _Row:
     finish: str = ""                              # "" while running
     forced: deque = field(default_factory=deque)  # tokens to force before sampling again
     call: list[int] | None = None                 # tokens of a tool call being collected
+    logprobs: list[float] = field(default_factory=list)
 
     def completion(self) -> Completion:
-        return Completion(self.ids, self.mask, self.finish or "length")
+        return Completion(self.ids, self.mask, self.finish or "length", self.logprobs)
 
 
 _CALL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*", re.DOTALL)
@@ -266,12 +276,17 @@ class Engine:
         active = list(range(len(rows)))  # the rows still in the batch, in batch order
         while True:
             with torch.inference_mode():
-                sampled = sample_next(logits, params.temperature, params.top_k, params.top_p, gen).tolist()
+                picked = sample_next(logits, params.temperature, params.top_k, params.top_p, gen)
+                sampled = picked.tolist()
+                lps = _token_logprobs(logits, picked, params.temperature) if params.logprobs else None
             feed = sampled
             for j, r in enumerate(active):
                 if rows[r].finish:
                     continue
+                n_before = len(rows[r].ids)
                 tok = self._advance(rows[r], sampled[j], stop)
+                if lps is not None:
+                    rows[r].logprobs.append(lps[j] if rows[r].mask[n_before] else 0.0)
                 if tok != sampled[j]:  # a forced token replaces the sample as this row's input
                     feed = list(sampled) if feed is sampled else feed
                     feed[j] = tok

@@ -126,7 +126,12 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, *, prefix_len: torch.Tensor | None = None,
                 cache: KVCache | None = None, start: int = 0, pad_left: torch.Tensor | None = None) -> torch.Tensor:
-        """idx: (B, T) token ids in columns start..start+T-1 -> logits (B, T, V).
+        """idx: (B, T) token ids in columns start..start+T-1 -> logits (B, T, V). See `hidden`."""
+        return self.lm_head(self.hidden(idx, prefix_len=prefix_len, cache=cache, start=start, pad_left=pad_left))
+
+    def hidden(self, idx: torch.Tensor, *, prefix_len: torch.Tensor | None = None,
+               cache: KVCache | None = None, start: int = 0, pad_left: torch.Tensor | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids in columns start..start+T-1 -> final normalized hidden states (B, T, C).
 
         prefix_len: (B,) prefix lengths for prefix-LM masking; cache: filled in place.
         pad_left: (B,) left-padding columns per row, for batches of prompts of different lengths:
@@ -157,7 +162,7 @@ class Transformer(nn.Module):
                 bias = bias.masked_fill(hide[:, None], float("-inf"))
         for block in self.model.layers:
             x = block(x, rope, bias, cache, start)
-        return self.lm_head(self.model.norm(x))
+        return self.model.norm(x)
 
     def num_params(self, matmul_only: bool = False) -> int:
         """Parameter count; `matmul_only` drops embedding lookups (which cost no FLOPs)."""

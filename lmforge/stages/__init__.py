@@ -3,7 +3,22 @@
 Adding a stage: write `lmforge/stages/<name>.py` with a `STAGE = Stage(...)`, and add it here.
 """
 
-from lmforge.stages import eval_base, eval_sft, pretrain, sft, tokenizer, toyworld
+from lmforge.stages import (
+    bon,
+    curate,
+    dpo,
+    eval_base,
+    eval_dpo,
+    eval_sft,
+    grpo,
+    pairs,
+    pretrain,
+    rm,
+    sft,
+    tokenizer,
+    toyworld,
+)
 
-STAGES = {s.name: s for s in (toyworld.STAGE, tokenizer.STAGE, pretrain.STAGE, eval_base.STAGE, sft.STAGE,
-                              eval_sft.STAGE)}
+STAGES = {s.name: s for s in (toyworld.STAGE, curate.STAGE, tokenizer.STAGE, pretrain.STAGE, eval_base.STAGE,
+                              sft.STAGE, eval_sft.STAGE, pairs.STAGE, rm.STAGE, bon.STAGE, dpo.STAGE, eval_dpo.STAGE,
+                              grpo.STAGE)}

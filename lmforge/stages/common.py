@@ -10,9 +10,18 @@ from lmforge.errors import LmforgeError
 
 
 def pretraining_documents(ctx) -> Iterator[str]:
-    """The recipe's pretraining text: its data sources, or else the toyworld corpus."""
+    """The recipe's pretraining text: the curated corpus when the recipe has the `curate` stage,
+    else its data sources, or else the toyworld corpus."""
     from lmforge.data import iter_many
 
+    if "curate" in ctx.cfg.stages:
+        path = ctx.stage_dir("curate") / "documents.jsonl"
+        if not path.exists():
+            raise LmforgeError(f"{path}: missing; the curate stage has not run")
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)["text"]
+        return
     if ctx.cfg.data.sources:
         yield from iter_many(ctx.cfg.data.sources)
         return
@@ -49,3 +58,13 @@ def load_world(ctx):
     if not path.exists():
         raise LmforgeError(f"{path}: missing; the toyworld stage has not run")
     return World.load(path)
+
+
+def model_dir(ctx, init: str, key: str) -> Path:
+    """`init` names a stage of this run (its model/ directory) or a checkpoint directory."""
+    if init in ctx.cfg.stages:
+        return ctx.stage_dir(init) / "model"
+    p = Path(init)
+    if not (p / "model_config.json").exists():
+        raise LmforgeError(f"{key}: {init!r} is neither a stage of this recipe nor a checkpoint directory")
+    return p

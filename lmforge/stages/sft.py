@@ -16,19 +16,14 @@ from pathlib import Path
 
 import torch
 
-from lmforge.errors import LmforgeError
 from lmforge.pipeline import Stage
 from lmforge.stages.common import resume_step
 
 
 def init_dir(ctx, init: str) -> Path:
-    """`init` names a stage of this run (its model/ directory) or a checkpoint directory."""
-    if init in ctx.cfg.stages:
-        return ctx.stage_dir(init) / "model"
-    p = Path(init)
-    if not (p / "model_config.json").exists():
-        raise LmforgeError(f"sft.init: {init!r} is neither a stage of this recipe nor a checkpoint directory")
-    return p
+    from lmforge.stages.common import model_dir
+
+    return model_dir(ctx, init, "sft.init")
 
 
 def conversations(ctx) -> tuple[list, list, dict]:

@@ -72,6 +72,9 @@ class CorpusConfig:
     qa_per_train_fact: int = 0        # "Question: ... Answer: <canonical sentence>" documents per fact of a
                                       # *training* entity: web text is full of Q&A pages, and seeing some lets
                                       # a model learn to answer from what it stored (held-out entities: never)
+    encyclopedia_per_entity: int = 1  # entries per entity (each copy re-drawn phrasings and order): an
+                                      # entry names its subject in every sentence, which is where a model
+                                      # learns to copy a name it has read, for every entity alike
     n_stories: int = 1080             # 6 per person with the default world
     n_arithmetic_docs: int = 400
     arithmetic_lines_per_doc: int = 10  # on average; each document has 0.5x to 1.5x this many
@@ -82,6 +85,9 @@ class CorpusConfig:
         if self.paraphrases_per_fact < 1:
             raise LmforgeError("corpus config: paraphrases_per_fact must be >= 1 (the canonical sentence "
                                f"of every fact must appear), got {self.paraphrases_per_fact}")
+        if self.encyclopedia_per_entity < 1:
+            raise LmforgeError("corpus config: encyclopedia_per_entity must be >= 1, "
+                               f"got {self.encyclopedia_per_entity}")
         for key in ("n_stories", "n_arithmetic_docs", "n_word_problems", "qa_per_train_fact"):
             if getattr(self, key) < 0:
                 raise LmforgeError(f"corpus config: {key} must be >= 0, got {getattr(self, key)}")
@@ -115,7 +121,7 @@ def _say(rng: random.Random, relation: str, s: str, o: str, canonical: bool = Fa
     return _cap(rng.choice(options).format(s=s, o=o))
 
 
-def _encyclopedia(rng: random.Random, world: World) -> list[Document]:
+def _encyclopedia(rng: random.Random, world: World, copies: int = 1) -> list[Document]:
     cities_of: dict[str, list[str]] = {}
     cities_on: dict[str, list[str]] = {}
     for city in world.entities_of("city"):
@@ -123,7 +129,7 @@ def _encyclopedia(rng: random.Random, world: World) -> list[Document]:
         cities_on.setdefault(city.attrs["river"], []).append(city.name)
     capital_of = {c.attrs["capital"]: c.name for c in world.entities_of("country")}
     docs = []
-    for e in world.entities:
+    for e in [e for _ in range(copies) for e in world.entities]:
         sents = [_say(rng, r, e.name, o) for r, o in e.attrs.items()]
         if e.kind == "country" and len(cities_of[e.name]) > 1:
             sents.append(T.CITIES_OF.format(s=e.name, list=_join(cities_of[e.name])))
@@ -285,7 +291,7 @@ def corpus_documents(world: World, config: CorpusConfig | None = None) -> list[D
 
     kinds = sorted(T.WORD_PROBLEMS)
     wp_rng = stream("word_problems")
-    docs = (_encyclopedia(stream("encyclopedia"), world)
+    docs = (_encyclopedia(stream("encyclopedia"), world, cfg.encyclopedia_per_entity)
             + _fact_notes(stream("facts"), world, cfg.paraphrases_per_fact, cfg.canonical_per_fact,
                            cfg.paragraphs_per_doc, cfg.sentences_per_note)
             + _qa_pages(stream("qa"), world, cfg.qa_per_train_fact)

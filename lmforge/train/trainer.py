@@ -33,8 +33,14 @@ from lmforge.train.schedule import lr_at
 
 
 class TrainModule(Protocol):
+    """count: what the loss is normalized by (tokens, pairs, ...) in one micro-batch.
+
+    loss: (summed loss, aux). When aux is a dict of summed diagnostics (e.g. preference
+    accuracy over the pairs of the micro-batch), the loop logs each divided by the global count.
+    """
+
     def count(self, batch) -> int: ...
-    def loss(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def loss(self, model, batch) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]: ...
 
 
 class CausalLMModule:
@@ -73,6 +79,7 @@ class Trainer:
     info: DistInfo = field(default_factory=DistInfo)
     evaluate: Callable[[torch.nn.Module, int], dict] | None = None   # validation metrics
     sample: Callable[[torch.nn.Module, int], dict] | None = None     # text samples to log
+    step_stats: Callable[[], dict] | None = None  # extra numbers logged with each step (e.g. rollout rewards)
     tokens_per_row: int = 0                  # for throughput/MFU (0: not a token-level stage)
     flops_per_token: float = 0.0
     history: list = field(default_factory=list)
@@ -80,7 +87,9 @@ class Trainer:
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
-        self.tied = bool(getattr(getattr(self.model, "cfg", None), "tie_embeddings", False))
+        # a tied head is stored once; a model without a token head (reward model) has nothing to tie
+        self.tied = bool(getattr(getattr(self.model, "cfg", None), "tie_embeddings", False)) and \
+            hasattr(self.model, "lm_head")
         # Denormal floats (e.g. tiny Adam second moments) run ~100x slower on x86 CPUs; flushing
         # them to zero changes no result that matters and kept SFT steps from slowing 50-fold.
         torch.set_flush_denormal(True)
@@ -135,21 +144,28 @@ class Trainer:
                                                device=self.device), self.info)
         scale = self.info.world_size / n_global.clamp(min=1.0)
         loss_total = torch.zeros((), device=self.device)
+        aux_total: dict[str, torch.Tensor] = {}
         self.model.train()
         for i, batch in enumerate(micro):
             sync_now = i == len(micro) - 1
             ctx = self._grad_sync(sync_now)
             with ctx:
                 with self.autocast():
-                    loss_sum, _ = self.module.loss(self.wrapped, batch)
+                    loss_sum, aux = self.module.loss(self.wrapped, batch)
                 (loss_sum * scale).backward()
             loss_total += loss_sum.detach().float()
+            if isinstance(aux, dict):
+                for k, v in aux.items():
+                    aux_total[k] = aux_total.get(k, 0.0) + v.detach().float()
         loss = all_reduce_sum(loss_total, self.info) / n_global.clamp(min=1.0)
+        extra = {k: float(all_reduce_sum(v, self.info) / n_global.clamp(min=1.0)) for k, v in aux_total.items()}
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": float(loss), "lr": lr, "grad_norm": float(grad_norm), "count": float(n_global)}
+        if self.step_stats is not None:
+            extra.update(self.step_stats())
+        return {"loss": float(loss), "lr": lr, "grad_norm": float(grad_norm), "count": float(n_global), **extra}
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self, start_step: int = 0, stop_at: int | None = None) -> dict:

@@ -1,0 +1,194 @@
+"""Stage `grpo`: group-relative policy optimization with verifiable rewards (and RLOO).
+
+    lmforge grpo RECIPE [grpo.baseline=rloo] [grpo.scale=none] [grpo.beta=0.04]
+
+Each step: `prompts_per_step` toyworld word problems (training entities) x `group_size` samples
+from the current policy; the verifiable-math reward (1 when the final `#### n` is right, plus an
+optional format bonus) is turned into advantages *within each group* (no value model: the group
+is the baseline), and one clipped policy-gradient update per rollout batch (`updates_per_batch`
+slices it into several). Defaults and why are in docs/rl.md. Accuracy on *held-out* word
+problems (greedy) is measured before and after, and the KL to the starting model is reported.
+Output: `grpo/model/`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.pipeline import Stage
+from lmforge.stages.common import resume_step
+from lmforge.train.config import TrainConfig
+
+
+def _grpo_train_defaults() -> TrainConfig:
+    return TrainConfig(steps=40, micro_batch_size=32, seq_len=256, lr=1e-5, warmup_steps=0, schedule="constant",
+                       weight_decay=0.0, eval_every=20, ckpt_every=20, log_every=1)
+
+
+@dataclass
+class GRPOConfig:
+    init: str = "sft"                 # starting policy (and reference): a stage of this run or a checkpoint dir
+    task: str = "word_problem"        # toyworld task the prompts come from (training entities)
+    n_prompts: int = 2000             # prompt pool (drawn without replacement, epoch by epoch)
+    prompts_per_step: int = 16
+    group_size: int = 8
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    baseline: str = "mean"            # mean (GRPO) | rloo (leave-one-out)
+    scale: str = "group"              # group (GRPO) | batch | none (Dr. GRPO)
+    aggregation: str = "token_mean"   # token_mean | seq_mean | fixed_length
+    clip_low: float = 0.2
+    clip_high: float = 0.28           # > clip_low: DAPO's clip-higher
+    beta: float = 0.0                 # k3 KL coefficient; 0 loads no reference for the loss
+    updates_per_batch: int = 1        # optimizer steps per rollout batch (each on its own slice)
+    format_reward: float = 0.1        # bonus for ending with a "#### n" line
+    length_penalty: float = 0.0       # subtracted when a completion hits max_new_tokens unfinished
+    eval_examples: int = 200          # held-out word problems scored before and after
+    train: TrainConfig = field(default_factory=_grpo_train_defaults)
+
+    def __post_init__(self):
+        for key, ok in (("baseline", ("mean", "rloo")), ("scale", ("group", "batch", "none")),
+                        ("aggregation", ("token_mean", "seq_mean", "fixed_length"))):
+            if getattr(self, key) not in ok:
+                raise LmforgeError(f"grpo.{key}: expected one of {', '.join(ok)}, got {getattr(self, key)!r}")
+        if self.group_size < 2:
+            raise LmforgeError(f"grpo.group_size: a group needs at least 2 samples, got {self.group_size}")
+
+
+class GRPOModule:
+    """Clipped token-level policy gradient (+ beta * k3 KL) on one micro-batch of rollouts.
+
+    The trainer divides by the global count: tokens (token_mean) or sequences (seq_mean and
+    fixed_length), so micro-batching does not change the loss.
+    """
+
+    def __init__(self, gc: GRPOConfig, temperature: float):
+        self.gc, self.temperature = gc, temperature
+
+    def count(self, batch) -> int:
+        targets = batch[1]
+        if self.gc.aggregation == "token_mean":
+            return int((targets != -100).sum())
+        return targets.shape[0]
+
+    def loss(self, model, batch):
+        from lmforge.losses.rl import aggregate, kl_penalty, policy_loss
+        from lmforge.rl import token_logps
+
+        ids, targets, old, ref, adv = batch
+        mask = (targets != -100).float()
+        logp = token_logps(model, ids, targets, self.temperature)
+        gc = self.gc
+        pg, diag = policy_loss(logp, old, adv, mask, gc.clip_low, gc.clip_high, gc.aggregation, gc.max_new_tokens)
+        n = self.count(batch)
+        total = pg * n                                             # mean -> sum over what `count` counts
+        stats = {"clip_fraction": diag["clip_fraction"] * n}
+        if gc.beta > 0:
+            kl_tok = kl_penalty(logp, ref, "k3")
+            kl = aggregate(kl_tok, mask, gc.aggregation, gc.max_new_tokens)
+            total = total + gc.beta * kl * n
+            stats["kl"] = kl.detach() * n
+        return total, stats
+
+
+def advantage_fn(gc: GRPOConfig):
+    from lmforge.losses.rl import group_advantages
+
+    return lambda rewards, g: group_advantages(rewards, g, scale=gc.scale, baseline=gc.baseline)
+
+
+def rl_prompts(world, task: str, n: int, seed: int, split: str = "train", evaluation: bool = False):
+    """(messages, meta) for RL from toyworld examples; meta carries the verifiable answer."""
+    from lmforge.toyworld.tasks import eval_examples, sft_examples
+
+    exs = eval_examples(world, task, split, n, seed) if evaluation else sft_examples(world, n, seed, tasks=[task])
+    return [(e.messages[:-1], {"answer": e.answer, "task": e.task}) for e in exs], exs
+
+
+def word_problem_accuracy(model, tok, examples, max_new_tokens: int) -> float:
+    from lmforge.eval.chat_tasks import evaluate_examples
+
+    return evaluate_examples(model, tok, examples, max_new_tokens=max_new_tokens)["acc"]
+
+
+@torch.no_grad()
+def sequence_kl(model, ref, tok, prompts, max_new_tokens: int, seed: int, device) -> float:
+    """Mean over sampled completions of sum_t (log pi - log pi_ref): KL(pi || pi_ref) per sequence."""
+    from lmforge.engine import Engine, SamplingParams
+    from lmforge.rl import rows_from_rollouts, token_logps
+    from lmforge.tokenizer import END_OF_TURN
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
+                            stop_ids=(tok.special[END_OF_TURN], tok.eos_id))
+    outs = Engine(model, tok, batch_size=64).generate(prompts, params)
+    ids, targets, _ = rows_from_rollouts(prompts, [o[0] for o in outs], tok.pad_id)
+    ids, targets = ids.to(device), targets.to(device)
+    model.eval()
+    diff = token_logps(model, ids, targets) - token_logps(ref, ids, targets)
+    return float(diff.sum(1).mean())
+
+
+def run(ctx) -> dict:
+    import copy
+
+    from lmforge.chat import render_prompt
+    from lmforge.model.io import load_model, save_model
+    from lmforge.rewards.math import VerifiableMath
+    from lmforge.rl import RolloutBatches, RolloutSource
+    from lmforge.stages.common import load_world, model_dir
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.train.distributed import resolve_device
+    from lmforge.train.metrics import read_metrics
+    from lmforge.train.trainer import Trainer
+
+    cfg, info, gc = ctx.cfg, ctx.info, ctx.cfg.grpo
+    tc, out = gc.train, ctx.stage_dir("grpo")
+    if info.enabled:
+        raise LmforgeError("grpo: runs on one process for now (rollouts are not yet sharded across ranks)")
+    src = model_dir(ctx, gc.init, "grpo.init")
+    tok = Tokenizer.load(src)
+    device = resolve_device(tc.device, info)
+    torch.manual_seed(cfg.seed)
+    model = load_model(src, device)
+    ref = copy.deepcopy(model).eval().requires_grad_(False)      # the starting policy, frozen
+    world = load_world(ctx)
+    train_prompts, _ = rl_prompts(world, gc.task, gc.n_prompts, cfg.seed)
+    _, heldout = rl_prompts(world, gc.task, gc.eval_examples, cfg.seed + 50_000, split="heldout", evaluation=True)
+    acc_before = word_problem_accuracy(model.eval(), tok, heldout, gc.max_new_tokens)
+    reward = VerifiableMath(format_bonus=gc.format_reward)
+    source = RolloutSource(model, tok, train_prompts, reward, advantage_fn(gc), prompts_per_step=gc.prompts_per_step,
+                           group_size=gc.group_size, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
+                           seed=cfg.seed, ref_model=ref if gc.beta > 0 else None,
+                           length_penalty=gc.length_penalty, bf16=tc.dtype == "bf16", device=device)
+    batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch)
+
+    trainer = Trainer(cfg=tc, model=model, module=GRPOModule(gc, gc.temperature), batches=batches, out_dir=out,
+                      device=device, lr=tc.lr, info=info, step_stats=lambda: batches.last_stats)
+    start = resume_step(ctx, trainer, "grpo")
+    ctx.log(f"[grpo] {len(train_prompts)} {gc.task} prompts, {gc.prompts_per_step} x {gc.group_size} samples per "
+            f"step, baseline={gc.baseline} scale={gc.scale} agg={gc.aggregation} beta={gc.beta}; "
+            f"held-out accuracy before: {acc_before:.3f}")
+    trainer.run(start_step=start)
+    model.eval()
+    acc_after = word_problem_accuracy(model, tok, heldout, gc.max_new_tokens)
+    kl = sequence_kl(model, ref, tok, [render_prompt(e.messages[:-1], tok) for e in heldout[:64]],
+                     gc.max_new_tokens, cfg.seed, device)
+    if info.is_main:
+        save_model(model.cpu(), out / "model", src)
+    logs = read_metrics(out, "train")
+    tail = logs[-5:]
+    mean = lambda k: round(statistics.fmean(r[k] for r in tail if k in r), 4) if any(k in r for r in tail) else None
+    first = [r["reward"] for r in logs[:5] if "reward" in r]
+    return {"steps": tc.steps, "heldout_acc_before": round(acc_before, 4), "heldout_acc_after": round(acc_after, 4),
+            "heldout_acc_gain": round(acc_after - acc_before, 4), "kl_to_reference": round(kl, 4),
+            "reward_first": round(statistics.fmean(first), 4) if first else None, "reward_last": mean("reward"),
+            "response_length_last": mean("response_length"), "logp_max_diff": mean("logp_max_diff")}
+
+
+STAGE = Stage("grpo", run, requires=("toyworld",),
+              description="GRPO / RLOO with verifiable rewards on toyworld word problems",
+              inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "dpo", "grpo"))

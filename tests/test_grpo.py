@@ -1,0 +1,111 @@
+"""Online RL plumbing: engine log-probs match the trainer's recomputation, rollout rows mask exactly
+the sampled tokens, GRPO raises the reward of a tiny policy, and the stage runs end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.losses import IGNORE_INDEX
+from lmforge.losses.rl import group_advantages
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
+from lmforge.rl import RolloutBatches, RolloutSource
+from lmforge.stages.grpo import GRPOConfig, GRPOModule
+from lmforge.train.config import TrainConfig
+from lmforge.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class StartsWithVowel:
+    """Reward 1 when the reply starts with a vowel: common enough that a random model earns it sometimes."""
+
+    name = "vowel"
+
+    def score(self, requests):
+        return [float(r.completion[:1].lower() in "aeiou") for r in requests]
+
+
+def tiny(tok, seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4, max_seq_len=64))
+
+
+def source(model, tok, temperature=1.0, P=4, G=4, max_new=6):
+    prompts = [([{"role": "user", "content": f"Say {w}."}], {"answer": w}) for w in ("Zali", "Kamdu", "Velora", "Mosol")]
+    return RolloutSource(model, tok, prompts, StartsWithVowel(), lambda r, g: group_advantages(r, g),
+                         prompts_per_step=P, group_size=G, max_new_tokens=max_new, temperature=temperature, seed=0,
+                         bf16=False)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_engine_logprobs_match_the_trainers_recomputation(toy_data, temperature):
+    _, tok = toy_data
+    batch = source(tiny(tok), tok, temperature).make(0)
+    assert batch.stats["logp_max_diff"] < 1e-4
+    assert batch.ids.shape[0] == 16 and batch.advantages.shape == (16,)
+
+
+def test_rollout_rows_train_only_sampled_completion_tokens(toy_data):
+    from lmforge.engine import Completion
+    from lmforge.rl import rows_from_rollouts
+
+    prompts = [[1, 7, 8], [1, 9]]
+    comps = [Completion([20, 21, 22], [1, 0, 1], "stop", [-0.5, 0.0, -0.25]), Completion([30], [1], "length", [-1.0])]
+    ids, targets, eng = rows_from_rollouts(prompts, comps, pad_id=0)
+    assert ids.tolist() == [[1, 7, 8, 20, 21], [1, 9, 0, 0, 0]]
+    # targets at position t predict token t+1: the forced token 21 (mask 0) is not trained on
+    assert targets.tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 20, IGNORE_INDEX, 22],
+                                [IGNORE_INDEX, 30, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]]
+    assert eng[0, 2] == -0.5 and eng[0, 4] == -0.25 and eng[1, 1] == -1.0
+
+
+def test_grpo_raises_the_reward_of_a_tiny_policy(toy_data, tmp_path):
+    _, tok = toy_data
+    torch.set_num_threads(1)
+    model = tiny(tok)
+    gc = GRPOConfig(prompts_per_step=4, group_size=8, max_new_tokens=4, clip_high=0.28)
+    src = source(model, tok, P=4, G=8, max_new=4)
+    batches = RolloutBatches(src, micro_batch_size=32)
+    tc = TrainConfig(steps=40, micro_batch_size=32, lr=3e-3, warmup_steps=0, schedule="constant", progress=False,
+                     tensorboard=False, ckpt_every=10_000, log_every=5, dtype="fp32", weight_decay=0.0)
+    rewards = []
+    trainer = Trainer(cfg=tc, model=model, module=GRPOModule(gc, 1.0), batches=batches, out_dir=tmp_path,
+                      device=torch.device("cpu"), lr=tc.lr, step_stats=lambda: batches.last_stats)
+    for step in range(tc.steps):
+        rewards.append(trainer.train_step(step)["reward"])
+    early, late = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert late > early + 0.3, f"reward {early:.2f} -> {late:.2f}"
+
+
+def test_grpo_config_errors():
+    from lmforge.errors import LmforgeError
+
+    with pytest.raises(LmforgeError, match="grpo.baseline: expected one of mean, rloo, got 'median'"):
+        GRPOConfig(baseline="median")
+    with pytest.raises(LmforgeError, match="grpo.group_size: a group needs at least 2 samples, got 1"):
+        GRPOConfig(group_size=1)
+
+
+def test_grpo_stage_runs_and_reports(tmp_path):
+    from lmforge.cli import main
+
+    args = ["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "name=g",
+            "stages=[toyworld,tokenizer,pretrain,sft,grpo]",
+            "model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=400",
+            "train.steps=4", "train.micro_batch_size=4", "train.seq_len=64", "train.progress=false",
+            "train.tensorboard=false", "train.eval_every=2", "train.eval_batches=1",
+            "toyworld.corpus.n_stories=10", "toyworld.corpus.n_arithmetic_docs=5", "toyworld.corpus.n_word_problems=5",
+            "sft.n_per_task=4", "sft.val_examples=20", "sft.train.steps=4", "sft.train.micro_batch_size=4",
+            "sft.train.progress=false", "sft.train.tensorboard=false",
+            "grpo.n_prompts=16", "grpo.prompts_per_step=2", "grpo.group_size=4", "grpo.max_new_tokens=8",
+            "grpo.eval_examples=4", "grpo.beta=0.04", "grpo.train.steps=3", "grpo.train.progress=false",
+            "grpo.train.tensorboard=false"]
+    assert main(args) == 0
+    s = json.loads((tmp_path / "g/summary.json").read_text())["grpo"]
+    assert {"heldout_acc_before", "heldout_acc_after", "kl_to_reference", "reward_last"} <= set(s)
+    logs = [json.loads(line) for line in (tmp_path / "g/grpo/metrics.jsonl").read_text().splitlines()]
+    train = [r for r in logs if r.get("kind", r.get("split")) == "train" or "reward" in r]
+    assert train and "kl" in train[-1] and "logp_max_diff" in train[-1]

@@ -1,0 +1,182 @@
+"""Preference training end to end on small models: every DPO-family loss raises the policy's
+preference accuracy on its training pairs; the reward model starts at exactly ln 2 and learns
+to rank; the pairs -> rm -> bon -> dpo -> eval_dpo stages run and report their metrics."""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.losses.preference import PREFERENCE_LOSSES
+from lmforge.model.config import ModelConfig
+from lmforge.model.reward import RewardModel, load_reward_model, save_reward_model
+from lmforge.model.transformer import Transformer
+from lmforge.preference import (
+    PreferenceBatches,
+    PreferenceModule,
+    RewardModule,
+    reference_logps,
+    tokenize_pairs,
+    tokenize_unpaired,
+)
+from lmforge.train.config import TrainConfig
+from lmforge.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = ("Kamdu", "Velora", "Zali", "Finisdor", "Mosol", "Rarnoli", "Kuzol", "Gilo")
+
+
+@dataclass
+class Pair:
+    prompt: list
+    chosen: str
+    rejected: str
+
+
+@dataclass
+class Unpaired:
+    prompt: list
+    completion: str
+    label: bool
+
+
+def pairs():
+    """Chosen: echo the word politely; rejected: a curt refusal. Easy to separate, not yet separated."""
+    return [Pair([{"role": "user", "content": f"Say {w}."}], f"{w}, of course!", "No.") for w in WORDS]
+
+
+def tiny_model(tok, seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4, max_seq_len=64))
+
+
+def train(model, module, data, tok, tmp_path, steps=12, lr=2e-3):
+    tc = TrainConfig(steps=steps, micro_batch_size=4, lr=lr, warmup_steps=0, schedule="constant", progress=False,
+                     tensorboard=False, ckpt_every=10_000, log_every=4, dtype="fp32", weight_decay=0.0)
+    trainer = Trainer(cfg=tc, model=model, module=module, batches=PreferenceBatches(data, tok.pad_id, 4, 1, seed=0),
+                      out_dir=tmp_path, device=torch.device("cpu"), lr=tc.lr)
+    trainer.run()
+    return trainer
+
+
+@torch.no_grad()
+def policy_accuracy(model, data, tok, reference: bool) -> float:
+    """Share of pairs where the policy prefers chosen: by log-ratio to the reference, or by mean log-prob."""
+    from lmforge.preference import sequence_logps
+
+    b = PreferenceBatches(data, tok.pad_id, len(data), 1, seed=0)
+    ids, targets, _, ref, _ = b.get(list(range(len(data))))
+    sums, counts = sequence_logps(model(ids[:, :-1]), targets)
+    n = len(data)
+    score = sums - ref if reference else sums / counts
+    return float((score[:n] > score[n:]).float().mean())
+
+
+@pytest.mark.parametrize("loss", sorted(PREFERENCE_LOSSES))
+def test_each_preference_loss_raises_preference_accuracy(loss, toy_data, tmp_path):
+    _, tok = toy_data
+    model = tiny_model(tok)
+    if loss == "kto":
+        # KTO trains unpaired: chosen desirable, rejected undesirable; accuracy is still measured on pairs
+        items = [Unpaired(p.prompt, c, lab) for p in pairs() for c, lab in ((p.chosen, True), (p.rejected, False))]
+        data = tokenize_unpaired(items, tok, 63, seed=0)
+    else:
+        data = tokenize_pairs(pairs(), tok, 63)
+    measure = tokenize_pairs(pairs(), tok, 63)
+    spec = PREFERENCE_LOSSES[loss]
+    model.eval()
+    data.ref = reference_logps(model, data, tok.pad_id, 8, "cpu", bf16=False)
+    measure.ref = reference_logps(model, measure, tok.pad_id, 8, "cpu", bf16=False)
+    uses_ref = spec.needs_reference
+    before = policy_accuracy(model, measure, tok, reference=uses_ref)
+    trainer = train(model, PreferenceModule(loss), data, tok, tmp_path)
+    after = policy_accuracy(model, measure, tok, reference=uses_ref)
+    assert all(math.isfinite(x) for x in trainer.history)
+    assert trainer.history[-1] < trainer.history[0], f"{loss}: loss did not fall ({trainer.history})"
+    assert after >= 0.875 and after > before, f"{loss}: preference accuracy {before} -> {after}"
+
+
+def test_reward_model_starts_at_ln2_and_learns_to_rank(toy_data, tmp_path):
+    _, tok = toy_data
+    rm = RewardModel.from_lm(tiny_model(tok))
+    data = tokenize_pairs(pairs(), tok, 63)
+    trainer = train(rm, RewardModule(), data, tok, tmp_path, steps=20)
+    assert trainer.history[0] == pytest.approx(math.log(2), abs=1e-6)  # zero head: every reward is 0
+    assert trainer.history[-1] < 0.2
+    from lmforge.stages.rm import pairwise_accuracy
+
+    acc, margin = pairwise_accuracy(rm, data, tok.pad_id, "cpu")
+    assert acc == 1.0 and margin > 0
+    save_reward_model(rm, tmp_path / "rm", tok.path if hasattr(tok, "path") else None)
+    again = load_reward_model(tmp_path / "rm")
+    x = torch.tensor([[1, 5, 9, 11]])
+    assert torch.allclose(again(x, torch.tensor([3])), rm.eval()(x, torch.tensor([3])))
+
+
+def test_reward_model_from_lm_keeps_the_backbone(toy_data):
+    _, tok = toy_data
+    lm = tiny_model(tok)
+    rm = RewardModel.from_lm(lm)
+    x = torch.tensor([[1, 5, 9, 11]])
+    assert torch.equal(rm.hidden(x), lm.hidden(x))
+    assert not hasattr(rm, "lm_head") and rm.score.weight.shape == (1, 64)
+
+
+def test_reward_model_checkpoint_is_checked(tmp_path, toy_data):
+    from lmforge.errors import LmforgeError
+    from lmforge.model.io import save_model
+
+    _, tok = toy_data
+    save_model(tiny_model(tok), tmp_path / "lm")
+    with pytest.raises(LmforgeError, match="not a reward model checkpoint"):
+        load_reward_model(tmp_path / "lm")
+
+
+def test_kto_mismatched_completions_are_a_derangement(toy_data):
+    _, tok = toy_data
+    items = [Unpaired([{"role": "user", "content": f"Say {w}."}], f"{w}!", i % 2 == 0) for i, w in enumerate(WORDS)]
+    data = tokenize_unpaired(items, tok, 63, seed=3)
+    own = [tok.decode(data.rows[2 * i][0].tolist()) for i in range(len(items))]
+    other = [tok.decode(data.rows[2 * i + 1][0].tolist()) for i in range(len(items))]
+    assert all(o != m for o, m in zip(own, other, strict=True))
+    assert sorted(data.labels.tolist()) == [0] * 4 + [1] * 4
+
+
+def tiny_alignment_run(tmp_path, *extra):
+    from lmforge.cli import main
+
+    args = ["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "name=a",
+            "stages=[toyworld,tokenizer,pretrain,sft,pairs,rm,bon,dpo,eval_dpo]",
+            "model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=400",
+            "train.steps=4", "train.micro_batch_size=4", "train.seq_len=64", "train.progress=false",
+            "train.tensorboard=false", "train.eval_every=2", "train.eval_batches=1",
+            "toyworld.corpus.n_stories=10", "toyworld.corpus.n_arithmetic_docs=5", "toyworld.corpus.n_word_problems=5",
+            "sft.n_per_task=4", "sft.val_examples=20", "sft.train.steps=4", "sft.train.micro_batch_size=4",
+            "sft.train.progress=false", "sft.train.tensorboard=false",
+            "pairs.n_prompts=40", "pairs.samples=3", "pairs.max_new_tokens=12", "pairs.val_fraction=0.3",
+            "rm.train.steps=4", "rm.train.micro_batch_size=4", "rm.train.progress=false",
+            "rm.train.tensorboard=false",
+            "bon.n=4", "bon.n_prompts=6", "bon.max_new_tokens=12",
+            "dpo.train.steps=4", "dpo.train.micro_batch_size=4", "dpo.train.progress=false",
+            "dpo.train.tensorboard=false",
+            "eval_dpo.n_prompts=8", "eval_dpo.qa_examples=4", "eval_dpo.max_new_tokens=12", *extra]
+    return main(args)
+
+
+def test_alignment_stages_run_and_report(tmp_path):
+    assert tiny_alignment_run(tmp_path) == 0
+    summary = json.loads((tmp_path / "a/summary.json").read_text())
+    p = summary["pairs"]
+    assert p["pairs"] + p["ties"] + p["empty_answer_pairs"] == p["prompts"] == 40
+    assert 0.0 <= summary["rm"]["val_accuracy"] <= 1.0
+    assert {"judge_score_best_of_1", "judge_score_best_of_4", "win_rate_best_of_n_vs_1"} <= set(summary["bon"])
+    assert summary["dpo"]["loss"] == "dpo" and summary["dpo"]["steps"] == 4
+    assert {"dpo_win_rate_vs_sft", "dpo_alignment_tax_qa_train", "sft_qa_train_acc"} <= set(summary["eval_dpo"])
+    assert json.loads((tmp_path / "a/rm/model/model_config.json").read_text())["head"] == "reward"
+    first = json.loads((tmp_path / "a/pairs/train.jsonl").read_text().splitlines()[0])
+    assert first["chosen_score"] > first["rejected_score"] and first["prompt"][-1]["role"] == "user"
+    rft = (tmp_path / "a/bon/sft_data.jsonl").read_text().splitlines()
+    assert len(rft) == 6 and json.loads(rft[0])["messages"][-1]["role"] == "assistant"
