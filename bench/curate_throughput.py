@@ -7,7 +7,7 @@ by 1 worker process, then the same 2 tasks by 2 workers (datatrove LocalPipeline
 are split between the tasks). Same input, same work: the ratio is the parallel speedup. Prints
 documents/s and MB/s of each (executor stages only, and end to end with the stats and report), the
 seconds of each executor stage and the speedup. A benchmark, not a test: nothing asserts speed. On a
-shared machine other processes compete for the cores; the numbers say how much they got.
+shared machine other processes compete for the cores: read the load average next to the numbers.
 
     python bench/curate_throughput.py                      # ~50 MB, in a temporary directory
     python bench/curate_throughput.py --mb 10 --dir /tmp/nw --keep

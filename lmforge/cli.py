@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("base", help="the lmforge checkpoint the adapter was trained on")
     mg.add_argument("out", help="output checkpoint directory")
 
+    sv = sub.add_parser("serve", help="serve a checkpoint over an OpenAI-compatible HTTP API (/v1/chat/completions)")
+    sv.add_argument("checkpoint")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--model-name", default=None, help="the model id clients send (default: the directory name)")
+    sv.add_argument("--device", default="cpu")
+
     from lmforge.chat_cli import add_parser as add_chat
     from lmforge.eval.cli import add_parser as add_eval
     from lmforge.report import add_parser as add_report
@@ -173,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             from lmforge.chat_cli import run_chat
 
             return run_chat(args)
+        if args.command == "serve":
+            from lmforge.serve import serve
+
+            serve(args.checkpoint, args.host, args.port, model_name=args.model_name, device=args.device)
+            return 0
         if args.command == "eval":
             from lmforge.eval.cli import run_eval
 

@@ -103,11 +103,24 @@ def build(cls, raw: dict, prefix: str = "", source: str = ""):
     for key, value in raw.items():
         if key not in fields:
             raise _unknown_key(cls, str(key), prefix, source)
+        f = fields[key]
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) \
+                and f.default_factory not in (dataclasses.MISSING, hints[key]):
+            # a partial section keeps the field's own defaults when they differ from the class's
+            # (`rm.train.steps=50` keeps the reward model's lr and warmup, not TrainConfig's)
+            value = _merge(dataclasses.asdict(f.default_factory()), value)
         kwargs[key] = _convert(value, hints[key], f"{prefix}{key}", source)
     try:
         return cls(**kwargs)
     except LmforgeError as e:
         raise LmforgeError(f"{source}{e}") from None
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def to_dict(cfg) -> dict:

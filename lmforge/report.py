@@ -20,7 +20,7 @@ from lmforge.report_doc import EMPTY, Doc, config_rows, fmt, render_html, render
 from lmforge.utils import atomic_write_bytes, atomic_write_text
 
 # Stage metrics that count the tokens a stage processed, in order of preference, for the time table.
-TOKEN_METRICS = ("tokens", "assistant_tokens")
+TOKEN_METRICS = ("tokens", "trained_tokens", "assistant_tokens")
 PLOT_FILES = ("loss.png", "lr.png", "throughput.png", "eval_scores.png")
 
 

@@ -28,8 +28,6 @@ pool, so the event loop stays free. This is the seed of a fuller server (streami
 concurrent requests, a chat page): `ChatService` holds everything that is not HTTP.
 """
 
-from __future__ import annotations
-
 import os
 import secrets
 import threading
@@ -107,7 +105,8 @@ def _number(body: dict, key: str, default, lo: float, hi: float, integer: bool =
     ok = isinstance(v, int) if integer else isinstance(v, (int, float))
     if isinstance(v, bool) or not ok or not lo <= v <= hi:
         kind = "an integer" if integer else "a number"
-        raise APIError(400, f"'{key}' must be {kind} between {lo:g} and {hi:g}, got {v!r}", key)
+        span = f"between {lo:g} and {hi:g}" if hi < float("inf") else f">= {lo:g}"
+        raise APIError(400, f"'{key}' must be {kind} {span}, got {v!r}", key)
     return v
 
 
@@ -151,7 +150,7 @@ class ChatService:
 
     @classmethod
     def load(cls, ckpt_dir: str | os.PathLike, *, model_name: str | None = None, device: str = "cpu",
-             max_top_logprobs: int = 20) -> ChatService:
+             max_top_logprobs: int = 20) -> "ChatService":
         from lmforge.model.io import load_model
         from lmforge.tokenizer import Tokenizer
 
@@ -180,7 +179,7 @@ class ChatService:
             raise APIError(400, f"This model's maximum context length is {ctx} tokens, but the messages are "
                                 f"{len(prompt)} tokens", "messages", "context_length_exceeded")
         key = "max_completion_tokens" if body.get("max_tokens") is None else "max_tokens"
-        max_tokens = _number(body, key, ctx - len(prompt), 1, 1e9, integer=True)
+        max_tokens = _number(body, key, ctx - len(prompt), 1, float("inf"), integer=True)
         if len(prompt) + max_tokens > ctx:
             raise APIError(400, f"This model's maximum context length is {ctx} tokens; the messages are "
                                 f"{len(prompt)} tokens and {key} is {max_tokens}", key, "context_length_exceeded")
@@ -281,7 +280,8 @@ def create_app(ckpt_dir: str | os.PathLike | None = None, *, service: ChatServic
         return service.models()
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
+    async def chat_completions(request: Request):  # serve.py has no `from __future__ import annotations`:
+        # FastAPI must see the Request class itself here, and it is imported inside create_app
         try:
             body = await request.json()
         except ValueError:

@@ -93,3 +93,13 @@ def test_batch_tokens_and_depth_preset_derive_grad_accum():
     # depth 4 preset: 32k tokens per step = 16 rows x 256 tokens x 8 micro-batches
     assert resolve_batch(TrainConfig(micro_batch_size=16, seq_len=256), depth=4, world_size=1).grad_accum == 8
     assert resolve_batch(TrainConfig(grad_accum=3), depth=0, world_size=1).grad_accum == 3
+
+
+def test_a_partial_section_keeps_the_fields_own_defaults():
+    """`rm.train.steps=3` must keep the reward model's training defaults (lr 3e-4, warmup 10), not
+    fall back to TrainConfig's class defaults (lr 0, warmup 50)."""
+    from lmforge.config import load_run_config
+
+    cfg = load_run_config(None, ["rm.train.steps=3", "grpo.train.lr=2e-5"])
+    assert (cfg.rm.train.steps, cfg.rm.train.lr, cfg.rm.train.warmup_steps) == (3, 3e-4, 10)
+    assert (cfg.grpo.train.lr, cfg.grpo.train.schedule, cfg.grpo.train.warmup_steps) == (2e-5, "constant", 0)

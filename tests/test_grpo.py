@@ -34,7 +34,8 @@ def tiny(tok, seed=0):
 
 
 def source(model, tok, temperature=1.0, P=4, G=4, max_new=6):
-    prompts = [([{"role": "user", "content": f"Say {w}."}], {"answer": w}) for w in ("Zali", "Kamdu", "Velora", "Mosol")]
+    prompts = [([{"role": "user", "content": f"Say {w}."}], {"answer": w})
+               for w in ("Zali", "Kamdu", "Velora", "Mosol")]
     return RolloutSource(model, tok, prompts, StartsWithVowel(), lambda r, g: group_advantages(r, g),
                          prompts_per_step=P, group_size=G, max_new_tokens=max_new, temperature=temperature, seed=0,
                          bf16=False)

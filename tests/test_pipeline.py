@@ -75,11 +75,16 @@ def test_demo_recipe_bounded(tmp_path):
     """The shipped demo recipe end to end with fewer steps: every stage runs, loss falls."""
     rc = main(["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "train.steps=40",
                "train.progress=false", "train.eval_every=20", "sft.train.steps=20", "sft.train.progress=false",
-               "eval_sft.qa_examples=20", "eval_sft.per_task=3"])
+               "eval_sft.qa_examples=20", "eval_sft.per_task=3",
+               "pairs.n_prompts=60", "pairs.val_fraction=0.3", "rm.train.steps=4", "rm.train.progress=false",
+               "bon.n_prompts=6", "bon.n=4", "dpo.train.steps=4", "dpo.train.progress=false",
+               "eval_dpo.n_prompts=20", "eval_dpo.qa_examples=10"])
     assert rc == 0
     summary = json.loads((tmp_path / "demo/summary.json").read_text())
     evals = [json.loads(x) for x in (tmp_path / "demo/pretrain/metrics.jsonl").read_text().splitlines()]
     val = [e["val_loss"] for e in evals if e["kind"] == "eval"]
     assert len(val) == 2 and val[1] < val[0]
     assert summary["eval_base"]["val_loss"] == pytest.approx(val[-1], abs=0.3)
-    assert list(summary) == ["toyworld", "tokenizer", "pretrain", "eval_base", "sft", "eval_sft"]
+    assert list(summary) == ["toyworld", "curate", "tokenizer", "pretrain", "eval_base", "sft", "eval_sft",
+                             "pairs", "rm", "bon", "dpo", "eval_dpo"]
+    assert 0 < summary["curate"]["documents_out"] < summary["curate"]["documents_in"]

@@ -170,7 +170,7 @@ def test_alignment_stages_run_and_report(tmp_path):
     assert tiny_alignment_run(tmp_path) == 0
     summary = json.loads((tmp_path / "a/summary.json").read_text())
     p = summary["pairs"]
-    assert p["pairs"] + p["ties"] + p["empty_answer_pairs"] == p["prompts"] == 40
+    assert p["pairs"] + p["ties"] + p["empty_answer_pairs"] + p["close_pairs"] == p["prompts"] == 40
     assert 0.0 <= summary["rm"]["val_accuracy"] <= 1.0
     assert {"judge_score_best_of_1", "judge_score_best_of_4", "win_rate_best_of_n_vs_1"} <= set(summary["bon"])
     assert summary["dpo"]["loss"] == "dpo" and summary["dpo"]["steps"] == 4

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +54,8 @@ instead of inventing facts.
 """
 COMPARE_SYSTEM = "You are a judge. Decide which answer better follows these principles:\n{constitution}" \
                  "Reply with one letter: A or B."
-COMPARE_USER = "Conversation:\n{conversation}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n\nWhich answer is better? Reply A or B."
+COMPARE_USER = "Conversation:\n{conversation}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n\n" \
+               "Which answer is better? Reply A or B."
 SCORE_SYSTEM = "You are a judge. Decide whether the answer follows these principles:\n{constitution}Reply Yes or No."
 SCORE_USER = "Conversation:\n{conversation}\n\nAnswer:\n{answer}\n\nIs this a good answer? Reply Yes or No."
 
@@ -115,6 +117,8 @@ class LocalBackend:
         return ids[-(self.model.cfg.max_seq_len - room):]  # too long: keep the end (the question asked)
 
     def ask(self, prompts: list[list[dict]], options: Sequence[str]) -> list[JudgeReply]:
+        import torch
+
         from lmforge.serve import position_logprobs
 
         if self.method == "text":
@@ -133,8 +137,7 @@ class LocalBackend:
                 seqs.append(ids + c)
                 pos.append(range(len(ids) - 1, len(ids) + len(c) - 1))
         rows = position_logprobs(self.model, seqs, pos, pad, self.batch_size)
-        lps = [r.gather(1, r.new_tensor(seqs[i][-len(r):], dtype=int)[:, None]).sum().item()
-               for i, r in enumerate(rows)]
+        lps = [r.gather(1, torch.tensor(seqs[i][-len(r):])[:, None]).sum().item() for i, r in enumerate(rows)]
         k = len(options)
         return [JudgeReply(lps[j * k:(j + 1) * k]) for j in range(len(prompts))]
 
@@ -200,12 +203,16 @@ class HTTPBackend:
             if r.status_code == 429 or r.status_code >= 500:
                 reason = f"HTTP {r.status_code} ({_error_message(r)})"
                 continue
-            if r.status_code == 400 and body.get("logprobs") and "logprob" in _error_message(r).lower():
-                self.logprobs = False  # the endpoint does not do log-probs: read the reply text from now on
+            msg = _error_message(r) if r.status_code != 200 else ""
+            if r.status_code == 400 and body.get("logprobs") and "logprob" in msg.lower() \
+                    and "top_logprobs" not in msg:  # (too many top_logprobs is the user's to fix: an error)
+                print(f"AI judge at {self.base_url}: no log-probs ({msg}); reading reply texts instead",
+                      file=sys.stderr)
+                self.logprobs = False
                 body = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
-                return self._post(body)
+                return self._post({**body, "max_tokens": self.max_tokens})
             if r.status_code != 200:
-                raise LmforgeError(f"AI judge at {self.base_url}: HTTP {r.status_code}: {_error_message(r)}")
+                raise LmforgeError(f"AI judge at {self.base_url}: HTTP {r.status_code}: {msg}")
             try:
                 return r.json()
             except ValueError:
@@ -217,8 +224,8 @@ class HTTPBackend:
 
     def ask_one(self, messages: list[dict], options: Sequence[str]) -> JudgeReply:
         body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
-        if self.logprobs:
-            body.update(logprobs=True, top_logprobs=self.top_logprobs)
+        if self.logprobs:  # the verdict is the first token: one is enough
+            body.update(max_tokens=1, logprobs=True, top_logprobs=self.top_logprobs)
         out = self._post(body)
         try:
             choice = out["choices"][0]

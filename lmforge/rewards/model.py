@@ -30,9 +30,13 @@ class RewardModelSource:
         return cls(load_reward_model(ckpt_dir, kw.get("device", "cpu")), Tokenizer.load(ckpt_dir), **kw)
 
     def encode(self, req: RewardRequest) -> list[int]:
-        from lmforge.chat import render
+        from lmforge.chat import render, render_prompt
+        from lmforge.tokenizer import END_OF_TURN
 
-        ids, _ = render([*req.messages, {"role": "assistant", "content": req.completion}], self.tok)
+        if req.completion.strip():
+            ids, _ = render([*req.messages, {"role": "assistant", "content": req.completion}], self.tok)
+        else:  # the model stopped at once: an empty turn (which chat validation would refuse as a message)
+            ids = render_prompt(req.messages, self.tok) + [self.tok.special[END_OF_TURN]]
         return ids[-self.model.cfg.max_seq_len:]
 
     @torch.no_grad()

@@ -25,6 +25,7 @@ class BoNConfig:
     n: int = 8
     n_prompts: int = 200
     split: str = "heldout"           # prompts: heldout (to measure) | train (to build RFT data)
+    prompt_entities: str = "train"   # entities the prompts ask about (see eval_dpo.prompt_entities)
     temperature: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 64
@@ -32,8 +33,9 @@ class BoNConfig:
     def __post_init__(self):
         if self.n < 1:
             raise LmforgeError(f"bon.n: expected a positive number of samples, got {self.n}")
-        if self.split not in ("heldout", "train"):
-            raise LmforgeError(f"bon.split: expected heldout or train, got {self.split!r}")
+        for key in ("split", "prompt_entities"):
+            if getattr(self, key) not in ("heldout", "train"):
+                raise LmforgeError(f"bon.{key}: expected heldout or train, got {getattr(self, key)!r}")
 
 
 def reward_source(ctx, ref: str, key: str, device):
@@ -63,7 +65,8 @@ def run(ctx) -> dict:
     src = model_dir(ctx, bc.policy, "bon.policy")
     model, tok = load_model(src, device).eval(), Tokenizer.load(src)
     rm = reward_source(ctx, bc.reward, "bon.reward", device)
-    examples = preference_prompts(world, bc.n_prompts, seed=ctx.cfg.seed + 30_000, split=bc.split)
+    examples = preference_prompts(world, bc.n_prompts, seed=ctx.cfg.seed + 30_000, split=bc.split,
+                                  entities=bc.prompt_entities, tasks=ctx.cfg.pairs.tasks or None)
     prompts = [e.messages[:-1] for e in examples]
     ctx.log(f"[bon] {bc.n} samples for each of {len(examples)} {bc.split} prompts from {src}, scored by {rm.name}")
     samples = sample_answers(model, tok, prompts, bc.n, temperature=bc.temperature, top_k=bc.top_k,
@@ -80,7 +83,8 @@ def run(ctx) -> dict:
         best = max(range(bc.n), key=lambda j: r[j])
         best_n.append(ss[best])
         wins.append(judge_compare(world, e, ss[best], ss[0]))
-        records.append({"messages": [*prompts[i], {"role": "assistant", "content": ss[best]}]})
+        if ss[best].strip():  # an empty answer is no training example
+            records.append({"messages": [*prompts[i], {"role": "assistant", "content": ss[best]}]})
     write_jsonl(out / "sft_data.jsonl", records)
     metrics = {f"judge_score_best_of_{k}": round(statistics.fmean(v), 4) for k, v in judged.items()}
     metrics.update({

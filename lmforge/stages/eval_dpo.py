@@ -10,7 +10,7 @@ Later alignment stages reuse `compare` with their own model names.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lmforge.pipeline import Stage
 from lmforge.utils import write_json
@@ -18,9 +18,18 @@ from lmforge.utils import write_json
 
 @dataclass
 class AlignEvalConfig:
-    n_prompts: int = 300             # held-out judge prompts
+    n_prompts: int = 300             # held-out judge prompts (texts no training pair used)
+    tasks: dict[str, float] = field(default_factory=dict)  # task mix of the judged prompts; empty: pairs.tasks
+    prompt_entities: str = "train"   # entities those prompts ask about: train (behavior on what the model
+                                     # knows) | heldout (facts only pretraining stated: mostly ties)
     qa_examples: int = 200           # knowledge questions per entity split
     max_new_tokens: int = 64
+
+    def __post_init__(self):
+        if self.prompt_entities not in ("heldout", "train"):
+            from lmforge.errors import LmforgeError
+
+            raise LmforgeError(f"prompt_entities: expected heldout or train, got {self.prompt_entities!r}")
 
 
 def greedy_answers(model, tok, prompts, max_new_tokens: int) -> list[str]:
@@ -43,7 +52,8 @@ def compare(ctx, models: dict[str, str], baseline: str, ec: AlignEvalConfig, out
     device = resolve_device(ctx.cfg.train.device, ctx.info)
     world = load_world(ctx)
     seed = ctx.cfg.seed + 40_000
-    prompts = preference_prompts(world, ec.n_prompts, seed=seed, split="heldout")
+    prompts = preference_prompts(world, ec.n_prompts, seed=seed, split="heldout", entities=ec.prompt_entities,
+                                 tasks=ec.tasks or ctx.cfg.pairs.tasks or None)
     qa = {split: eval_examples(world, "qa", split, ec.qa_examples, seed) for split in ("train", "heldout")}
     answers, metrics, details = {}, {}, {}
     for name, ref in models.items():

@@ -3,7 +3,8 @@
 For each prompt (toyworld tasks on *training* entities, see `toyworld.judge.preference_prompts`),
 the policy (by default the SFT model) samples `samples` answers at temperature `temperature`; the
 hidden judge scores them, and the best and the worst become a (chosen, rejected) pair. Prompts
-whose answers all score the same teach nothing and are dropped (counted as ties). This is the
+whose answers all score the same teach nothing and are dropped (counted as ties), and so are pairs
+whose scores differ by less than `min_margin` (label noise, `close_pairs`). This is the
 "human labels two samples" step of RLHF with a rule-based labeler that the model never sees.
 
 Output: `pairs/train.jsonl` and `pairs/val.jsonl`, one {"prompt": messages, "chosen", "rejected",
@@ -28,7 +29,9 @@ class PairsConfig:
     temperature: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 64
-    tasks: list[str] = field(default_factory=list)   # empty: the judge's default task mix
+    tasks: dict[str, float] = field(default_factory=dict)  # task -> weight; empty: the judge's default mix
+    min_margin: float = 1.0           # judge-score gap below which a pair is dropped: answers that differ
+                                      # only by a hair (two wrong answers, one a bit longer) are label noise
     val_fraction: float = 0.1         # pairs kept out of training to measure reward-model accuracy
 
 
@@ -73,13 +76,15 @@ def run(ctx) -> dict:
     labeled = label_pairs(world, examples, answers)
     # an empty answer (the model stopped at once) is a real sample but no valid chat turn: drop those pairs
     pairs = [p for p in labeled if p["chosen"].strip() and p["rejected"].strip()]
+    close = [p for p in pairs if p["chosen_score"] - p["rejected_score"] < pc.min_margin]
+    pairs = [p for p in pairs if p["chosen_score"] - p["rejected_score"] >= pc.min_margin]
     random.Random(ctx.cfg.seed).shuffle(pairs)
     n_val = int(round(len(pairs) * pc.val_fraction))
     write_jsonl(out / "val.jsonl", pairs[:n_val])
     write_jsonl(out / "train.jsonl", pairs[n_val:])
     margins = [p["chosen_score"] - p["rejected_score"] for p in pairs]
     return {"prompts": len(examples), "pairs": len(pairs), "ties": len(examples) - len(labeled),
-            "empty_answer_pairs": len(labeled) - len(pairs),
+            "empty_answer_pairs": len(labeled) - len(pairs) - len(close), "close_pairs": len(close),
             "train_pairs": len(pairs) - n_val, "val_pairs": n_val,
             "mean_score_margin": round(statistics.fmean(margins), 4) if margins else 0.0}
 

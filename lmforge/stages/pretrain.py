@@ -123,4 +123,4 @@ def run(ctx) -> dict:
 
 STAGE = Stage("pretrain", run, requires=("tokenizer",), distributed=True,
               description="pretrain the transformer on next-token prediction",
-              inputs=("seed", "toyworld", "data", "tokenizer", "model", "train"))
+              inputs=("seed", "toyworld", "curate", "data", "tokenizer", "model", "train"))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge.errors import LmforgeError
 from lmforge.pipeline import Stage
 from lmforge.stages.common import resume_step
 
@@ -70,6 +71,7 @@ def run(ctx) -> dict:
     train_convs, val_convs, stats = conversations(ctx)
     train = tokenize_conversations(train_convs, tok, max_len)
     val = tokenize_conversations(val_convs, tok, max_len)
+    replayed = add_replay(ctx, train, tok, max_len) if sc.replay_fraction > 0 else 0
     if sc.lora.enabled:
         trainable = apply_lora(model, sc.lora)
     else:
@@ -89,7 +91,8 @@ def run(ctx) -> dict:
     trainer = Trainer(cfg=tc, model=model, module=CausalLMModule(), batches=batches, out_dir=out, device=device,
                       lr=tc.lr, info=info, evaluate=evaluate if len(val_rows) else None)
     start = resume_step(ctx, trainer, "sft")
-    ctx.log(f"[sft] {len(train.ids)} conversations ({train.n_trained_tokens} assistant tokens, "
+    ctx.log(f"[sft] {len(train.ids) - replayed} conversations + {replayed} replayed documents "
+            f"({train.n_trained_tokens} trained tokens, "
             f"{train.truncated} truncated), {f'LoRA r={sc.lora.r}' if sc.lora.enabled else 'full'}: "
             f"{trainable / 1e6:.2f}M trainable parameters, from {src}")
     trainer.run(start_step=start)
@@ -100,11 +103,30 @@ def run(ctx) -> dict:
             model = merge_lora(model)
         save_model(model, out / "model", src)
     logs, evals = read_metrics(out, "train"), read_metrics(out, "eval")
-    return {"conversations": len(train.ids), "assistant_tokens": train.n_trained_tokens,
+    return {"conversations": len(train.ids) - replayed, "trained_tokens": train.n_trained_tokens,
             "truncated": train.truncated, "trainable_params": trainable, "steps": tc.steps,
-            "pad_fraction": round(batches.pad_fraction(), 4),
+            "pad_fraction": round(batches.pad_fraction(), 4), "replay_documents": replayed,
             "train_loss": round(statistics.fmean(r["loss"] for r in logs[-3:]), 4) if logs else float("nan"),
             "val_loss": round(evals[-1]["val_loss"], 4) if evals else float("nan"), **stats}
+
+
+def add_replay(ctx, train, tok, max_len: int) -> int:
+    """Mix pretraining documents into the SFT items (sft.replay_fraction of the total); returns how many."""
+    import random
+
+    from lmforge.sft import tokenize_documents
+    from lmforge.stages.common import pretraining_documents
+
+    frac = ctx.cfg.sft.replay_fraction
+    if not 0 <= frac < 1:
+        raise LmforgeError(f"sft.replay_fraction: expected a number in [0, 1), got {frac}")
+    n = round(len(train.ids) * frac / (1 - frac))
+    docs = list(pretraining_documents(ctx))
+    random.Random(f"replay:{ctx.cfg.seed}").shuffle(docs)
+    extra = tokenize_documents(docs[:n], tok, max_len)
+    train.ids += extra.ids
+    train.mask += extra.mask
+    return len(extra.ids)
 
 
 class ValRows:

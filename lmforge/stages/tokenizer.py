@@ -46,4 +46,4 @@ def run(ctx) -> dict:
 
 
 STAGE = Stage("tokenizer", run, description="train a byte-level BPE tokenizer",
-              inputs=("seed", "toyworld", "data", "tokenizer"))
+              inputs=("seed", "toyworld", "curate", "data", "tokenizer"))

@@ -261,11 +261,11 @@ def _allocate(n: int, mix: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def _draw(world: World, task: str, split: str, n: int, rng: random.Random) -> list[Example]:
+def _draw(world: World, task: str, split: str, n: int, rng: random.Random, entities: str) -> list[Example]:
     make, heldout = TASKS[task].make, split == "heldout"
     out, seen, tries, misses = [], set(), 0, 0
     while len(out) < n:
-        ex = make(rng, world, split, heldout)  # heldout: the evaluation pools (probe pairs, eval words/names)
+        ex = make(rng, world, entities, heldout)  # heldout: the evaluation pools (probe pairs, eval words/names)
         key = ex.messages[-2]["content"]
         if prompt_side(key) != split:
             misses += 1
@@ -280,12 +280,14 @@ def _draw(world: World, task: str, split: str, n: int, rng: random.Random) -> li
 
 
 def preference_prompts(world: World, n: int, seed: int, split: str = "train",
-                       tasks: list[str] | dict[str, float] | None = None) -> list[Example]:
+                       tasks: list[str] | dict[str, float] | None = None, entities: str | None = None) -> list[Example]:
     """n prompts (Examples: messages[:-1] is the prompt, messages[-1] the reference) for preference
     pairs ("train": training entities and the SFT pools of numbers, words and invented names) or for
     judging models ("heldout": held-out entities, so knowledge questions ask what only pretraining
     stated, and the evaluation pools). `prompt_side` keeps the two sets of prompt texts disjoint.
-    `tasks`: names (equal weights) or {name: weight}; default DEFAULT_MIX."""
+    `tasks`: names (equal weights) or {name: weight}; default DEFAULT_MIX. `entities` ("train" or
+    "heldout", default: `split`) picks the entities prompts name separately from the prompt side:
+    heldout prompts about training entities judge behavior on new prompts about what the model knows."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     mix = dict(DEFAULT_MIX) if tasks is None else (dict(tasks) if isinstance(tasks, dict) else dict.fromkeys(tasks, 1))
@@ -295,7 +297,8 @@ def preference_prompts(world: World, n: int, seed: int, split: str = "train",
     out = []
     for task, k in _allocate(n, mix).items():
         if k:
-            out += _draw(world, task, split, k, random.Random(f"judge:{task}:{split}:{world.seed}:{seed}"))
+            out += _draw(world, task, split, k, random.Random(f"judge:{task}:{split}:{world.seed}:{seed}"),
+                         entities or split)
     random.Random(f"judge:shuffle:{split}:{world.seed}:{seed}").shuffle(out)
     return out
 

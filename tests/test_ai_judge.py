@@ -1,0 +1,233 @@
+"""The AI judge (local and through a real OpenAI-compatible server) and the server itself.
+
+The server is lmforge.serve's app run by uvicorn on a free localhost port in a background thread,
+serving a tiny random checkpoint; the judge's HTTP backend talks to it over real sockets.
+"""
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.model.config import ModelConfig
+from lmforge.model.io import save_model
+from lmforge.model.transformer import Transformer
+from lmforge.rewards import AIJudge, AIJudgeConfig, RewardRequest, RewardSource
+from lmforge.rewards.ai_judge import CONSTITUTION, JudgeReply, _option_logprobs, _parse, load_constitution
+from lmforge.tokenizer import save_tokenizer
+
+CONV = [{"role": "user", "content": "What is the capital of Zali?"}]
+GOOD, BAD = "The capital of Zali is Finisdor.", "Go away, you idiot."
+
+
+@pytest.fixture(scope="module")
+def ckpt(toy_data, tmp_path_factory):
+    """A tiny random checkpoint; init_std 0.5 (not 0.02) makes its next-token distributions far from
+    uniform and dependent on the answers, so the backends' agreement means something."""
+    torch.set_num_threads(1)
+    _, tok = toy_data
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=32, n_head=2, max_seq_len=512,
+                                    init_std=0.5))
+    out = tmp_path_factory.mktemp("judge")
+    save_tokenizer(tok.tok, out)
+    save_model(model, out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ckpt, toy_data):
+    import uvicorn
+
+    from lmforge.serve import create_app
+
+    torch.set_num_threads(1)
+    app = create_app(ckpt, model_name="judge", max_top_logprobs=toy_data[1].vocab_size)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not srv.started:
+        assert time.time() < deadline, "the test server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    srv.should_exit = True
+    thread.join(5)
+    sock.close()
+
+
+def post(url, body, **kw):
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=10, **kw)
+
+
+# --- the server --------------------------------------------------------------------------------------
+def test_models_and_a_greedy_completion_with_logprobs(server):
+    assert httpx.get(server + "/v1/models").json()["data"][0]["id"] == "judge"
+    body = {"model": "judge", "messages": CONV, "temperature": 0, "max_tokens": 6, "logprobs": True,
+            "top_logprobs": 3}
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    choice = out["choices"][0]
+    assert out["object"] == "chat.completion" and choice["finish_reason"] in ("stop", "length")
+    assert isinstance(choice["message"]["content"], str) and choice["message"]["role"] == "assistant"
+    content = choice["logprobs"]["content"]
+    assert 1 <= len(content) <= 6 and out["usage"]["completion_tokens"] >= len(content)
+    for e in content:  # greedy: each token is the most likely one
+        assert len(e["top_logprobs"]) == 3 and e["top_logprobs"][0]["logprob"] == pytest.approx(e["logprob"])
+        assert bytes(e["bytes"]).decode("utf-8", "replace") == e["token"] and e["logprob"] <= 0
+    joined = b"".join(bytes(e["bytes"]) for e in content).decode("utf-8", "replace")
+    assert joined.strip() == choice["message"]["content"].strip()  # the tokens spell the reply
+    assert post(server, body).json()["choices"][0]["message"] == choice["message"]  # deterministic
+
+
+def test_sampling_n_seed_and_stop_strings(server):
+    body = {"messages": CONV, "temperature": 1.0, "max_tokens": 8, "n": 3, "seed": 7}
+    a, b = post(server, body).json(), post(server, body).json()
+    assert len(a["choices"]) == 3 and [c["message"] for c in a["choices"]] == [c["message"] for c in b["choices"]]
+    text = post(server, {"messages": CONV, "temperature": 0, "max_tokens": 12}).json()["choices"][0]["message"]
+    text = text["content"]
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    if stop.strip():
+        cut = post(server, {"messages": CONV, "temperature": 0, "max_tokens": 12, "stop": [stop]}).json()
+        assert cut["choices"][0]["message"]["content"] == text[:text.find(stop)]
+        assert cut["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("change, status, param", [
+    ({"temperature": 3}, 400, "temperature"),
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
+    ({"max_tokens": 100_000}, 400, "max_tokens"),
+    ({"top_logprobs": 2}, 400, "top_logprobs"),
+    ({"stream": True}, 400, "stream"),
+    ({"model": "gpt-4"}, 404, "model"),
+])
+def test_bad_requests_get_openai_style_errors(server, change, status, param):
+    r = post(server, {"messages": CONV, "max_tokens": 2, **change})
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_invalid_json_and_unknown_paths(server):
+    r = httpx.post(server + "/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    assert httpx.get(server + "/v1/nothing").json()["error"]["message"] == "Not Found"
+    long = [{"role": "user", "content": "word " * 600}]
+    r = post(server, {"messages": long})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+# --- the judge -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def judges(ckpt, server, toy_data):
+    vocab = toy_data[1].vocab_size
+    return {order: (AIJudge.local(ckpt, both_orders=order),
+                    AIJudge.http(server, "judge", top_logprobs=vocab, both_orders=order, workers=2))
+            for order in (True, False)}
+
+
+def test_local_and_http_judges_agree(judges):
+    items = [(CONV, GOOD, BAD), (CONV, BAD, GOOD), (CONV, "Finisdor.", "I don't know.")]
+    for local, remote in judges.values():
+        p_local, p_http = local.compare_batch(items), remote.compare_batch(items)
+        assert all(0 <= p <= 1 for p in p_local + p_http)
+        assert p_local == pytest.approx(p_http, abs=1e-3)
+        assert local.last_position_bias == pytest.approx(remote.last_position_bias, abs=1e-3)
+    raw = judges[False][0].compare_batch(items)
+    # a real signal that depends on the answers, not a tie the backends would agree on anyway
+    assert max(abs(p - 0.5) for p in raw) > 0.1 and max(raw) - min(raw) > 0.1
+    both = judges[True][0]
+    assert both.compare(CONV, GOOD, BAD) == pytest.approx(1 - both.compare(CONV, BAD, GOOD))  # order-symmetric
+
+
+def test_judge_scores_are_probabilities(judges):
+    local, remote = judges[True]
+    reqs = [RewardRequest(CONV, GOOD), RewardRequest(CONV, BAD)]
+    for judge in (local, remote):
+        assert isinstance(judge, RewardSource)
+        scores = judge.score(reqs)
+        assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
+
+
+def test_text_method_parses_the_reply(ckpt):
+    judge = AIJudge.local(ckpt, method="text", both_orders=False)
+    p = judge.compare(CONV, GOOD, BAD)
+    assert 0 <= p <= 1  # a random model's reply: a parsed letter or grade, else 0.5
+
+
+def test_unreachable_endpoint_fails_fast_with_one_line():
+    port = free_port()  # nothing listens there
+    judge = AIJudge.http(f"http://127.0.0.1:{port}", "judge", timeout=0.5, tries=2, backoff=0.01)
+    start = time.time()
+    with pytest.raises(LmforgeError) as e:
+        judge.compare(CONV, GOOD, BAD)
+    assert str(e.value) == f"AI judge at http://127.0.0.1:{port}: connection refused after 2 tries (timeout 0.5 s)"
+    assert time.time() - start < 3
+
+
+def test_api_key_comes_from_the_named_variable(server, monkeypatch):
+    judge = AIJudge.http(server, "judge", api_key_env="LMFORGE_TEST_JUDGE_KEY", both_orders=False)
+    monkeypatch.delenv("LMFORGE_TEST_JUDGE_KEY", raising=False)
+    with pytest.raises(LmforgeError, match="environment variable LMFORGE_TEST_JUDGE_KEY is not set"):
+        judge.compare(CONV, GOOD, BAD)
+    monkeypatch.setenv("LMFORGE_TEST_JUDGE_KEY", "sk-test-secret")
+    assert 0 <= judge.compare(CONV, GOOD, BAD) <= 1  # the local server ignores the key
+
+
+# --- pieces ------------------------------------------------------------------------------------------------
+class FirstAlways:
+    """A backend whose judge prefers whatever answer comes first with probability 0.8."""
+
+    def ask(self, prompts, options):
+        return [JudgeReply([-0.2231435513, -1.6094379124]) for _ in prompts]  # log 0.8, log 0.2
+
+
+def test_both_orders_cancel_a_pure_position_bias():
+    judge = AIJudge(FirstAlways())
+    assert judge.compare(CONV, GOOD, BAD) == pytest.approx(0.5)
+    assert judge.last_position_bias == pytest.approx(0.6)
+    assert AIJudge(FirstAlways(), both_orders=False).compare(CONV, GOOD, BAD) == pytest.approx(0.8)
+
+
+def test_reading_logprobs_and_text():
+    entry = lambda t, lp: {"token": t, "logprob": lp}
+    lp = {"content": [{**entry(" A", -1.0), "top_logprobs": [entry(" A", -1.0), entry("A", -1.0), entry("C", -3.0)]}]}
+    got = _option_logprobs(lp, ("A", "B"))
+    assert got[0] == pytest.approx(-1.0 + torch.tensor(2.0).log().item()) and got[1] == -3.0  # floor: lowest listed
+    assert _option_logprobs({"content": [entry("C", -0.1)]}, ("A", "B")) is None
+    assert _option_logprobs(None, ("A", "B")) is None
+    assert [_parse(t, ("A", "B")) for t in ("B is better.", "Answer A", "7/10", "", "a or b")] == \
+        [0.0, 1.0, pytest.approx(2 / 3), 0.5, 0.5]
+    assert _parse("yes, it is", ("Yes", "No")) == 1.0
+
+
+def test_constitution_from_a_file(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("1. Be kind.\n2. Be right.\n")
+    judge = AIJudge(FirstAlways(), constitution=load_constitution(path))
+    assert "2. Be right." in judge.compare_prompt(CONV, GOOD, BAD)[0]["content"]
+    assert "2. Honest" in AIJudge(FirstAlways()).score_prompt(CONV, GOOD)[0]["content"] and len(
+        CONSTITUTION.strip().splitlines()) == 6
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(LmforgeError, match="the constitution is empty"):
+        load_constitution(tmp_path / "empty.txt")
+    with pytest.raises(LmforgeError, match="cannot read the constitution"):
+        AIJudgeConfig(backend="http", base_url="http://x", model="m", constitution=str(tmp_path / "no.txt")).build()
+    with pytest.raises(LmforgeError, match="ai_judge.backend"):
+        AIJudgeConfig(backend="grpc").build()
+    assert json.dumps(judge.compare_prompt(CONV, GOOD, BAD))  # plain JSON: what the HTTP backend sends
