@@ -76,7 +76,8 @@ def test_demo_recipe_bounded(tmp_path):
     rc = main(["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "train.steps=40",
                "train.progress=false", "train.eval_every=20", "sft.train.steps=20", "sft.train.progress=false",
                "eval_sft.qa_examples=20", "eval_sft.per_task=3",
-               "pairs.n_prompts=60", "pairs.val_fraction=0.3", "rm.train.steps=4", "rm.train.progress=false",
+               "pairs.n_prompts=60", "pairs.val_fraction=0.3", "pairs.min_margin=0", "pairs.temperature=1.0",
+               "rm.train.steps=4", "rm.train.progress=false",
                "bon.n_prompts=6", "bon.n=4", "dpo.train.steps=4", "dpo.train.progress=false",
                "eval_dpo.n_prompts=20", "eval_dpo.qa_examples=10"])
     assert rc == 0

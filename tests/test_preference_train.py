@@ -157,6 +157,7 @@ def tiny_alignment_run(tmp_path, *extra):
             "sft.n_per_task=4", "sft.val_examples=20", "sft.train.steps=4", "sft.train.micro_batch_size=4",
             "sft.train.progress=false", "sft.train.tensorboard=false",
             "pairs.n_prompts=40", "pairs.samples=3", "pairs.max_new_tokens=12", "pairs.val_fraction=0.3",
+            "pairs.temperature=1.0", "pairs.min_margin=0", "pairs.tasks={}",
             "rm.train.steps=4", "rm.train.micro_batch_size=4", "rm.train.progress=false",
             "rm.train.tensorboard=false",
             "bon.n=4", "bon.n_prompts=6", "bon.max_new_tokens=12",
