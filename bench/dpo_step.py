@@ -111,7 +111,7 @@ def make_ours(args, ckpt: Path, pairs, tok, order, bf16: bool, out_dir: Path):
     cfg = TrainConfig(steps=args.warmup + args.steps, micro_batch_size=args.batch, seq_len=args.max_len, lr=args.lr,
                       warmup_steps=0, schedule="constant", weight_decay=0.0, beta2=0.999, grad_clip=1.0,
                       dtype="bf16" if bf16 else "fp32", device="cpu", log_every=10**9, eval_every=10**9,
-                      ckpt_every=10**9, tensorboard=False, progress=False)
+                      ckpt_every=10**9, tensorboard=False, progress=False, compile=args.compile)
     module = PreferenceModule("dpo", beta=BETA)
     trainer = Trainer(cfg=cfg, model=model, module=module, batches=batches, out_dir=out_dir, device=device,
                       lr=cfg.lr)
@@ -223,6 +223,7 @@ def main():
     ap.add_argument("--trl-gradient-checkpointing", action="store_true",
                     help="keep trl's default gradient checkpointing on (lmforge's trainer has none)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compile", action="store_true", help="torch.compile lmforge's model (train.compile)")
     args = ap.parse_args()
 
     import datasets

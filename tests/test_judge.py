@@ -289,3 +289,16 @@ def test_label_pairs(world):
         label_pairs(world, exs, samples[:2])
     with pytest.raises(ValueError, match="2\\+ samples"):
         label_pairs(world, exs[:1], [["only one"]])
+
+
+def test_label_all_pairs_keeps_every_comparison_with_a_margin(world):
+    """Three answers to a forbidden request score refusal 4 > "I don't know." > compliance: all three
+    comparisons differ by >= 1, so all_pairs gives 3 pairs; a tied prompt gives none."""
+    exs = [first(world, "refusal", forbidden=True), first(world, "arithmetic")]
+    samples = [["Sure, here is how.", rules.REFUSAL, "I don't know."], [ref(exs[1]), ref(exs[1])]]
+    pairs = label_pairs(world, exs, samples, all_pairs=True, min_margin=1.0)
+    assert len(pairs) == 3 and pairs.ties == 1
+    assert {(p["chosen"], p["rejected"]) for p in pairs} == {
+        (rules.REFUSAL, "Sure, here is how."), (rules.REFUSAL, "I don't know."),
+        ("I don't know.", "Sure, here is how.")}
+    assert all(p["prompt_index"] == 0 and p["chosen_score"] - p["rejected_score"] >= 1.0 for p in pairs)

@@ -157,7 +157,7 @@ def tiny_alignment_run(tmp_path, *extra):
             "sft.n_per_task=4", "sft.val_examples=20", "sft.train.steps=4", "sft.train.micro_batch_size=4",
             "sft.train.progress=false", "sft.train.tensorboard=false",
             "pairs.n_prompts=40", "pairs.samples=3", "pairs.max_new_tokens=12", "pairs.val_fraction=0.3",
-            "pairs.temperature=1.0", "pairs.min_margin=0", "pairs.tasks={}",
+            "pairs.temperature=1.0", "pairs.min_margin=0", "pairs.tasks={}", "pairs.all_pairs=true",
             "rm.train.steps=4", "rm.train.micro_batch_size=4", "rm.train.progress=false",
             "rm.train.tensorboard=false",
             "bon.n=4", "bon.n_prompts=6", "bon.max_new_tokens=12",
@@ -171,7 +171,11 @@ def test_alignment_stages_run_and_report(tmp_path):
     assert tiny_alignment_run(tmp_path) == 0
     summary = json.loads((tmp_path / "a/summary.json").read_text())
     p = summary["pairs"]
-    assert p["pairs"] + p["ties"] + p["empty_answer_pairs"] + p["close_pairs"] == p["prompts"] == 40
+    assert p["prompts"] == 40 and p["prompts_with_pairs"] + p["ties"] <= 40 <= p["prompts_with_pairs"] + p["ties"] + \
+        p["empty_answer_pairs"] + p["close_pairs"] and p["pairs"] >= p["prompts_with_pairs"] > 0
+    train_p = {json.loads(x)["prompt_index"] for x in (tmp_path / "a/pairs/train.jsonl").read_text().splitlines()}
+    val_p = {json.loads(x)["prompt_index"] for x in (tmp_path / "a/pairs/val.jsonl").read_text().splitlines()}
+    assert train_p and val_p and not train_p & val_p  # validation holds whole prompts
     assert 0.0 <= summary["rm"]["val_accuracy"] <= 1.0
     assert {"judge_score_best_of_1", "judge_score_best_of_4", "win_rate_best_of_n_vs_1"} <= set(summary["bon"])
     assert summary["dpo"]["loss"] == "dpo" and summary["dpo"]["steps"] == 4

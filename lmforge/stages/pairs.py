@@ -30,6 +30,8 @@ class PairsConfig:
     top_k: int = 0
     max_new_tokens: int = 64
     tasks: dict[str, float] = field(default_factory=dict)  # task -> weight; empty: the judge's default mix
+    all_pairs: bool = False           # every two answers that differ by min_margin make a pair (K(K-1)/2 per
+                                      # prompt, as InstructGPT); false: only the best and the worst
     min_margin: float = 1.0           # judge-score gap below which a pair is dropped: answers that differ
                                       # only by a hair (two wrong answers, one a bit longer) are label noise
     val_fraction: float = 0.1         # pairs kept out of training to measure reward-model accuracy
@@ -73,17 +75,26 @@ def run(ctx) -> dict:
     answers = sample_answers(model, tok, [e.messages[:-1] for e in examples], pc.samples,
                              temperature=pc.temperature, top_k=pc.top_k, max_new_tokens=pc.max_new_tokens,
                              seed=ctx.cfg.seed)
-    labeled = label_pairs(world, examples, answers)
+    labeled = label_pairs(world, examples, answers, all_pairs=pc.all_pairs, min_margin=pc.min_margin)
     # an empty answer (the model stopped at once) is a real sample but no valid chat turn: drop those pairs
     pairs = [p for p in labeled if p["chosen"].strip() and p["rejected"].strip()]
     close = [p for p in pairs if p["chosen_score"] - p["rejected_score"] < pc.min_margin]
     pairs = [p for p in pairs if p["chosen_score"] - p["rejected_score"] >= pc.min_margin]
-    random.Random(ctx.cfg.seed).shuffle(pairs)
-    n_val = int(round(len(pairs) * pc.val_fraction))
-    write_jsonl(out / "val.jsonl", pairs[:n_val])
-    write_jsonl(out / "train.jsonl", pairs[n_val:])
+    # validation takes whole prompts: pairs of one prompt share answers, so splitting them would leak
+    prompts_with_pairs = sorted({p.get("prompt_index", i) for i, p in enumerate(pairs)})
+    random.Random(ctx.cfg.seed).shuffle(prompts_with_pairs)
+    val_prompts = set(prompts_with_pairs[:int(round(len(prompts_with_pairs) * pc.val_fraction))])
+    for i, p in enumerate(pairs):
+        p["prompt_index"] = p.get("prompt_index", i)
+    val = [p for p in pairs if p["prompt_index"] in val_prompts]
+    train = [p for p in pairs if p["prompt_index"] not in val_prompts]
+    random.Random(ctx.cfg.seed + 1).shuffle(train)
+    n_val = len(val)
+    write_jsonl(out / "val.jsonl", val)
+    write_jsonl(out / "train.jsonl", train)
     margins = [p["chosen_score"] - p["rejected_score"] for p in pairs]
-    return {"prompts": len(examples), "pairs": len(pairs), "ties": len(examples) - len(labeled),
+    return {"prompts": len(examples), "pairs": len(pairs), "ties": labeled.ties,
+            "prompts_with_pairs": len(prompts_with_pairs),
             "empty_answer_pairs": len(labeled) - len(pairs) - len(close), "close_pairs": len(close),
             "train_pairs": len(pairs) - n_val, "val_pairs": n_val,
             "mean_score_margin": round(statistics.fmean(margins), 4) if margins else 0.0}

@@ -309,17 +309,41 @@ class Pairs(list):
     ties: int = 0
 
 
-def label_pairs(world: World, examples: list[Example], samples: list[list[str]]) -> Pairs:
+def _all_pairs(ex: Example, answers: list[str], scored: list, margin: float, index: int) -> list[dict]:
+    out, seen = [], set()
+    for si, i in scored:
+        for sj, j in scored:
+            key = (answers[i], answers[j])
+            if si - sj >= margin and answers[i] != answers[j] and key not in seen:
+                seen.add(key)
+                out.append({"prompt": ex.messages[:-1], "chosen": answers[i], "rejected": answers[j],
+                            "chosen_score": si, "rejected_score": sj, "task": ex.task, "prompt_index": index})
+    return out
+
+
+def label_pairs(world: World, examples: list[Example], samples: list[list[str]], all_pairs: bool = False,
+                min_margin: float = 0.0) -> Pairs:
     """One (chosen, rejected) pair per prompt: the best and the worst of its 2+ samples by judge score.
-    Prompts whose samples all score the same are dropped and counted in `.ties`."""
+    Prompts whose samples all score the same are dropped and counted in `.ties`.
+
+    all_pairs: every two samples whose scores differ by at least `min_margin` (> 0) make a pair, as
+    InstructGPT's labelers ranked K answers and trained on all K(K-1)/2 comparisons; distinct texts
+    only. A prompt with no such pair counts as a tie. Each pair carries `prompt_index`, so a caller
+    can keep one prompt's pairs together when it splits training from validation data."""
     if len(examples) != len(samples):
         raise ValueError(f"label_pairs: {len(examples)} examples but {len(samples)} sample lists")
     out = Pairs()
     out.prompts = len(examples)
-    for ex, answers in zip(examples, samples, strict=True):
+    for k, (ex, answers) in enumerate(zip(examples, samples, strict=True)):
         if len(answers) < 2:
             raise ValueError(f"label_pairs: need 2+ samples per prompt, got {len(answers)}")
         scored = [(judge_score(world, ex, a).total, i) for i, a in enumerate(answers)]
+        if all_pairs:
+            found = _all_pairs(ex, answers, scored, max(min_margin, 1e-9), k)
+            if not found:
+                out.ties += 1
+            out.extend(found)
+            continue
         best, worst = max(scored, key=lambda x: (x[0], -x[1])), min(scored)  # the first best and worst
         if best[0] == worst[0]:
             out.ties += 1
