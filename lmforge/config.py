@@ -202,6 +202,7 @@ from lmforge.stages.eval_dpo import AlignEvalConfig  # noqa: E402
 from lmforge.stages.eval_sft import ChatEvalConfig  # noqa: E402
 from lmforge.stages.grpo import GRPOConfig  # noqa: E402
 from lmforge.stages.pairs import PairsConfig  # noqa: E402
+from lmforge.stages.rlaif import RLAIFConfig  # noqa: E402
 from lmforge.stages.rm import RMConfig  # noqa: E402
 from lmforge.tokenizer import TokenizerConfig  # noqa: E402
 from lmforge.toyworld import CorpusConfig, WorldConfig  # noqa: E402
@@ -250,6 +251,7 @@ class RunConfig:
     dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
     eval_dpo: AlignEvalConfig = dataclasses.field(default_factory=AlignEvalConfig)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
+    rlaif: RLAIFConfig = dataclasses.field(default_factory=RLAIFConfig)
 
     def __post_init__(self):
         from lmforge.stages import STAGES

@@ -5,6 +5,8 @@ for oneDNN). See lmforge/engine.py for how and when it is used.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +38,24 @@ def _onednn_ok(dtype: torch.dtype) -> bool:
     return _ONEDNN_OK[dtype]
 
 
+# oneDNN-packed weights are opaque tensors that torch.compile cannot take as graph inputs, so the
+# compiled step passes the plain fused weight and this op swaps in its packed copy at run time.
+_PACKED: dict[int, torch.Tensor] = {}  # data_ptr of a _Proj's own fused weight -> its packed copy
+
+
+@torch.library.custom_op("lmforge::packed_linear", mutates_args=())
+def _packed_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    packed = _PACKED.get(w.data_ptr())
+    if packed is None:  # not registered (cannot happen while its _Proj lives): same math, unpacked
+        return F.linear(x, w)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+@_packed_linear.register_fake
+def _(x, w):
+    return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
 def _plain_weight(m: nn.Module) -> torch.Tensor | None:
     """The weight that makes `m` a bias-free matmul, or None when `m` is anything else."""
     from lmforge.model.lora import LoRALinear
@@ -58,18 +78,25 @@ class _Proj:
         ws = [_plain_weight(m) for m in mods]
         self.packed = None
         if pack and all(w is not None for w in ws):
-            w = torch.cat(ws) if len(ws) > 1 else ws[0]
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous())
+            # our own copy (torch.cat copies; a lone weight is cloned): the key of _PACKED must never be
+            # memory that training rewrites, and the entry goes when this copy is freed
+            self.weight = torch.cat(ws).detach() if len(ws) > 1 else ws[0].detach().clone()
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous())
             self.sizes = [w.shape[0] for w in ws]
+            key = self.weight.data_ptr()
+            _PACKED[key] = self.packed
+            weakref.finalize(self.weight, _PACKED.pop, key, None)
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
         """All outputs side by side (packed only)."""
+        if torch.compiler.is_compiling():
+            return _packed_linear(x, self.weight)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.packed is None:
             return [m(x) for m in self.mods]
-        y = torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        y = self.fused(x)
         return list(y.split(self.sizes, -1)) if len(self.sizes) > 1 else [y]
 
 

@@ -149,7 +149,7 @@ def tiny_alignment_run(tmp_path, *extra):
     from lmforge.cli import main
 
     args = ["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "name=a",
-            "stages=[toyworld,tokenizer,pretrain,sft,pairs,rm,bon,dpo,eval_dpo]",
+            "stages=[toyworld,tokenizer,pretrain,sft,pairs,rm,bon,dpo,eval_dpo,rlaif]",
             "model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=400",
             "train.steps=4", "train.micro_batch_size=4", "train.seq_len=64", "train.progress=false",
             "train.tensorboard=false", "train.eval_every=2", "train.eval_batches=1",
@@ -163,7 +163,8 @@ def tiny_alignment_run(tmp_path, *extra):
             "bon.n=4", "bon.n_prompts=6", "bon.max_new_tokens=12",
             "dpo.train.steps=4", "dpo.train.micro_batch_size=4", "dpo.train.progress=false",
             "dpo.train.tensorboard=false",
-            "eval_dpo.n_prompts=8", "eval_dpo.qa_examples=4", "eval_dpo.max_new_tokens=12", *extra]
+            "eval_dpo.n_prompts=8", "eval_dpo.qa_examples=4", "eval_dpo.max_new_tokens=12",
+            "rlaif.n_prompts=12", "rlaif.max_new_tokens=8", "rlaif.temperature=1.0", *extra]
     return main(args)
 
 
@@ -183,5 +184,9 @@ def test_alignment_stages_run_and_report(tmp_path):
     assert json.loads((tmp_path / "a/rm/model/model_config.json").read_text())["head"] == "reward"
     first = json.loads((tmp_path / "a/pairs/train.jsonl").read_text().splitlines()[0])
     assert first["chosen_score"] > first["rejected_score"] and first["prompt"][-1]["role"] == "user"
+    r = summary["rlaif"]
+    assert r["pairs"] == r["train_pairs"] + r["val_pairs"] > 0 and 0 <= r["mean_confidence"] <= 1
+    judged = [json.loads(x) for x in (tmp_path / "a/rlaif/train.jsonl").read_text().splitlines()]
+    assert all(0 <= p["judge_prob"] <= 1 and p["chosen"] != p["rejected"] for p in judged)
     rft = (tmp_path / "a/bon/sft_data.jsonl").read_text().splitlines()
     assert len(rft) == 6 and json.loads(rft[0])["messages"][-1]["role"] == "assistant"

@@ -13,6 +13,7 @@ from lmforge.stages import (
     grpo,
     pairs,
     pretrain,
+    rlaif,
     rm,
     sft,
     tokenizer,
@@ -21,4 +22,4 @@ from lmforge.stages import (
 
 STAGES = {s.name: s for s in (toyworld.STAGE, curate.STAGE, tokenizer.STAGE, pretrain.STAGE, eval_base.STAGE,
                               sft.STAGE, eval_sft.STAGE, pairs.STAGE, rm.STAGE, bon.STAGE, dpo.STAGE, eval_dpo.STAGE,
-                              grpo.STAGE)}
+                              grpo.STAGE, rlaif.STAGE)}
