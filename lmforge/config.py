@@ -202,6 +202,7 @@ from lmforge.stages.eval_dpo import AlignEvalConfig  # noqa: E402
 from lmforge.stages.eval_sft import ChatEvalConfig  # noqa: E402
 from lmforge.stages.grpo import GRPOConfig  # noqa: E402
 from lmforge.stages.pairs import PairsConfig  # noqa: E402
+from lmforge.stages.ppo import PPOConfig  # noqa: E402
 from lmforge.stages.rlaif import RLAIFConfig  # noqa: E402
 from lmforge.stages.rm import RMConfig  # noqa: E402
 from lmforge.tokenizer import TokenizerConfig  # noqa: E402
@@ -252,6 +253,7 @@ class RunConfig:
     eval_dpo: AlignEvalConfig = dataclasses.field(default_factory=AlignEvalConfig)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
     rlaif: RLAIFConfig = dataclasses.field(default_factory=RLAIFConfig)
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
 
     def __post_init__(self):
         from lmforge.stages import STAGES

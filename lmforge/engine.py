@@ -143,12 +143,13 @@ class Engine:
     """
 
     def __init__(self, model: Transformer, tokenizer=None, tools: dict[str, Callable[[str], str]] | None = None,
-                 batch_size: int = 64, fast: bool = True):
+                 batch_size: int = 64, fast: bool = True, compile: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.tools = dict(tools or {}) if tokenizer is not None else {}
         self.fast = fast and _Decoder.supports(model)
+        self.compile = compile and self.fast
         self.special: dict[str, int] = {}
         if self.tools:
             from lmforge.tokenizer import END_TOOL_CALL, END_TOOL_OUTPUT, TOOL_CALL, TOOL_OUTPUT
@@ -219,7 +220,7 @@ class Engine:
         self.model.eval()
         try:
             with torch.inference_mode():
-                decoder = _Decoder(self.model) if self.fast else None
+                decoder = _Decoder(self.model, compile=self.compile) if self.fast else None
             yield decoder
         finally:
             self.model.train(was_training)
@@ -267,6 +268,8 @@ class Engine:
         generator so that it never leaks into a streaming caller's code between tokens.
         """
         total = max(len(p) for p in prompts) + max(r.budget for r in rows)
+        if self.compile:  # cache lengths in steps of 64: runs of similar lengths share a compiled step
+            total = -(-total // 64) * 64
         stop = set(params.stop_ids)
         with torch.inference_mode():
             logits, cache, pad, step_bias, col = self._prefill(decoder, prompts, n, total)
@@ -303,8 +306,7 @@ class Engine:
                     step_bias = step_bias[keep] if step_bias is not None else None
                     feed, active = [feed[j] for j in live], [active[j] for j in live]
                 idx = torch.tensor(feed, device=logits.device)[:, None]
-                bias = step_bias[..., :col + 1] if step_bias is not None else None
-                logits = self._forward(decoder, idx, col, pos, bias, pad, cache)
+                logits = self._forward(decoder, idx, col, pos, step_bias, pad, cache)  # (the decoder slices)
                 col, pos = col + 1, pos + 1
 
     def _advance(self, row: _Row, sampled: int, stop: set[int]) -> int:

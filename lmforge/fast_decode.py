@@ -5,6 +5,7 @@ for oneDNN). See lmforge/engine.py for how and when it is used.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import torch
@@ -54,6 +55,14 @@ def _packed_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 @_packed_linear.register_fake
 def _(x, w):
     return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+_COMPILE_FAILED: list[str] = []  # the first compile failure; once set, every later step decodes eagerly
+
+
+def _compiled(fn):
+    """torch.compile'd `fn`; one compiled code serves every _Decoder (guards check shapes, not objects)."""
+    return torch.compile(fn)
 
 
 def _plain_weight(m: nn.Module) -> torch.Tensor | None:
@@ -108,7 +117,7 @@ class _Decoder:
     generate/stream call, so weights changed by training are picked up by the next call.
     """
 
-    def __init__(self, model: Transformer):
+    def __init__(self, model: Transformer, compile: bool = False):
         cfg = self.cfg = model.cfg
         self.model = model
         p = next(model.parameters())
@@ -131,6 +140,7 @@ class _Decoder:
         if cfg.position == "rope":  # every position a row can reach: 0 .. max_seq_len - 1
             cos, sin = rope_cos_sin(torch.arange(cfg.max_seq_len, device=self.device), cfg.head_dim, cfg.rope_theta)
             self.rope = (cos, sin)
+        self.compiled = _compiled(self.step) if compile and not _COMPILE_FAILED else None
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -142,8 +152,54 @@ class _Decoder:
                 cache: KVCache) -> torch.Tensor:
         """idx (B, T) in columns start.., at positions pos (B, T) -> logits of the last column (B, V).
 
-        bias: additive attention mask (B, 1, T, start + T), or None for plain causal.
+        bias: additive attention mask (B, 1, T, S >= start + T; columns past start + T are ignored),
+        or None for plain causal.
         """
+        T = idx.shape[1]
+        if T == 1 and self.compiled is not None:
+            return self._compiled_step(idx, start, pos, bias, cache)
+        if bias is not None and bias.shape[-1] > start + T:
+            bias = bias[..., :start + T]
+
+        def kv(li, k, v):
+            return cache.update(li, k, v, start)
+
+        return self._layers(idx, pos, bias, kv, causal=bias is None and T > 1)
+
+    def step(self, idx: torch.Tensor, col: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor | None,
+             cache: KVCache) -> torch.Tensor:
+        """One token per row written at column `col` (a 0-d tensor), attending over the whole cache.
+
+        The shapes depend only on the batch and the cache length, never on the step, so a compiled
+        step runs every step of a run (and of later runs of the same shape) without recompiling.
+        Columns past `col` are hidden by the mask: they are zeros or stale, never seen.
+        """
+        S = cache.max_len
+        future = torch.arange(S, device=idx.device) > col                                 # (S,)
+        if bias is None:
+            bias = torch.zeros(1, 1, 1, S, dtype=self.dtype, device=idx.device)
+        bias = bias.masked_fill(future, float("-inf"))                                    # (B | 1, 1 | .., 1, S)
+        at = col.view(1)
+
+        def kv(li, k, v):
+            cache.k[li].index_copy_(2, at, k)
+            cache.v[li].index_copy_(2, at, v)
+            return cache.k[li], cache.v[li]
+
+        return self._layers(idx, pos, bias, kv, causal=False)
+
+    def _compiled_step(self, idx, start: int, pos, bias, cache) -> torch.Tensor:
+        col = torch.tensor(start, device=idx.device)
+        if not _COMPILE_FAILED:
+            try:
+                return self.compiled(idx, col, pos, bias, cache)
+            except Exception as e:  # never let a compiler problem stop generation: decode eagerly from now on
+                _COMPILE_FAILED.append(f"{type(e).__name__}: {e}".splitlines()[0][:200])
+                warnings.warn(f"lmforge engine: torch.compile failed, decoding eagerly ({_COMPILE_FAILED[0]})",
+                              stacklevel=2)
+        return self.step(idx, col, pos, bias, cache)
+
+    def _layers(self, idx: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor | None, kv, causal: bool):
         cfg, m = self.cfg, self.model
         B, T = idx.shape
         H, Hkv, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
@@ -170,9 +226,8 @@ class _Decoder:
                     q, k = block.self_attn.q_norm(q), block.self_attn.k_norm(k)
                 if rope is not None:
                     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            k, v = cache.update(li, k, v, start)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bias is None and T > 1,
-                                               enable_gqa=Hkv != H)
+            k, v = kv(li, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, enable_gqa=Hkv != H)
             y = o_proj(y.transpose(1, 2).reshape(B, T, H * D))[0]
             if block.pre:
                 x = x + y

@@ -190,3 +190,19 @@ def test_alignment_stages_run_and_report(tmp_path):
     assert all(0 <= p["judge_prob"] <= 1 and p["chosen"] != p["rejected"] for p in judged)
     rft = (tmp_path / "a/bon/sft_data.jsonl").read_text().splitlines()
     assert len(rft) == 6 and json.loads(rft[0])["messages"][-1]["role"] == "assistant"
+
+
+def test_ppo_stage_runs_and_reports(tmp_path):
+    """SFT -> pairs -> rm -> ppo -> eval_ppo at tiny sizes: PPO trains policy and value together."""
+    assert tiny_alignment_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft,pairs,rm,ppo,eval_ppo]",
+                              "ppo.prompts_per_step=8", "ppo.max_new_tokens=8", "ppo.n_prompts=20",
+                              "ppo.train.steps=4", "ppo.train.progress=false", "ppo.train.tensorboard=false",
+                              "ppo.train.micro_batch_size=4") == 0
+    summary = json.loads((tmp_path / "a/summary.json").read_text())
+    s = summary["ppo"]
+    assert s["rollout_batches"] == 1 and {"heldout_rm_score_before", "heldout_rm_score_after", "kl_last"} <= set(s)
+    logs = [json.loads(x) for x in (tmp_path / "a/ppo/metrics.jsonl").read_text().splitlines()]
+    rec = [r for r in logs if "score" in r][-1]
+    assert {"kl", "kl_coef", "value_loss", "explained_variance", "clip_fraction", "response_length"} <= set(rec)
+    assert "ppo_win_rate_vs_sft" in summary["eval_ppo"]
+    assert (tmp_path / "a/ppo/model/model.safetensors").exists()

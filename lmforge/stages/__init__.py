@@ -12,6 +12,7 @@ from lmforge.stages import (
     eval_sft,
     grpo,
     pairs,
+    ppo,
     pretrain,
     rlaif,
     rm,
@@ -22,4 +23,4 @@ from lmforge.stages import (
 
 STAGES = {s.name: s for s in (toyworld.STAGE, curate.STAGE, tokenizer.STAGE, pretrain.STAGE, eval_base.STAGE,
                               sft.STAGE, eval_sft.STAGE, pairs.STAGE, rm.STAGE, bon.STAGE, dpo.STAGE, eval_dpo.STAGE,
-                              grpo.STAGE, rlaif.STAGE)}
+                              grpo.STAGE, rlaif.STAGE, ppo.STAGE, ppo.EVAL_STAGE)}

@@ -1,0 +1,243 @@
+"""Stage `ppo`: RLHF with PPO (the InstructGPT sequence SFT -> reward model -> PPO).
+
+Each rollout batch: `prompts_per_step` toyworld prompts (training entities), one sample each from the
+current policy. The reward model scores each completion at its end-of-turn token; every token pays
+kl_coef * k1 KL to the frozen SFT reference (`token_rewards`); a value model (initialized from the
+reward model, as InstructGPT did) gives V per token; GAE (gamma, lambda) turns those into advantages,
+whitened over the batch; then `ppo_epochs` passes over `minibatches` slices with the clipped policy
+loss and the clipped value loss. Policy and value model train together on the shared trainer loop
+(one AdamW over both). The adaptive KL controller (Ziegler et al.) steers the KL toward `kl_target`.
+Output: `ppo/model/` (the policy). `eval_ppo` judges it against the SFT model.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lmforge.errors import LmforgeError
+from lmforge.losses import IGNORE_INDEX
+from lmforge.pipeline import Stage
+from lmforge.stages.common import resume_step
+from lmforge.train.config import TrainConfig
+
+
+def _ppo_train_defaults() -> TrainConfig:
+    return TrainConfig(steps=60, micro_batch_size=32, seq_len=256, lr=1e-5, warmup_steps=0, schedule="constant",
+                       weight_decay=0.0, eval_every=10**9, ckpt_every=20, log_every=1)
+
+
+@dataclass
+class PPOConfig:
+    init: str = "sft"                 # policy and frozen reference
+    reward: str = "rm"                # reward-model stage (also the value model's starting point)
+    prompts_per_step: int = 32
+    n_prompts: int = 2000
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    kl_coef: float = 0.05             # initial coefficient of the per-token k1 penalty
+    kl_target: float = 0.0            # > 0: adaptive controller toward this sequence KL (nats)
+    gamma: float = 1.0
+    lam: float = 0.95
+    ppo_epochs: int = 2
+    minibatches: int = 2
+    clip: float = 0.2
+    value_clip: float = 0.2
+    value_coef: float = 0.1
+    length_penalty: float = 1.0       # subtracted from the score of completions cut at max_new_tokens
+    tasks: dict[str, float] = field(default_factory=dict)   # prompt mix; empty: pairs.tasks or the default
+    train: TrainConfig = field(default_factory=_ppo_train_defaults)
+
+
+class PolicyAndValue(nn.Module):
+    """The two trained networks as one module, so one trainer (and one checkpoint) holds both."""
+
+    def __init__(self, policy, value):
+        super().__init__()
+        self.policy, self.value = policy, value
+
+
+class PPOBatches:
+    """Step s trains on rollout batch s // (epochs * minibatches), minibatch s % minibatches of it."""
+
+    def __init__(self, make, micro: int, updates: int, minibatches: int):
+        self.make, self.micro, self.updates, self.minibatches = make, micro, updates, minibatches
+        self._index, self._batch, self.last_stats = -1, None, {}
+
+    def batches(self, step: int) -> list:
+        index = step // self.updates
+        if index != self._index:
+            self._batch, self._index = self.make(index), index
+            self.last_stats = self._batch["stats"]
+        b = self._batch
+        B = b["ids"].shape[0]
+        per = B // self.minibatches
+        lo = (step % self.minibatches) * per
+        out = []
+        for s in range(lo, lo + per, self.micro):
+            r = slice(s, min(s + self.micro, lo + per))
+            out.append(tuple(b[k][r] for k in ("ids", "targets", "old_logp", "old_values", "adv", "returns")))
+        return out
+
+
+class PPOModule:
+    def __init__(self, pc: PPOConfig, temperature: float):
+        self.pc, self.temperature = pc, temperature
+
+    def count(self, batch) -> int:
+        return int((batch[1] != IGNORE_INDEX).sum())
+
+    def loss(self, model, batch):
+        from lmforge.losses.rl import policy_loss, value_loss
+        from lmforge.rl import token_logps
+
+        ids, targets, old, old_v, adv, ret = batch
+        mask = (targets != IGNORE_INDEX).float()
+        core = model.module if hasattr(model, "module") else model
+        logp = token_logps(core.policy, ids, targets, self.temperature)
+        values = core.value(ids)                                                  # (B, T) per-position values
+        pg, d = policy_loss(logp, old, adv, mask, self.pc.clip)
+        vf, dv = value_loss(values, old_v, ret, mask, self.pc.value_clip)
+        n = self.count(batch)
+        stats = {"clip_fraction": d["clip_fraction"] * n, "value_loss": vf.detach() * n,
+                 "explained_variance": dv["explained_variance"] * n}
+        return (pg + self.pc.value_coef * vf) * n, stats
+
+
+def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device, bf16, kl_ctl):
+    """A function batch_index -> rollout batch dict (tensors + stats), closing over the models."""
+    from lmforge.engine import Engine, SamplingParams
+    from lmforge.losses.rl import gae, kl_penalty, token_rewards, whiten
+    from lmforge.rewards import RewardRequest
+    from lmforge.rl import rows_from_rollouts, token_logps
+    from lmforge.tokenizer import END_OF_TURN
+
+    def make(index: int) -> dict:
+        import random
+
+        rng = random.Random(f"ppo:{seed}:{index}")
+        chosen = rng.sample(range(len(prompts)), pc.prompts_per_step)
+        params = SamplingParams(max_new_tokens=pc.max_new_tokens, temperature=pc.temperature, seed=seed + index,
+                                stop_ids=(tok.special[END_OF_TURN], tok.eos_id))
+        enc = [prompts[i][1] for i in chosen]
+        comps = [c[0] for c in Engine(policy, tok, batch_size=len(enc)).generate(enc, params)]
+        texts = [tok.decode(c.ids, skip_special=True).strip() for c in comps]
+        score = torch.tensor(rm_source.score([RewardRequest(prompts[i][0], t) for i, t in zip(chosen, texts,
+                                                                                              strict=True)]))
+        cut = torch.tensor([c.finish_reason == "length" for c in comps], dtype=torch.float32)
+        score = score - pc.length_penalty * cut
+        ids, targets, _ = rows_from_rollouts(enc, comps, tok.pad_id)
+        ids, targets = ids.to(device), targets.to(device)
+        mask = (targets != IGNORE_INDEX).float()
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            policy.eval()
+            old = token_logps(policy, ids, targets, pc.temperature)
+            ref_lp = token_logps(ref, ids, targets, pc.temperature)
+            old_v = value(ids).float() * mask
+            policy.train()
+        kl = kl_penalty(old, ref_lp, "k1") * mask
+        rewards = token_rewards(score.to(device), kl, mask, kl_ctl.value)
+        adv, ret = gae(rewards, old_v, mask, pc.gamma, pc.lam)
+        adv = whiten(adv, mask)
+        seq_kl = float(kl.sum(1).mean())
+        kl_ctl.update(seq_kl, len(chosen))
+        stats = {"score": float(score.mean()), "kl": seq_kl, "kl_coef": kl_ctl.value,
+                 "response_length": float(mask.sum(1).mean()), "truncated_fraction": float(cut.mean())}
+        return {"ids": ids, "targets": targets, "old_logp": old, "old_values": old_v, "adv": adv, "returns": ret,
+                "stats": stats}
+
+    return make
+
+
+def run(ctx) -> dict:
+    from lmforge.chat import render_prompt
+    from lmforge.losses.rl import AdaptiveKLController, FixedKLController
+    from lmforge.model.io import load_model, save_model
+    from lmforge.model.reward import load_reward_model
+    from lmforge.stages.bon import reward_source
+    from lmforge.stages.common import load_world, model_dir
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.toyworld.judge import preference_prompts
+    from lmforge.train.distributed import resolve_device
+    from lmforge.train.metrics import read_metrics
+    from lmforge.train.trainer import Trainer
+
+    cfg, info, pc = ctx.cfg, ctx.info, ctx.cfg.ppo
+    tc, out = pc.train, ctx.stage_dir("ppo")
+    if info.enabled:
+        raise LmforgeError("ppo: runs on one process for now (rollouts are not yet sharded across ranks)")
+    device = resolve_device(tc.device, info)
+    src = model_dir(ctx, pc.init, "ppo.init")
+    tok = Tokenizer.load(src)
+    torch.manual_seed(cfg.seed)
+    policy = load_model(src, device)
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    rm_source = reward_source(ctx, pc.reward, "ppo.reward", device)
+    value = load_reward_model(rm_source_dir(ctx, pc.reward), device)     # the critic starts as the RM
+    world = load_world(ctx)
+    mix = pc.tasks or ctx.cfg.pairs.tasks or None
+    exs = preference_prompts(world, pc.n_prompts, seed=cfg.seed + 70_000, split="train", tasks=mix)
+    prompts = [(e.messages[:-1], render_prompt(e.messages[:-1], tok)) for e in exs]
+    heldout = preference_prompts(world, 200, seed=cfg.seed + 80_000, split="heldout", entities="train", tasks=mix)
+    kl_ctl = AdaptiveKLController(pc.kl_coef, pc.kl_target, 10_000) if pc.kl_target > 0 \
+        else FixedKLController(pc.kl_coef)
+    bf16 = tc.dtype == "bf16"
+    make = make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, cfg.seed, device, bf16, kl_ctl)
+    batches = PPOBatches(make, tc.micro_batch_size, pc.ppo_epochs * pc.minibatches, pc.minibatches)
+    both = PolicyAndValue(policy, value)
+    score_before = heldout_score(policy, tok, heldout, rm_source, pc.max_new_tokens)
+    trainer = Trainer(cfg=tc, model=both, module=PPOModule(pc, pc.temperature), batches=batches, out_dir=out,
+                      device=device, lr=tc.lr, info=info, step_stats=lambda: batches.last_stats)
+    start = resume_step(ctx, trainer, "ppo")
+    ctx.log(f"[ppo] {len(prompts)} prompts, {pc.prompts_per_step} rollouts per batch, {pc.ppo_epochs} epochs x "
+            f"{pc.minibatches} minibatches, kl_coef {pc.kl_coef}; held-out reward-model score before: "
+            f"{score_before:.3f}")
+    trainer.run(start_step=start)
+    score_after = heldout_score(policy, tok, heldout, rm_source, pc.max_new_tokens)
+    if info.is_main:
+        save_model(policy.cpu(), out / "model", src)
+    logs = read_metrics(out, "train")
+    tail = logs[-5:]
+    mean = lambda k: round(statistics.fmean(r[k] for r in tail if k in r), 4) if tail else None
+    return {"steps": tc.steps, "rollout_batches": -(-tc.steps // (pc.ppo_epochs * pc.minibatches)),
+            "heldout_rm_score_before": round(score_before, 4), "heldout_rm_score_after": round(score_after, 4),
+            "score_first": round(logs[0]["score"], 4) if logs else None, "score_last": mean("score"),
+            "kl_last": mean("kl"), "response_length_last": mean("response_length")}
+
+
+def rm_source_dir(ctx, ref: str):
+    from pathlib import Path
+
+    return ctx.stage_dir(ref) / "model" if ref in ctx.cfg.stages else Path(ref)
+
+
+def heldout_score(policy, tok, examples, rm_source, max_new_tokens: int) -> float:
+    """Mean reward-model score of greedy answers to held-out prompts."""
+    from lmforge.rewards import RewardRequest
+    from lmforge.stages.eval_dpo import greedy_answers
+
+    prompts = [e.messages[:-1] for e in examples]
+    answers = greedy_answers(policy, tok, prompts, max_new_tokens)
+    return statistics.fmean(rm_source.score([RewardRequest(p, a) for p, a in zip(prompts, answers, strict=True)]))
+
+
+def run_eval(ctx) -> dict:
+    from lmforge.stages.eval_dpo import compare
+
+    metrics = compare(ctx, {"sft": "sft", "ppo": "ppo"}, "sft", ctx.cfg.eval_dpo, "eval_ppo")
+    if ctx.is_complete("ppo"):
+        m = ctx.metrics("ppo")
+        metrics.update({k: m.get(k) for k in ("heldout_rm_score_before", "heldout_rm_score_after", "kl_last")})
+    return metrics
+
+
+STAGE = Stage("ppo", run, requires=("toyworld",),
+              description="PPO against the reward model with a KL penalty to the SFT model (RLHF)",
+              inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "rm", "ppo"))
+EVAL_STAGE = Stage("eval_ppo", run_eval, requires=("sft", "ppo"),
+                   description="judge the PPO model against the SFT model; knowledge-QA alignment tax",
+                   inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "rm", "ppo", "eval_dpo"))
