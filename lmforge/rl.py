@@ -71,7 +71,7 @@ class RolloutSource:
 
     def __init__(self, model, tok, prompts: list[tuple[list[dict], dict]], reward, advantage: Callable,
                  *, prompts_per_step: int, group_size: int, max_new_tokens: int, temperature: float, seed: int,
-                 ref_model=None, length_penalty: float = 0.0, bf16: bool = True, device="cpu"):
+                 ref_model=None, length_penalty: float = 0.0, bf16: bool = True, device="cpu", tools=None):
         from lmforge.chat import render_prompt
 
         if not prompts:
@@ -81,7 +81,7 @@ class RolloutSource:
         self.encoded = [render_prompt(m, tok) for m, _ in prompts]
         self.P, self.G, self.max_new, self.temperature = prompts_per_step, group_size, max_new_tokens, temperature
         self.seed, self.ref_model, self.length_penalty = seed, ref_model, length_penalty
-        self.bf16, self.device = bf16, torch.device(device)
+        self.bf16, self.device, self.tools = bf16, torch.device(device), tools
         self._epoch, self._order = -1, None
 
     def _prompt_ids(self, batch_index: int) -> list[int]:
@@ -109,7 +109,7 @@ class RolloutSource:
         stop = (self.tok.special[END_OF_TURN], self.tok.eos_id)
         params = SamplingParams(max_new_tokens=self.max_new, temperature=self.temperature, stop_ids=stop,
                                 seed=self.seed * 1_000_003 + batch_index, logprobs=True)
-        outs = Engine(self.model, self.tok, batch_size=self.P * self.G).generate(
+        outs = Engine(self.model, self.tok, tools=self.tools, batch_size=self.P * self.G).generate(
             [self.encoded[i] for i in chosen], params, n=self.G)
         prompts = [self.encoded[i] for i in chosen for _ in range(self.G)]
         comps = [c for group in outs for c in group]

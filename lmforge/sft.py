@@ -40,6 +40,9 @@ class SFTConfig:
     # on every token), mixed into the conversations. Fine-tuning on few entities' facts teaches the
     # model to name those entities; replaying text about all of them keeps the rest reachable.
     replay_fraction: float = 0.0
+    # toyworld: word problems are answered through the calculator tool (one call per step; the tool's
+    # output is forced by the engine and masked from the loss) instead of written-out arithmetic
+    calculator: bool = False
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=_sft_train_defaults)
 

@@ -260,3 +260,30 @@ def test_templates_fill_every_slot(world):
         for _ in range(50):
             r = rules.make_request(rng, world, "train", forbidden)
             assert "{" not in r.text and "{" not in r.reply and r.forbidden == forbidden
+
+
+def test_word_problems_with_the_calculator(world, toy_data):
+    """with_calculator turns "6 + 14 = 20. 20 - 6 = 14.\\n#### 14" into two calculator calls whose
+    outputs the loss never trains on, then "#### 14"; the decoded completion still scores."""
+    from lmforge.chat import render, validate
+    from lmforge.toyworld.tasks import with_calculator
+
+    exs = eval_examples(world, "word_problem", "train", 20, seed=0)
+    two_step = next(e for e in exs if e.messages[-1]["content"].count("=") == 2)
+    conv = with_calculator(two_step)
+    validate(conv.messages, "test")
+    calls = [m["tool_calls"][0]["arguments"] for m in conv.messages if m.get("tool_calls")]
+    steps = re.findall(r"(-?\d+ [-+*/] -?\d+) = (-?\d+)\.", two_step.messages[-1]["content"])
+    assert calls == [s for s, _ in steps] and conv.messages[-1]["content"] == f"#### {two_step.answer}"
+    assert [m["content"] for m in conv.messages if m["role"] == "tool"] == [r for _, r in steps]
+    _, tok = toy_data
+    from lmforge.tokenizer import END_TOOL_OUTPUT, TOOL_OUTPUT
+
+    ids, mask = render(conv.messages, tok)
+    opens = [k for k, i in enumerate(ids) if i == tok.special[TOOL_OUTPUT]]
+    closes = [k for k, i in enumerate(ids) if i == tok.special[END_TOOL_OUTPUT]]
+    assert len(opens) == len(closes) == 2
+    assert all(not any(mask[a:b + 1]) for a, b in zip(opens, closes, strict=True))  # tool output: never a target
+    assert score(two_step, f"calculator({calls[0]}) {steps[0][1]} calculator({calls[1]}) {steps[1][1]} "
+                           f"#### {two_step.answer}")
+    assert with_calculator(eval_examples(world, "qa", "train", 1, seed=0)[0]).task == "qa"  # others unchanged

@@ -9,7 +9,8 @@ import torch
 
 
 @torch.no_grad()
-def evaluate_examples(model, tok, examples, *, max_new_tokens: int = 64, batch_size: int = 64) -> dict:
+def evaluate_examples(model, tok, examples, *, max_new_tokens: int = 64, batch_size: int = 64,
+                      tools: dict | None = None) -> dict:
     """Returns {"acc": float, "per_task": {task: acc}, "records": [...]} for `examples`."""
     from lmforge.chat import render_prompt
     from lmforge.engine import Engine, SamplingParams
@@ -18,7 +19,7 @@ def evaluate_examples(model, tok, examples, *, max_new_tokens: int = 64, batch_s
 
     if not examples:
         return {"acc": 0.0, "per_task": {}, "records": []}
-    engine = Engine(model, tok, batch_size=batch_size)
+    engine = Engine(model, tok, tools=tools, batch_size=batch_size)
     prompts = [render_prompt(ex.messages[:-1], tok) for ex in examples]  # drop the reference answer
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0,
                             stop_ids=(tok.special[END_OF_TURN], tok.eos_id))

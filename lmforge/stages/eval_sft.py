@@ -43,11 +43,14 @@ def run(ctx) -> dict:
     device = resolve_device(ctx.cfg.train.device, ctx.info)
     data = suites(load_world(ctx), ec, ctx.cfg.seed + 20_000)
     metrics, details = {}, {}
+    from lmforge.tools import TOOLS
+
+    tools = TOOLS if ctx.cfg.sft.calculator else None
     for name, stage in (("base", "pretrain"), ("sft", "sft")):
         model_dir = ctx.stage_dir(stage) / "model"
         model, tok = load_model(model_dir, device).eval(), Tokenizer.load(model_dir)
         for suite, examples in data.items():
-            res = evaluate_examples(model, tok, examples, max_new_tokens=ec.max_new_tokens)
+            res = evaluate_examples(model, tok, examples, max_new_tokens=ec.max_new_tokens, tools=tools)
             metrics[f"{name}_{suite}_acc"] = round(res["acc"], 4)
             details[f"{name}_{suite}"] = res
     write_json(ctx.stage_dir("eval_sft") / "eval.json", {"metrics": metrics, "details": details})

@@ -48,6 +48,7 @@ class GRPOConfig:
     format_reward: float = 0.1        # bonus for ending with a "#### n" line
     length_penalty: float = 0.0       # subtracted when a completion hits max_new_tokens unfinished
     eval_examples: int = 200          # held-out word problems scored before and after
+    calculator: bool = False          # rollouts and evaluation run the calculator tool (sft.calculator)
     train: TrainConfig = field(default_factory=_grpo_train_defaults)
 
     def __post_init__(self):
@@ -109,10 +110,10 @@ def rl_prompts(world, task: str, n: int, seed: int, split: str = "train", evalua
     return [(e.messages[:-1], {"answer": e.answer, "task": e.task}) for e in exs], exs
 
 
-def word_problem_accuracy(model, tok, examples, max_new_tokens: int) -> float:
+def word_problem_accuracy(model, tok, examples, max_new_tokens: int, tools=None) -> float:
     from lmforge.eval.chat_tasks import evaluate_examples
 
-    return evaluate_examples(model, tok, examples, max_new_tokens=max_new_tokens)["acc"]
+    return evaluate_examples(model, tok, examples, max_new_tokens=max_new_tokens, tools=tools)["acc"]
 
 
 @torch.no_grad()
@@ -158,12 +159,15 @@ def run(ctx) -> dict:
     world = load_world(ctx)
     train_prompts, _ = rl_prompts(world, gc.task, gc.n_prompts, cfg.seed)
     _, heldout = rl_prompts(world, gc.task, gc.eval_examples, cfg.seed + 50_000, split="heldout", evaluation=True)
-    acc_before = word_problem_accuracy(model.eval(), tok, heldout, gc.max_new_tokens)
+    from lmforge.tools import TOOLS
+
+    tools = TOOLS if gc.calculator else None
+    acc_before = word_problem_accuracy(model.eval(), tok, heldout, gc.max_new_tokens, tools)
     reward = VerifiableMath(format_bonus=gc.format_reward)
     source = RolloutSource(model, tok, train_prompts, reward, advantage_fn(gc), prompts_per_step=gc.prompts_per_step,
                            group_size=gc.group_size, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
                            seed=cfg.seed, ref_model=ref if gc.beta > 0 else None,
-                           length_penalty=gc.length_penalty, bf16=tc.dtype == "bf16", device=device)
+                           length_penalty=gc.length_penalty, bf16=tc.dtype == "bf16", device=device, tools=tools)
     batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch)
 
     trainer = Trainer(cfg=tc, model=model, module=GRPOModule(gc, gc.temperature), batches=batches, out_dir=out,
@@ -174,7 +178,7 @@ def run(ctx) -> dict:
             f"held-out accuracy before: {acc_before:.3f}")
     trainer.run(start_step=start)
     model.eval()
-    acc_after = word_problem_accuracy(model, tok, heldout, gc.max_new_tokens)
+    acc_after = word_problem_accuracy(model, tok, heldout, gc.max_new_tokens, tools)
     kl = sequence_kl(model, ref, tok, [render_prompt(e.messages[:-1], tok) for e in heldout[:64]],
                      gc.max_new_tokens, cfg.seed, device)
     if info.is_main:

@@ -41,12 +41,13 @@ def conversations(ctx) -> tuple[list, list, dict]:
         train = [c for c in convs[n_val:] if json.dumps(c, sort_keys=True) not in held]
         return train, val, {"sources": len(sc.sources)}
     from lmforge.stages.common import load_world
-    from lmforge.toyworld.tasks import sft_examples
+    from lmforge.toyworld.tasks import sft_examples, with_calculator
 
     world = load_world(ctx)
-    train = [e.messages for e in sft_examples(world, sc.n_per_task, seed=ctx.cfg.seed)]
+    tool = with_calculator if sc.calculator else (lambda e: e)
+    train = [tool(e).messages for e in sft_examples(world, sc.n_per_task, seed=ctx.cfg.seed)]
     per_task = max(1, sc.val_examples // 10)
-    val = [e.messages for e in sft_examples(world, per_task, seed=ctx.cfg.seed + 10_000)][: sc.val_examples]
+    val = [tool(e).messages for e in sft_examples(world, per_task, seed=ctx.cfg.seed + 10_000)][: sc.val_examples]
     return train, val, {"toyworld_tasks": len(train)}
 
 
