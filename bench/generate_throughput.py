@@ -73,6 +73,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile", action="store_true", help="also time Engine(compile=True)")
     args = ap.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -113,12 +114,21 @@ def main():
           f"(d_model {cfg.d_model} x {cfg.n_layer} layers, vocab {cfg.vocab_size}), fp32, greedy, "
           f"{B} prompts of {min(lengths)}-{L} tokens, {N} new tokens each")
     fns = {"transformers": run_theirs, "lmforge": run_ours, "lmforge fast=False": lambda: run_ours(reference)}
+    if args.compile:
+        compiled = Engine(ours, batch_size=B, compile=True)
+        t0 = time.perf_counter()
+        run_ours(compiled)
+        print(f"compile=True: first generate (compiles the decode step) {time.perf_counter() - t0:.1f} s")
+        fns["lmforge compile=True"] = lambda: run_ours(compiled)
     secs, outs = timed(fns, args.repeats)
     results = {name: B * N / dt for name, dt in secs.items()}
     for name, dt in secs.items():
         print(f"{name:>20}: {B * N / dt:9.0f} new tokens/s   ({dt * 1e3:7.1f} ms per batch, median of {args.repeats})")
-    for name in ("lmforge", "lmforge fast=False"):
-        print(f"ratio {name} / transformers: {results[name] / results['transformers']:.2f}x")
+    for name in fns:
+        if name != "transformers":
+            print(f"ratio {name} / transformers: {results[name] / results['transformers']:.2f}x")
+    if args.compile:
+        print(f"compile=True outputs identical to lmforge eager: {outs['lmforge compile=True'] == outs['lmforge']}")
     same = [a == b for a, b in zip(outs["lmforge"], outs["transformers"], strict=True)]
     print(f"greedy outputs identical: {all(same)} ({sum(same)}/{B} rows)")
     if not all(same):

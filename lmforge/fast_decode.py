@@ -39,12 +39,15 @@ def _onednn_ok(dtype: torch.dtype) -> bool:
     return _ONEDNN_OK[dtype]
 
 
-# oneDNN-packed weights are opaque tensors that torch.compile cannot take as graph inputs, so the
-# compiled step passes the plain fused weight and this op swaps in its packed copy at run time.
+# The compiled decode step (see _Decoder.step) calls two opaque ops, registered with the low-level
+# torch.library API (its `custom_op` wrapper costs ~10 us of Python per call, x17 calls a step):
+# - packed_linear: oneDNN-packed weights are opaque tensors that torch.compile cannot take as graph
+#   inputs, so the graph passes the plain fused weight and the op swaps in its packed copy;
+# - attend: attention over the cache columns in use, whose count changes every step; hidden in an
+#   op, it leaves every shape of the graph fixed for a run, so the graph compiles once.
 _PACKED: dict[int, torch.Tensor] = {}  # data_ptr of a _Proj's own fused weight -> its packed copy
 
 
-@torch.library.custom_op("lmforge::packed_linear", mutates_args=())
 def _packed_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     packed = _PACKED.get(w.data_ptr())
     if packed is None:  # not registered (cannot happen while its _Proj lives): same math, unpacked
@@ -52,17 +55,39 @@ def _packed_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
 
 
-@_packed_linear.register_fake
-def _(x, w):
-    return x.new_empty((*x.shape[:-1], w.shape[0]))
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, span: torch.Tensor,
+            gqa: bool) -> torch.Tensor:
+    """Decode attention over the first `span` (a 0-d tensor) cache columns: the eager path's very call."""
+    n = int(span)
+    bias = bias[..., :n] if bias is not None else None
+    return F.scaled_dot_product_attention(q, k[:, :, :n], v[:, :, :n], attn_mask=bias, enable_gqa=gqa).contiguous()
+
+
+_LIB = torch.library.Library("lmforge", "FRAGMENT")
+_LIB.define("packed_linear(Tensor x, Tensor w) -> Tensor")
+_LIB.impl("packed_linear", _packed_linear, "CompositeExplicitAutograd")
+torch.library.register_fake("lmforge::packed_linear", lambda x, w: x.new_empty((*x.shape[:-1], w.shape[0])),
+                            lib=_LIB)
+_LIB.define("attend(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor span, bool gqa) -> Tensor")
+_LIB.impl("attend", _attend, "CompositeExplicitAutograd")
+torch.library.register_fake("lmforge::attend", lambda q, k, v, bias, span, gqa: q.new_empty(q.shape), lib=_LIB)
 
 
 _COMPILE_FAILED: list[str] = []  # the first compile failure; once set, every later step decodes eagerly
 
 
-def _compiled(fn):
-    """torch.compile'd `fn`; one compiled code serves every _Decoder (guards check shapes, not objects)."""
-    return torch.compile(fn)
+_COMPILED_STEP = None  # torch.compile(_Decoder.step), made on first use and shared by every _Decoder
+
+
+def _compiled_step():
+    """One compiled function for all decoders: the guards check shapes and configuration, not which
+    decoder (or which copy of the weights) it is, so a new generate call reuses the compiled code.
+    Inductor's own kernels run single-threaded: at decode sizes (a few rows) an OpenMP fork/join costs
+    more than it saves, and on a busy machine its barriers stall; the matmuls keep their threads."""
+    global _COMPILED_STEP
+    if _COMPILED_STEP is None:
+        _COMPILED_STEP = torch.compile(_Decoder.step, options={"cpp.threads": 1})
+    return _COMPILED_STEP
 
 
 def _plain_weight(m: nn.Module) -> torch.Tensor | None:
@@ -99,7 +124,7 @@ class _Proj:
     def fused(self, x: torch.Tensor) -> torch.Tensor:
         """All outputs side by side (packed only)."""
         if torch.compiler.is_compiling():
-            return _packed_linear(x, self.weight)
+            return torch.ops.lmforge.packed_linear(x, self.weight)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -136,11 +161,21 @@ class _Decoder:
         self.head = _Proj([model.lm_head], pack)
         # F.rms_norm is one kernel and, in fp32, bit-identical to RMSNorm's six
         self.fast_norm = self.dtype == torch.float32
+        self.gqa = cfg.n_kv_head != cfg.n_head  # a plain bool: under torch.compile a SymBool would break the graph
         self.rope = None
         if cfg.position == "rope":  # every position a row can reach: 0 .. max_seq_len - 1
             cos, sin = rope_cos_sin(torch.arange(cfg.max_seq_len, device=self.device), cfg.head_dim, cfg.rope_theta)
             self.rope = (cos, sin)
-        self.compiled = _compiled(self.step) if compile and not _COMPILE_FAILED else None
+        self.compiled = compile and not _COMPILE_FAILED
+
+    @staticmethod
+    def weights_key(model: nn.Module) -> tuple:
+        """What a prepared decoder depends on: each parameter's identity, storage and version (in-place
+        writes such as optimizer steps and load_state_dict bump it), and LoRA switches. An equal key
+        means the packed copies are still current and the decoder can be reused."""
+        params = tuple((id(p), p.data_ptr(), p._version) for p in model.parameters())
+        lora = tuple((m.lora_enabled, m.scaling) for m in model.modules() if hasattr(m, "lora_enabled"))
+        return params, lora
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -156,8 +191,8 @@ class _Decoder:
         or None for plain causal.
         """
         T = idx.shape[1]
-        if T == 1 and self.compiled is not None:
-            return self._compiled_step(idx, start, pos, bias, cache)
+        if T == 1 and self.compiled:
+            return self._step(idx, start, pos, bias, cache)
         if bias is not None and bias.shape[-1] > start + T:
             bias = bias[..., :start + T]
 
@@ -168,38 +203,34 @@ class _Decoder:
 
     def step(self, idx: torch.Tensor, col: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor | None,
              cache: KVCache) -> torch.Tensor:
-        """One token per row written at column `col` (a 0-d tensor), attending over the whole cache.
+        """`forward` for one token per row written at column `col` (a 0-d tensor): what torch.compile runs.
 
-        The shapes depend only on the batch and the cache length, never on the step, so a compiled
-        step runs every step of a run (and of later runs of the same shape) without recompiling.
-        Columns past `col` are hidden by the mask: they are zeros or stale, never seen.
+        Every shape depends only on the batch and the cache length, never on the step: the attention,
+        whose span grows by one column per step, is an opaque op (`lmforge::attend`) that slices the
+        cache to the columns in use when it runs. So one compiled graph serves every step of a run.
         """
-        S = cache.max_len
-        future = torch.arange(S, device=idx.device) > col                                 # (S,)
-        if bias is None:
-            bias = torch.zeros(1, 1, 1, S, dtype=self.dtype, device=idx.device)
-        bias = bias.masked_fill(future, float("-inf"))                                    # (B | 1, 1 | .., 1, S)
-        at = col.view(1)
+        at, span = col.view(1), col + 1
 
         def kv(li, k, v):
             cache.k[li].index_copy_(2, at, k)
             cache.v[li].index_copy_(2, at, v)
             return cache.k[li], cache.v[li]
 
-        return self._layers(idx, pos, bias, kv, causal=False)
+        return self._layers(idx, pos, bias, kv, causal=False, span=span)
 
-    def _compiled_step(self, idx, start: int, pos, bias, cache) -> torch.Tensor:
+    def _step(self, idx, start: int, pos, bias, cache) -> torch.Tensor:
         col = torch.tensor(start, device=idx.device)
         if not _COMPILE_FAILED:
             try:
-                return self.compiled(idx, col, pos, bias, cache)
+                return _compiled_step()(self, idx, col, pos, bias, cache)
             except Exception as e:  # never let a compiler problem stop generation: decode eagerly from now on
                 _COMPILE_FAILED.append(f"{type(e).__name__}: {e}".splitlines()[0][:200])
                 warnings.warn(f"lmforge engine: torch.compile failed, decoding eagerly ({_COMPILE_FAILED[0]})",
                               stacklevel=2)
         return self.step(idx, col, pos, bias, cache)
 
-    def _layers(self, idx: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor | None, kv, causal: bool):
+    def _layers(self, idx: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor | None, kv, causal: bool,
+                span: torch.Tensor | None = None):
         cfg, m = self.cfg, self.model
         B, T = idx.shape
         H, Hkv, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
@@ -227,7 +258,10 @@ class _Decoder:
                 if rope is not None:
                     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             k, v = kv(li, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, enable_gqa=Hkv != H)
+            if span is None:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, enable_gqa=self.gqa)
+            else:
+                y = torch.ops.lmforge.attend(q, k, v, bias, span, self.gqa)
             y = o_proj(y.transpose(1, 2).reshape(B, T, H * D))[0]
             if block.pre:
                 x = x + y

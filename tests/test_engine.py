@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import lmforge.engine as engine_mod
+import lmforge.fast_decode as fast_decode
 from lmforge.engine import Completion, Engine, SamplingParams, generate
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
@@ -308,3 +309,53 @@ def test_tool_forcing_is_per_sample(tok, monkeypatch):
     params = SamplingParams(max_new_tokens=40, temperature=1.0, stop_ids=(eot,))
     a, b = Engine(model, tok, tools=TOOLS).generate([[tok.bos_id, 7]], params, n=2)[0]
     assert 0 in a.mask and b.mask == [1] * len(b.ids) and b.ids == answer + [eot]
+
+
+# --- compiled decode step (Engine(compile=True)) -------------------------------------------------
+
+@pytest.mark.parametrize("kw", [VARIANTS[0], VARIANTS[1]])
+def test_compiled_decoding_matches_eager(kw, monkeypatch):
+    """Same tokens as the eager fast path: padded and unpadded runs, n samples, rows leaving the batch."""
+    monkeypatch.setattr(fast_decode, "_COMPILE_FAILED", [])  # a failure would fall back to eager: record it
+    model = tiny(**kw)
+    prompts = prompts_of([5, 9, 2, 7])
+    eager, comp = Engine(model), Engine(model, compile=True)
+    assert comp.compile and not Engine(model, fast=False, compile=True).compile
+    assert ids(comp.generate(prompts, GREEDY)) == ids(eager.generate(prompts, GREEDY))
+    assert ids(comp.generate(prompts[:1], GREEDY)) == ids(eager.generate(prompts[:1], GREEDY))  # no padding
+    free = ids(eager.generate(prompts, GREEDY))
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, stop_ids=(free[0][1],))
+    assert comp.generate(prompts, params, n=2) == eager.generate(prompts, params, n=2)
+    sampled = SamplingParams(max_new_tokens=10, temperature=1.0, top_k=8, seed=3)
+    assert comp.generate(prompts, sampled, n=2) == eager.generate(prompts, sampled, n=2)
+    assert list(comp.stream(prompts[0], sampled)) == comp.generate(prompts[:1], sampled)[0][0].ids
+    assert fast_decode._COMPILE_FAILED == []
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    model = tiny()
+    prompts = prompts_of([4, 8])
+    want = ids(Engine(model).generate(prompts, GREEDY))
+
+    def broken(*args):
+        raise RuntimeError("no compiler here\nsecond line")
+
+    monkeypatch.setattr(fast_decode, "_compiled_step", lambda: broken)
+    monkeypatch.setattr(fast_decode, "_COMPILE_FAILED", [])
+    with pytest.warns(UserWarning, match="torch.compile failed, decoding eagerly .RuntimeError: no compiler here.$"):
+        assert ids(Engine(model, compile=True).generate(prompts, GREEDY)) == want
+    assert ids(Engine(model, compile=True).generate(prompts, GREEDY)) == want  # no second warning, still eager
+
+
+def test_prepared_weights_are_reused_until_the_model_changes():
+    model = tiny()
+    prompts = prompts_of([4, 8])
+    engine = Engine(model)
+    first = ids(engine.generate(prompts, GREEDY))
+    decoder = engine._decoder()
+    assert ids(engine.generate(prompts, GREEDY)) == first and engine._decoder() is decoder  # reused
+    with torch.no_grad():  # an optimizer step: in place
+        model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+    assert engine._decoder() is not decoder
+    assert ids(engine.generate(prompts, GREEDY)) == ids(Engine(model).generate(prompts, GREEDY))
+    assert ids(engine.generate(prompts, GREEDY)) == [argmax_no_cache(model, p, 12) for p in prompts]
