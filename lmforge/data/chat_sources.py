@@ -162,10 +162,9 @@ def _flat_call(c):
     return c
 
 
-def _from_messages(rec: dict, where: str) -> list[dict]:
-    msgs = rec["messages"]
-    if not isinstance(msgs, list):
-        raise LmforgeError(f"{where}: field 'messages' must be a list, got {_json_type(msgs)}")
+def normalize_messages(msgs: list) -> list:
+    """OpenAI-style messages as lmforge's: null fields dropped, tool messages without their call id and
+    name, tool calls flattened to {"name", "arguments"}. Non-dict items pass through for `validate`."""
     out = []
     for m in msgs:
         if isinstance(m, dict):
@@ -177,6 +176,14 @@ def _from_messages(rec: dict, where: str) -> list[dict]:
                 m["tool_calls"] = [_flat_call(c) for c in m["tool_calls"]]
                 m.setdefault("content", "")  # OpenAI: content null beside tool calls
         out.append(m)
+    return out
+
+
+def _from_messages(rec: dict, where: str) -> list[dict]:
+    msgs = rec["messages"]
+    if not isinstance(msgs, list):
+        raise LmforgeError(f"{where}: field 'messages' must be a list, got {_json_type(msgs)}")
+    out = normalize_messages(msgs)
     validate(out, where)
     return out
 
@@ -290,47 +297,62 @@ def _round_to(values: list[float], total: int) -> list[int]:
     return base
 
 
-def mix(sources: list[ChatSourceConfig], seed: int, total: int | None = None) -> tuple[list[list[dict]], dict]:
-    """A shuffled mixture of several sources and its stats.
+def check_weight(w, path: str) -> float:
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        raise LmforgeError(f"{path}: weight must be a number >= 0, got {w!r}")
+    return w
 
-    A source's weight multiplies its size: it contributes round(weight x conversations) examples
-    (1.0: each once, 2.0: each twice, 0.5: a random half, 0: none). With `total`, those counts are
-    scaled to sum to `total`, keeping their ratios. Upsampling takes whole passes over a source,
-    then a random subset for the fraction, so every example is used before any repeats more
-    than the others (lower variance than drawing with replacement). Deterministic in `seed`.
-    stats: {"total": N, "sources": [{"path", "conversations", "skipped", "weight", "drawn", "first_skipped"?}]}.
+
+def draw_mixture(parts: list[list], weights: list[float], seed: int, total: int | None,
+                 what: str) -> tuple[list, list[int]]:
+    """Items of several sources mixed by weight, shuffled; and how many were drawn from each.
+
+    A source's weight multiplies its size: it contributes round(weight x items) (1.0: each once,
+    2.0: each twice, 0.5: a random half, 0: none). With `total`, those counts are scaled to sum to
+    `total`, keeping their ratios. Upsampling takes whole passes over a source, then a random subset
+    for the fraction, so every item is used before any repeats more than the others (lower variance
+    than drawing with replacement). Deterministic in `seed`. `what` names the sources in errors.
     """
     import numpy as np
 
+    if total is not None and total <= 0:
+        raise LmforgeError(f"{what}: total must be positive, got {total}")
+    want = [w * len(v) for w, v in zip(weights, parts, strict=True)]
+    if total is None:
+        total = math.floor(sum(want) + 0.5)
+    elif sum(want) > 0:
+        want = [x * total / sum(want) for x in want]
+    if sum(want) == 0 or total == 0:
+        raise LmforgeError(f"{what}: the mixture is empty (weights: {', '.join(str(w) for w in weights)})")
+    counts = _round_to(want, total)
+    out: list = []
+    for i, (items, k) in enumerate(zip(parts, counts, strict=True)):
+        rng = np.random.default_rng([seed, i])
+        full, rest = divmod(k, len(items)) if items else (0, 0)
+        idx = [rng.permutation(len(items)) for _ in range(full)] + [rng.permutation(len(items))[:rest]]
+        out += [items[j] for j in np.concatenate(idx).tolist()]
+    order = np.random.default_rng(seed).permutation(len(out)).tolist()
+    return [out[j] for j in order], counts
+
+
+def mix(sources: list[ChatSourceConfig], seed: int, total: int | None = None) -> tuple[list[list[dict]], dict]:
+    """A shuffled mixture of several sources (weights and `total` as in `draw_mixture`) and its stats:
+    {"total": N, "sources": [{"path", "conversations", "skipped", "weight", "drawn", "first_skipped"?}]}.
+    """
     if not sources:
         raise LmforgeError("chat sources: none given (expected at least one source)")
     if total is not None and total <= 0:
         raise LmforgeError(f"chat sources: total must be positive, got {total}")
     read, rows = [], []
     for cfg in sources:
-        w = cfg.weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise LmforgeError(f"{cfg.path}: weight must be a number >= 0, got {w!r}")
+        w = check_weight(cfg.weight, cfg.path)
         convs, skipped, first = _read(cfg) if w > 0 else ([], 0, "")
         read.append(convs)
         row = {"path": cfg.path, "conversations": len(convs), "skipped": skipped, "weight": w}
         if first:
             row["first_skipped"] = first
         rows.append(row)
-    want = [c.weight * len(v) for c, v in zip(sources, read, strict=True)]
-    if total is None:
-        total = math.floor(sum(want) + 0.5)
-    elif sum(want) > 0:
-        want = [x * total / sum(want) for x in want]
-    if sum(want) == 0 or total == 0:
-        raise LmforgeError(f"chat sources: the mixture is empty (weights: {', '.join(str(c.weight) for c in sources)})")
-    counts = _round_to(want, total)
-    out: list[list[dict]] = []
-    for i, (convs, k, row) in enumerate(zip(read, counts, rows, strict=True)):
-        rng = np.random.default_rng([seed, i])
-        full, rest = divmod(k, len(convs)) if convs else (0, 0)
-        idx = [rng.permutation(len(convs)) for _ in range(full)] + [rng.permutation(len(convs))[:rest]]
-        out += [convs[j] for j in np.concatenate(idx).tolist()]
+    out, counts = draw_mixture(read, [c.weight for c in sources], seed, total, "chat sources")
+    for row, k in zip(rows, counts, strict=True):
         row["drawn"] = k
-    order = np.random.default_rng(seed).permutation(len(out)).tolist()
-    return [out[j] for j in order], {"total": len(out), "sources": rows}
+    return out, {"total": len(out), "sources": rows}

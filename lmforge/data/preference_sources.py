@@ -27,7 +27,6 @@ the test splits: identical transcripts, transcripts that differ before the last 
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -36,12 +35,13 @@ from pathlib import Path
 from lmforge.chat import validate
 from lmforge.data.chat_sources import (
     _EXT_HELP,
-    _flat_call,
     _format_of,
     _iter_hf,
     _iter_parquet,
-    _round_to,
+    check_weight,
+    draw_mixture,
     iter_json_records,
+    normalize_messages,
 )
 from lmforge.data.sources import _json_type, resolve_files
 from lmforge.errors import LmforgeError
@@ -102,18 +102,7 @@ def _messages(value, field: str, where: str) -> list[dict]:
     """A string or OpenAI-style message list, normalized like chat_sources' messages format."""
     if not isinstance(value, list):
         raise LmforgeError(f"{where}: field '{field}' must be a string or a list of messages, got {_json_type(value)}")
-    out = []
-    for m in value:
-        if isinstance(m, dict):
-            m = {k: v for k, v in m.items() if v is not None}
-            if m.get("role") == "tool":
-                m.pop("tool_call_id", None)
-                m.pop("name", None)
-            if isinstance(m.get("tool_calls"), list):
-                m["tool_calls"] = [_flat_call(c) for c in m["tool_calls"]]
-                m.setdefault("content", "")
-        out.append(m)
-    return out
+    return normalize_messages(value)
 
 
 def _prompt(rec: dict, where: str, fmt: str) -> tuple[list[dict], object]:
@@ -325,34 +314,17 @@ def mix(sources: list[PreferenceSourceConfig], seed: int, total: int | None = No
     stats: {"total": N, "sources": [{"path", "records", "skipped", "weight", "drawn",
     "first_skipped"?, "skip_reasons"? ({reason: count})}]}.
     """
-    import numpy as np
-
     if not sources:
         raise LmforgeError("preference sources: none given (expected at least one source)")
     if total is not None and total <= 0:
         raise LmforgeError(f"preference sources: total must be positive, got {total}")
     read, rows = [], []
     for cfg in sources:
-        w = cfg.weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise LmforgeError(f"{cfg.path}: weight must be a number >= 0, got {w!r}")
+        w = check_weight(cfg.weight, cfg.path)
         recs, row = _read(cfg, unpaired) if w > 0 else ([], {"path": cfg.path, "records": 0, "skipped": 0})
         read.append(recs)
         rows.append({**row, "weight": w})
-    want = [c.weight * len(v) for c, v in zip(sources, read, strict=True)]
-    if total is None:
-        total = math.floor(sum(want) + 0.5)
-    elif sum(want) > 0:
-        want = [x * total / sum(want) for x in want]
-    if sum(want) == 0 or total == 0:
-        raise LmforgeError("preference sources: the mixture is empty "
-                           f"(weights: {', '.join(str(c.weight) for c in sources)})")
-    out: list[Record] = []
-    for i, (recs, k, row) in enumerate(zip(read, _round_to(want, total), rows, strict=True)):
-        rng = np.random.default_rng([seed, i])
-        full, rest = divmod(k, len(recs)) if recs else (0, 0)
-        idx = [rng.permutation(len(recs)) for _ in range(full)] + [rng.permutation(len(recs))[:rest]]
-        out += [recs[j] for j in np.concatenate(idx).tolist()]
+    out, counts = draw_mixture(read, [c.weight for c in sources], seed, total, "preference sources")
+    for row, k in zip(rows, counts, strict=True):
         row["drawn"] = k
-    order = np.random.default_rng(seed).permutation(len(out)).tolist()
-    return [out[j] for j in order], {"total": len(out), "sources": rows}
+    return out, {"total": len(out), "sources": rows}
