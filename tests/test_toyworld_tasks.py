@@ -266,7 +266,7 @@ def test_word_problems_with_the_calculator(world, toy_data):
     """with_calculator turns "6 + 14 = 20. 20 - 6 = 14.\\n#### 14" into two calculator calls whose
     outputs the loss never trains on, then "#### 14"; the decoded completion still scores."""
     from lmforge.chat import render, validate
-    from lmforge.toyworld.tasks import with_calculator
+    from lmforge.toyworld.tool_use import with_calculator
 
     exs = eval_examples(world, "word_problem", "train", 20, seed=0)
     two_step = next(e for e in exs if e.messages[-1]["content"].count("=") == 2)

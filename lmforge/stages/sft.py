@@ -41,7 +41,8 @@ def conversations(ctx) -> tuple[list, list, dict]:
         train = [c for c in convs[n_val:] if json.dumps(c, sort_keys=True) not in held]
         return train, val, {"sources": len(sc.sources)}
     from lmforge.stages.common import load_world
-    from lmforge.toyworld.tasks import sft_examples, with_calculator
+    from lmforge.toyworld.tasks import sft_examples
+    from lmforge.toyworld.tool_use import with_calculator
 
     world = load_world(ctx)
     tool = with_calculator if sc.calculator else (lambda e: e)

@@ -257,26 +257,6 @@ def make_arithmetic(rng, world, split, evaluation=False):
     return _example(rng, "arithmetic", q, f"{a} {op} {b} = {r}.", str(r), "none", expression=f"{a} {op} {b}")
 
 
-def with_calculator(ex: Example) -> Example:
-    """A word problem answered through the calculator tool: one call per step of the worked solution,
-    each followed by the tool's output (which the engine forces, and no loss trains), then "#### n".
-
-    "66 / 6 = 11.\n#### 11" becomes: assistant calls calculator("66 / 6"), tool says "11",
-    assistant "#### 11". Examples of other tasks are returned unchanged.
-    """
-    if ex.task != "word_problem":
-        return ex
-    *head, reply = ex.messages
-    steps = re.findall(r"(-?\d+) ([-+*/]) (-?\d+) = (-?\d+)\.", reply["content"])
-    messages = list(head)
-    for a, op, b, result in steps:
-        messages.append({"role": "assistant", "content": "",
-                         "tool_calls": [{"name": "calculator", "arguments": f"{a} {op} {b}"}]})
-        messages.append({"role": "tool", "content": result})
-    messages.append({"role": "assistant", "content": f"#### {ex.answer}"})
-    return Example(ex.task, messages, ex.answer, ex.split, dict(ex.meta))
-
-
 def make_word_problem(rng, world, split, evaluation=False):
     kinds = sorted(T.WORD_PROBLEMS)
     while True:  # resample until every entity the problem names is in the split
