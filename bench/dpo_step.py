@@ -39,27 +39,22 @@ import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # reference log-prob and dataset progress bars
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from trl_common import add_model_args, checkpointing_field, make_checkpoint, text_of  # noqa: E402
 
-from lmforge.model.config import ModelConfig  # noqa: E402
 from lmforge.model.export import export_hf  # noqa: E402
-from lmforge.model.io import load_model, save_model  # noqa: E402
-from lmforge.model.transformer import Transformer  # noqa: E402
+from lmforge.model.io import load_model  # noqa: E402
 from lmforge.preference import PreferenceBatches, PreferenceModule, reference_logps, tokenize_pairs  # noqa: E402
-from lmforge.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from lmforge.tokenizer import Tokenizer  # noqa: E402
 from lmforge.train.config import TrainConfig  # noqa: E402
 from lmforge.train.trainer import Trainer  # noqa: E402
 
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "Once upon a time there was a small model.",
-         "12 + 30 = 42", "Generation is prefill, then one token at a time through the KV cache.",
-         "A preference pair is a prompt with a chosen and a rejected answer."] * 20
-WORDS = sorted({w.strip(".,") for t in TEXTS for w in t.split()} - {"", "+", "="})
 BETA = 0.1
 
 
@@ -70,24 +65,8 @@ class Pair:
     rejected: str
 
 
-def make_checkpoint(args, root: Path) -> Path:
-    """A random Llama-compatible model with a small tokenizer, saved as an lmforge checkpoint."""
-    train_tokenizer(TEXTS, root / "tok", vocab_size=300)
-    torch.manual_seed(args.seed)
-    cfg = ModelConfig(vocab_size=args.vocab, n_layer=args.layers, d_model=args.d_model, n_head=args.heads,
-                      n_kv_head=args.kv_heads, max_seq_len=args.max_seq_len)
-    save_model(Transformer(cfg), root / "ckpt", tokenizer_dir=root / "tok")
-    return root / "ckpt"
 
 
-def text_of(tok, n_tokens: int, rng: random.Random) -> str:
-    """Random words, as many as fit in n_tokens tokens (lmforge's tokenizer, which the export shares)."""
-    text = rng.choice(WORDS)
-    while True:
-        longer = text + " " + rng.choice(WORDS)
-        if len(tok.encode(longer)) > n_tokens:
-            return text
-        text = longer
 
 
 def make_pairs(tok, n: int, prompt_len: int, reply_len: int, seed: int) -> list[Pair]:
@@ -180,9 +159,6 @@ def make_theirs(args, hf_dir: Path, pairs, order, bf16: bool, out_dir: Path, on_
     return trainer, callback
 
 
-def checkpointing_field(config_cls) -> str:
-    names = {f.name for f in fields(config_cls)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def batch_loss_ours(module, trainer, batches, items, ref_c, ref_r) -> float:
@@ -206,13 +182,7 @@ def batch_loss_theirs(trainer, items, ref_c, ref_r) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=None, help="an lmforge model directory (Llama-compatible)")
-    ap.add_argument("--d-model", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--kv-heads", type=int, default=4)
-    ap.add_argument("--vocab", type=int, default=2048)
-    ap.add_argument("--max-seq-len", type=int, default=512)
+    add_model_args(ap)
     ap.add_argument("--batch", type=int, default=8, help="preference pairs per step (2x rows per forward)")
     ap.add_argument("--prompt-len", type=int, default=48, help="longest prompt in tokens; the others down to 80%%")
     ap.add_argument("--reply-len", type=int, default=72, help="longest answer in tokens; the others down to 80%%")

@@ -57,50 +57,28 @@ import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import fields
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # dataset progress bars
 
 import torch  # noqa: E402
+from trl_common import add_model_args, checkpointing_field, make_checkpoint, text_of  # noqa: E402
 
 from lmforge.engine import Engine  # noqa: E402
-from lmforge.model.config import ModelConfig  # noqa: E402
 from lmforge.model.export import export_hf  # noqa: E402
-from lmforge.model.io import load_model, save_model  # noqa: E402
-from lmforge.model.transformer import Transformer  # noqa: E402
+from lmforge.model.io import load_model  # noqa: E402
 from lmforge.rewards import RewardRequest  # noqa: E402
 from lmforge.rl import RolloutBatches, RolloutSource  # noqa: E402
 from lmforge.stages.grpo import GRPOConfig, GRPOModule, advantage_fn  # noqa: E402
-from lmforge.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from lmforge.tokenizer import Tokenizer  # noqa: E402
 from lmforge.train.config import TrainConfig  # noqa: E402
 from lmforge.train.trainer import Trainer  # noqa: E402
 
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "Once upon a time there was a small model.",
-         "12 + 30 = 42", "Generation is prefill, then one token at a time through the KV cache.",
-         "A preference pair is a prompt with a chosen and a rejected answer."] * 20
-WORDS = sorted({w.strip(".,") for t in TEXTS for w in t.split()} - {"", "+", "="})
 CLIP_LOW, CLIP_HIGH = 0.2, 0.28
 
 
-def make_checkpoint(args, root: Path) -> Path:
-    """A random Llama-compatible model with a small tokenizer, saved as an lmforge checkpoint."""
-    train_tokenizer(TEXTS, root / "tok", vocab_size=300)
-    torch.manual_seed(args.seed)
-    cfg = ModelConfig(vocab_size=args.vocab, n_layer=args.layers, d_model=args.d_model, n_head=args.heads,
-                      n_kv_head=args.kv_heads, max_seq_len=args.max_seq_len)
-    save_model(Transformer(cfg), root / "ckpt", tokenizer_dir=root / "tok")
-    return root / "ckpt"
 
 
-def text_of(tok, n_tokens: int, rng: random.Random) -> str:
-    """Random words, as many as fit in n_tokens tokens (lmforge's tokenizer, which the export shares)."""
-    text = rng.choice(WORDS)
-    while True:
-        longer = text + " " + rng.choice(WORDS)
-        if len(tok.encode(longer)) > n_tokens:
-            return text
-        text = longer
 
 
 def make_prompts(tok, n: int, prompt_len: int, seed: int) -> list[tuple[list[dict], dict]]:
@@ -256,9 +234,6 @@ def make_theirs(args, hf_dir: Path, prompts, order, bf16: bool, out_dir: Path, o
     return trainer, callback, rewards, tokenizer
 
 
-def checkpointing_field(config_cls) -> str:
-    names = {f.name for f in fields(config_cls)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def med(xs) -> float:
@@ -267,13 +242,7 @@ def med(xs) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=None, help="an lmforge model directory (Llama-compatible)")
-    ap.add_argument("--d-model", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--kv-heads", type=int, default=4)
-    ap.add_argument("--vocab", type=int, default=2048)
-    ap.add_argument("--max-seq-len", type=int, default=512)
+    add_model_args(ap)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step (P)")
     ap.add_argument("--group", type=int, default=8, help="samples per prompt (G); P x G rows per step")
     ap.add_argument("--max-new", type=int, default=64, help="max completion length in tokens (L)")
