@@ -157,7 +157,6 @@ def run(ctx) -> dict:
     from lmforge.chat import render_prompt
     from lmforge.losses.rl import AdaptiveKLController, FixedKLController
     from lmforge.model.io import load_model, save_model
-    from lmforge.model.reward import load_reward_model
     from lmforge.stages.bon import reward_source
     from lmforge.stages.common import load_world, model_dir
     from lmforge.tokenizer import Tokenizer
@@ -177,7 +176,7 @@ def run(ctx) -> dict:
     policy = load_model(src, device)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     rm_source = reward_source(ctx, pc.reward, "ppo.reward", device)
-    value = load_reward_model(rm_source_dir(ctx, pc.reward), device)     # the critic starts as the RM
+    value = copy.deepcopy(rm_source.model).train()                    # the critic starts as the RM
     world = load_world(ctx)
     mix = pc.tasks or ctx.cfg.pairs.tasks or None
     exs = preference_prompts(world, pc.n_prompts, seed=cfg.seed + 70_000, split="train", tasks=mix)
@@ -207,12 +206,6 @@ def run(ctx) -> dict:
             "heldout_rm_score_before": round(score_before, 4), "heldout_rm_score_after": round(score_after, 4),
             "score_first": round(logs[0]["score"], 4) if logs else None, "score_last": mean("score"),
             "kl_last": mean("kl"), "response_length_last": mean("response_length")}
-
-
-def rm_source_dir(ctx, ref: str):
-    from pathlib import Path
-
-    return ctx.stage_dir(ref) / "model" if ref in ctx.cfg.stages else Path(ref)
 
 
 def heldout_score(policy, tok, examples, rm_source, max_new_tokens: int) -> float:
