@@ -7,13 +7,21 @@ padded) greedily for exactly --new-tokens tokens (stop tokens off on both sides)
 side in one process. Prints new tokens/s of each, the ratio, and whether the greedy outputs are
 identical (the sanity check: same model, same text). A benchmark, not a test: nothing asserts speed.
 
+--fastest compares each side in its fastest CPU precision instead: transformers in fp32 and in bf16
+(weights cast to bf16), lmforge in fp32 and with `Engine(bf16=True)` (bf16 matmuls, fp32 residual,
+KV cache and attention), all four timed side by side; the ratio's denominator is the faster
+transformers run. Greedy agreement is reported against transformers fp32 for each (identical rows,
+and identical tokens up to each row's first difference, of all new tokens): bf16 drifts from fp32.
+
     python bench/generate_throughput.py                        # d_model 256 x 4 layers, vocab 2048, 8 x 128
     python bench/generate_throughput.py --checkpoint runs/demo/pretrain/model --batch 16
+    python bench/generate_throughput.py --fastest                 # each side in its fastest precision
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -74,6 +82,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true", help="also time Engine(compile=True)")
+    ap.add_argument("--fastest", action="store_true",
+                    help="fp32 and bf16 of each side; the ratio to the faster transformers run")
     args = ap.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -105,10 +115,14 @@ def main():
         return [c[0].ids for c in e.generate(prompts, params)]
 
     @torch.inference_mode()
-    def run_theirs():
-        out = theirs.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=N,
-                              do_sample=False, use_cache=True, pad_token_id=tok.pad_id)
+    def run_theirs(m=theirs):
+        out = m.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=N,
+                         do_sample=False, use_cache=True, pad_token_id=tok.pad_id)
         return out[:, L:].tolist()
+
+    if args.fastest:
+        fastest(args, ours, theirs, run_ours, run_theirs, B, N)
+        return
 
     print(f"device {device} ({torch.get_num_threads()} threads), {ours.num_params() / 1e6:.2f}M params "
           f"(d_model {cfg.d_model} x {cfg.n_layer} layers, vocab {cfg.vocab_size}), fp32, greedy, "
@@ -137,6 +151,39 @@ def main():
         print(f"  first differing position per row: {first}")
     print(f"  row 0, first new ids: lmforge {outs['lmforge'][0][:8]}, transformers {outs['transformers'][0][:8]}; "
           f"distinct tokens per row: {[len(set(o)) for o in outs['lmforge']]}")
+
+
+def agreement(outs: list[list[int]], ref: list[list[int]]) -> tuple[float, float]:
+    """(share of identical rows, share of new tokens generated before each row's first difference)."""
+    rows = sum(a == b for a, b in zip(outs, ref, strict=True)) / len(ref)
+    same = sum(next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(b))
+               for a, b in zip(outs, ref, strict=True))
+    return rows, same / sum(len(b) for b in ref)
+
+
+def fastest(args, ours, theirs, run_ours, run_theirs, B: int, N: int):
+    """Each side in fp32 and bf16, interleaved; ratios to the faster transformers run."""
+    theirs_bf16 = copy.deepcopy(theirs).to(torch.bfloat16)
+    fns = {"transformers fp32": run_theirs, "transformers bf16": lambda: run_theirs(theirs_bf16)}
+    variants = [("lmforge fp32", False, False), ("lmforge bf16", True, False)]
+    if args.compile:
+        variants += [("lmforge fp32 compile", False, True), ("lmforge bf16 compile", True, True)]
+    for name, bf16, compile_ in variants:
+        e = Engine(ours, batch_size=B, bf16=bf16, compile=compile_)
+        if compile_:
+            run_ours(e)  # compiles the decode step, untimed
+        fns[name] = lambda e=e: run_ours(e)
+    print(f"{torch.get_num_threads()} threads, {ours.num_params() / 1e6:.2f}M params, greedy, {B} prompts, "
+          f"{N} new tokens each; each side in fp32 and bf16")
+    secs, outs = timed(fns, args.repeats)
+    ref = outs["transformers fp32"]
+    best = min(secs["transformers fp32"], secs["transformers bf16"])
+    for name, dt in secs.items():
+        rows, toks = agreement(outs[name], ref)
+        print(f"{name:>22}: {B * N / dt:8.0f} new tokens/s ({dt * 1e3:7.1f} ms/batch)   {best / dt:5.2f}x the faster "
+              f"transformers   agrees with transformers fp32: {rows:.0%} rows, {toks:.1%} tokens")
+    print(f"fastest lmforge / fastest transformers: "
+          f"{best / min(dt for n, dt in secs.items() if n.startswith('lmforge')):.2f}x")
 
 
 if __name__ == "__main__":

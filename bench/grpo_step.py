@@ -24,22 +24,25 @@ Each precision is one trl training run in which a `TrainerCallback` runs one lmf
 `Trainer.train_step` right after each trl step, so a change in load on a shared CPU hits both
 alike. trl's step time runs from the end of the previous lmforge step to trl's `on_step_end`.
 Each step is split into rollouts (lmforge: `RolloutSource.make`: generation, decoding, rewards,
-advantages and its recomputation of the old log-probs; trl: `_generate_and_score_completions`,
-which skips that recomputation when generation and update are aligned, as here, but computes
-entropies in the update) and the update (the rest: forward, backward, optimizer); generation
+advantages and a no-grad forward over the first prompt's group that checks the engine's log-probs;
+trl: `_generate_and_score_completions`). Neither side recomputes the old log-probs: with one update
+per rollout batch both use the update's own, detached (lmforge's `RolloutBatches` with
+updates_per_batch 1; trl when generation and update are aligned, as here); trl also computes
+entropies in its update) and the update (the rest: forward, backward, optimizer); generation
 alone is printed too (lmforge: `Engine.generate`; trl: `_generate_single_turn`, i.e.
 `model.generate`). Generation cost grows with the completions' length, and the two sides sample
 differently (different random streams), so the mean completion length each side generated is
 printed with the times, and the prompt token lengths of both. The first --warmup steps are not
 timed. bf16 autocast by default (lmforge's `train.dtype` default and trl's `bf16` default; it
-applies to lmforge's training and log-prob forwards while its engine always decodes in fp32, and
-to all of trl's forwards, `generate` included: accelerate's autocast wrapper stays on the model
-trl unwraps for generation); --dtypes fp32,bf16 runs both. Prints seconds per step (median step)
+applies to lmforge's training and log-prob forwards, and its engine then decodes with bf16 matmuls
+(`Engine(bf16=True)`; KV cache and attention in fp32), and to all of trl's forwards, `generate`
+included: accelerate's autocast wrapper stays on the model trl unwraps for generation); --dtypes
+fp32,bf16 runs both. Prints seconds per step (median step)
 and steps/s of each, the split, the ratio lmforge / trl, and the sanity checks: identical
 prompt ids, both sides' mean reward on the first step's rollouts (similar, not identical:
 sampling differs) and lmforge's `logp_max_diff` (engine log-probs vs the trainer-side
-recomputation: ~1e-6 in fp32; under bf16 autocast the recomputation's rounding, ~1e-2 on the
-random model, ~0.1 on runs/demo/sft/model).
+forward, over the first prompt's G samples: ~1e-6 in fp32; under bf16 both sides' rounding, ~1e-2
+on the random model).
 A benchmark, not a test: nothing asserts speed.
 
     python bench/grpo_step.py                         # d_model 256 x 4 layers, vocab 2048, 8 prompts x 8, 64 new
@@ -134,10 +137,10 @@ class TimedSource(RolloutSource):
         self.make_times: list[float] = []
         self.gen_times: list[float] = []
 
-    def make(self, batch_index: int):
+    def make(self, batch_index: int, recompute_old: bool = True):
         t0 = time.perf_counter()
         with timing(Engine, "generate", self.gen_times):
-            out = super().make(batch_index)
+            out = super().make(batch_index, recompute_old)
         self.make_times.append(time.perf_counter() - t0)
         return out
 
@@ -339,8 +342,9 @@ def main():
             trunc = r[f"{tag}_trunc"][args.warmup:]
             print(f"{name + ' ' + dt:>14} {step:8.2f} {1 / step:8.3f}   {roll:8.2f} {gen:10.2f} {step - roll:8.2f}"
                   f"   {statistics.fmean(lens):23.1f} {statistics.fmean(trunc):8.0%}")
-    print(f"(seconds, median step of {args.steps}; update = step - rollouts. lmforge's rollouts include an extra "
-          f"no-grad forward (old log-probs, logp_max_diff); trl skips it here but computes entropies in its update)")
+    print(f"(seconds, median step of {args.steps}; update = step - rollouts. Neither side recomputes old log-probs "
+          f"(one update per rollout batch); lmforge's rollouts include a no-grad forward over one group "
+          f"(logp_max_diff), trl computes entropies in its update)")
     for dt in dtypes:
         r = results[dt]
         ratio = med(r["trl"]) / med(r["lmforge"])
@@ -354,7 +358,7 @@ def main():
         r = results[dt]
         print(f"  {dt}: prompt token ids identical on both sides: {r['same_ids']}; mean reward of the first step's "
               f"rollouts: lmforge {r['ours_reward'][0]:.4f}, trl {r['trl_reward'][0]:.4f} (sampling differs); "
-              f"lmforge logp_max_diff (engine vs recomputed) max over steps {max(r['logp_diff']):.2e}")
+              f"lmforge logp_max_diff (engine vs trainer, one group) max over steps {max(r['logp_diff']):.2e}")
         print(f"  {dt} per-step mean reward, lmforge: {' '.join(f'{x:.4f}' for x in r['ours_reward'])}; "
               f"trl: {' '.join(f'{x:.4f}' for x in r['trl_reward'])}")
         print(f"  {dt} per-step completion tokens, lmforge: {' '.join(f'{x:.1f}' for x in r['ours_len'])}; "

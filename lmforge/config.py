@@ -221,6 +221,10 @@ class DataConfig:
     # Pretraining text. Empty: the toyworld corpus written by the `toyworld` stage.
     sources: list[SourceConfig] = dataclasses.field(default_factory=list)
     val_fraction: float = 0.05
+    # Documents packed into one training row attend only to themselves (as Llama 3 trains), not to
+    # the unrelated documents before them. On a corpus of short notes about different entities,
+    # attending across them teaches a model that names in its context are not the ones to repeat.
+    doc_mask: bool = False
 
 
 @dataclasses.dataclass

@@ -107,7 +107,7 @@ class _Proj:
     Elsewhere (GPU, unusual modules) the modules are called as they are: no weight copies.
     """
 
-    def __init__(self, mods: list[nn.Module], pack: bool):
+    def __init__(self, mods: list[nn.Module], pack: bool, dtype: torch.dtype):
         self.mods = mods
         ws = [_plain_weight(m) for m in mods]
         self.packed = None
@@ -115,6 +115,7 @@ class _Proj:
             # our own copy (torch.cat copies; a lone weight is cloned): the key of _PACKED must never be
             # memory that training rewrites, and the entry goes when this copy is freed
             self.weight = torch.cat(ws).detach() if len(ws) > 1 else ws[0].detach().clone()
+            self.weight = self.weight.to(dtype)
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous())
             self.sizes = [w.shape[0] for w in ws]
             key = self.weight.data_ptr()
@@ -122,7 +123,8 @@ class _Proj:
             weakref.finalize(self.weight, _PACKED.pop, key, None)
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
-        """All outputs side by side (packed only)."""
+        """All outputs side by side (packed only), in the packed weights' dtype."""
+        x = x.to(self.weight.dtype)
         if torch.compiler.is_compiling():
             return torch.ops.lmforge.packed_linear(x, self.weight)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
@@ -142,23 +144,26 @@ class _Decoder:
     generate/stream call, so weights changed by training are picked up by the next call.
     """
 
-    def __init__(self, model: Transformer, compile: bool = False):
+    def __init__(self, model: Transformer, compile: bool = False, bf16: bool = False):
         cfg = self.cfg = model.cfg
         self.model = model
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         pack = self.device.type == "cpu" and _onednn_ok(self.dtype)
+        # bf16: the packed matmuls take bf16 weights and inputs, the rest stays in the model's dtype
+        # (what bf16 autocast computes); only where every matmul is packed, else nothing changes
+        mm_dtype = torch.bfloat16 if bf16 and pack and _onednn_ok(torch.bfloat16) else self.dtype
         self.layers = []
         for block in model.model.layers:
             a, mlp = block.self_attn, block.mlp
             self.layers.append((
                 block,
-                _Proj([a.q_proj, a.k_proj, a.v_proj], pack),
-                _Proj([a.o_proj], pack),
-                _Proj([mlp.gate_proj, mlp.up_proj] if cfg.mlp == "swiglu" else [mlp.up_proj], pack),
-                _Proj([mlp.down_proj], pack),
+                _Proj([a.q_proj, a.k_proj, a.v_proj], pack, mm_dtype),
+                _Proj([a.o_proj], pack, mm_dtype),
+                _Proj([mlp.gate_proj, mlp.up_proj] if cfg.mlp == "swiglu" else [mlp.up_proj], pack, mm_dtype),
+                _Proj([mlp.down_proj], pack, mm_dtype),
             ))
-        self.head = _Proj([model.lm_head], pack)
+        self.head = _Proj([model.lm_head], pack, mm_dtype)
         # F.rms_norm is one kernel and, in fp32, bit-identical to RMSNorm's six
         self.fast_norm = self.dtype == torch.float32
         self.gqa = cfg.n_kv_head != cfg.n_head  # a plain bool: under torch.compile a SymBool would break the graph
@@ -257,6 +262,8 @@ class _Decoder:
                     q, k = block.self_attn.q_norm(q), block.self_attn.k_norm(k)
                 if rope is not None:
                     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            # bf16 matmuls give bf16 q|k|v; the cache and the attention keep the model's dtype
+            q, k, v = q.to(self.dtype), k.to(self.dtype), v.to(self.dtype)
             k, v = kv(li, k, v)
             if span is None:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, enable_gqa=self.gqa)

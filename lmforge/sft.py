@@ -30,6 +30,7 @@ class SFTConfig:
     init: str = "pretrain"            # a stage of this run whose model/ to start from, or a checkpoint dir
     sources: list[ChatSourceConfig] = field(default_factory=list)  # empty: toyworld instruction tasks
     n_per_task: int = 200             # toyworld: training conversations per task type
+    task_counts: dict[str, int] = field(default_factory=dict)  # toyworld: these types get this many instead
     val_examples: int = 200           # held-out conversations for validation loss
     # Keep the input embeddings as pretraining left them (full fine-tuning only). SFT data names
     # only some entities; training their embeddings moves them away from those of the names it

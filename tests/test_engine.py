@@ -359,3 +359,32 @@ def test_prepared_weights_are_reused_until_the_model_changes():
     assert engine._decoder() is not decoder
     assert ids(engine.generate(prompts, GREEDY)) == ids(Engine(model).generate(prompts, GREEDY))
     assert ids(engine.generate(prompts, GREEDY)) == [argmax_no_cache(model, p, 12) for p in prompts]
+
+
+def test_sampler_draws_in_proportion_and_never_a_banned_token():
+    """Inverse-CDF sampling: frequencies follow softmax(logits / T); top-k cuts never come up."""
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])).repeat(40_000, 1)
+    gen = torch.Generator().manual_seed(0)
+    freq = torch.bincount(engine_mod.sample_next(logits, 1.0, 0, 1.0, gen), minlength=4) / 40_000
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.01)
+    top2 = engine_mod.sample_next(logits, 1.0, 2, 1.0, gen)
+    assert set(top2.tolist()) == {0, 1}
+
+
+def test_bf16_matmuls_pack_bf16_weights_and_stay_close_to_fp32():
+    """Engine(bf16=True) (RL rollouts under bf16 autocast) decodes with bf16 packed weights; the log-probs
+    it records for its samples stay within bf16 rounding (0.05) of an fp32 forward over the same tokens."""
+    if not fast_decode._onednn_ok(torch.bfloat16):
+        pytest.skip("no oneDNN bf16 matmul on this CPU")
+    model = tiny()
+    prompts = prompts_of([5, 9])
+    engine = Engine(model, bf16=True)
+    outs = engine.generate(prompts, SamplingParams(max_new_tokens=8, temperature=1.0, seed=3, logprobs=True))
+    assert engine._prepared[2].head.weight.dtype == torch.bfloat16
+    assert Engine(model)._decoder().head.weight.dtype == torch.float32
+    for p, samples in zip(prompts, outs, strict=True):
+        c = samples[0]
+        with torch.inference_mode():
+            logits = model(torch.tensor([p + c.ids[:-1]]))[0, len(p) - 1:]
+        ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(c.ids)[:, None]).squeeze(1)
+        assert (ref - torch.tensor(c.logprobs)).abs().max() < 0.05

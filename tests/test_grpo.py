@@ -11,7 +11,7 @@ from lmforge.losses import IGNORE_INDEX
 from lmforge.losses.rl import group_advantages
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
-from lmforge.rl import RolloutBatches, RolloutSource
+from lmforge.rl import RolloutBatches, RolloutSource, token_logps
 from lmforge.stages.grpo import GRPOConfig, GRPOModule
 from lmforge.train.config import TrainConfig
 from lmforge.train.trainer import Trainer
@@ -110,3 +110,48 @@ def test_grpo_stage_runs_and_reports(tmp_path):
     logs = [json.loads(line) for line in (tmp_path / "g/grpo/metrics.jsonl").read_text().splitlines()]
     train = [r for r in logs if r.get("kind", r.get("split")) == "train" or "reward" in r]
     assert train and "kl" in train[-1] and "logp_max_diff" in train[-1]
+
+
+def test_token_logps_slices_the_head_like_the_full_forward(toy_data):
+    """token_logps runs the head only on target positions of a plain Transformer; a wrapped model gets full
+    logits: same numbers, same gradient."""
+    _, tok = toy_data
+    model = tiny(tok)
+    batch = source(model, tok).make(0)
+
+    class Wrapped(torch.nn.Module):  # what DDP / torch.compile look like to token_logps
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, ids):
+            return self.m(ids)
+
+    sliced = token_logps(model, batch.ids, batch.targets, 0.7)
+    full = token_logps(Wrapped(model), batch.ids, batch.targets, 0.7)
+    assert torch.allclose(sliced, full, atol=1e-5) and (sliced[batch.targets == IGNORE_INDEX] == 0).all()
+    g_sliced = torch.autograd.grad(sliced.sum(), model.lm_head.weight)[0]
+    g_full = torch.autograd.grad(full.sum(), model.lm_head.weight)[0]
+    assert torch.allclose(g_sliced, g_full, atol=1e-5)
+
+
+def test_one_update_per_batch_skips_the_old_logp_forward(toy_data):
+    """updates_per_batch 1: old_logp is left empty (the loss uses the update's own, detached) and the engine's
+    log-probs are still checked on one group; several updates recompute old_logp for every row."""
+    _, tok = toy_data
+    model = tiny(tok)
+    one = RolloutBatches(source(model, tok), micro_batch_size=16)
+    (micro,) = one.batches(0)
+    assert micro[2].numel() == 0 and one.last_stats["logp_max_diff"] < 1e-4
+    two = RolloutBatches(source(model, tok), micro_batch_size=8, updates_per_batch=2)
+    assert all(m[2].shape == m[1].shape for m in two.batches(0))
+
+
+def test_bf16_rollout_logprobs_agree_with_the_autocast_recomputation(toy_data):
+    """bf16 rollouts (bf16 engine matmuls, bf16 autocast trainer): engine vs trainer log-probs within 0.05."""
+    _, tok = toy_data
+    src = source(tiny(tok), tok)
+    src.bf16 = True
+    batch = src.make(0)
+    assert batch.old_logp.shape == batch.ids.shape
+    assert batch.stats["logp_max_diff"] < 0.05

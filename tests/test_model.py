@@ -116,3 +116,34 @@ def test_left_padded_batch_matches_unpadded_rows(kw):
     step = model(nxt, cache=cache, start=9, pad_left=pad_left)
     assert torch.allclose(step[1, 0], model(torch.cat([b, nxt[1:]], 1))[0, -1], atol=1e-5)
     assert torch.allclose(step[0, 0], model(torch.cat([a, nxt[:1]], 1))[0, -1], atol=1e-5)
+
+
+def test_document_masking_makes_a_packed_document_see_only_itself():
+    """Two documents packed in one row ([BOS a b c][BOS d e f]): with their segments, the second
+    one's logits equal those it gets alone (RoPE is relative, so its later columns do not matter);
+    without segments it attends to the first document and its logits differ."""
+    from lmforge.data.packing import document_segments
+    from lmforge.train.trainer import CausalLMModule
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=50, n_layer=2, d_model=32, n_head=2, max_seq_len=32)).eval()
+    bos = 1
+    row = torch.tensor([[bos, 5, 6, 7, bos, 8, 9, 3]])
+    alone = torch.tensor([[bos, 8, 9, 3]])
+    segments = document_segments(row, bos)
+    assert segments.tolist() == [[1, 1, 1, 1, 2, 2, 2, 2]]
+    with torch.no_grad():
+        masked, unmasked, ref = model(row, segments=segments), model(row), model(alone)
+    torch.testing.assert_close(masked[:, 4:], ref, atol=1e-5, rtol=0)
+    assert (unmasked[:, 4:] - ref).abs().max() > 1e-2
+    # the train module applies it: the row's summed loss is the sum of each document's loss alone
+    targets = torch.tensor([[5, 6, 7, bos, 8, 9, 3, -100]])
+    with torch.no_grad():
+        masked_sum = CausalLMModule(doc_mask_bos=bos).loss(model, (row, targets))[0]
+        plain_sum = CausalLMModule().loss(model, (row, targets))[0]
+        separate = (CausalLMModule().loss(model, (row[:, :4], targets[:, :4]))[0]
+                    + CausalLMModule().loss(model, (alone, targets[:, 4:]))[0])
+    torch.testing.assert_close(masked_sum, separate, atol=1e-4, rtol=0)
+    assert abs(plain_sum - separate) > 1e-3
+    with pytest.raises(ValueError, match="segments"):
+        model(row[:, :1], segments=segments[:, :1], start=3)

@@ -206,3 +206,53 @@ def test_ppo_stage_runs_and_reports(tmp_path):
     assert {"kl", "kl_coef", "value_loss", "explained_variance", "clip_fraction", "response_length"} <= set(rec)
     assert "ppo_win_rate_vs_sft" in summary["eval_ppo"]
     assert (tmp_path / "a/ppo/model/model.safetensors").exists()
+
+
+@pytest.mark.parametrize("kw", [{}, {"position": "learned", "n_kv_head": 2}, {"position": "alibi"}])
+def test_packed_pair_logps_equal_separate_rows(kw, toy_data):
+    """pair_logps (each item as one packed row, the head on reply tokens only) gives the per-row summed
+    log-probs and counts of two separate rows, pairs and KTO items alike (ALiBi: the separate rows)."""
+    from lmforge.preference import collate_rows, pair_logps, sequence_logps
+
+    _, tok = toy_data
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4, max_seq_len=64,
+                                    **kw))
+    items = [Unpaired(p.prompt, c, True) for p in pairs() for c in (p.chosen, p.rejected)]
+    for data in (tokenize_pairs(pairs(), tok, 63), tokenize_unpaired(items, tok, 63, seed=0)):
+        n = len(data)
+        rows = [data.rows[2 * i] for i in range(n)] + [data.rows[2 * i + 1] for i in range(n)]
+        ids, targets, last = collate_rows(rows, tok.pad_id)
+        with torch.no_grad():
+            want_sums, want_counts = sequence_logps(model(ids[:, :-1]), targets)
+            sums, counts = pair_logps(model, ids, targets, last)
+        torch.testing.assert_close(sums, want_sums, atol=1e-5, rtol=1e-5)
+        assert torch.equal(counts, want_counts)
+        # the gradients agree too (the training path)
+        grads = []
+        for packed in (False, True):
+            model.zero_grad()
+            s = pair_logps(model, ids, targets, last)[0] if packed else sequence_logps(model(ids[:, :-1]), targets)[0]
+            (s * torch.linspace(-1, 1, 2 * n)).sum().backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_reference_logps_equal_the_training_forward(toy_data):
+    """A policy equal to the reference gets the reference log-probs, in bf16 too (the first DPO loss is
+    then ln 2), whatever batch the reference computed them in: the same packed forward."""
+    from lmforge.preference import collate_rows, pair_logps
+
+    _, tok = toy_data
+    model = tiny_model(tok)
+    data = tokenize_pairs(pairs(), tok, 63)
+    for bf16 in (False, True):
+        ref = reference_logps(model, data, tok.pad_id, 6, "cpu", bf16=bf16)
+        items = [5, 2, 7]
+        ids, targets, last = collate_rows([data.rows[2 * i] for i in items] + [data.rows[2 * i + 1] for i in items],
+                                          tok.pad_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            sums, _ = pair_logps(model, ids, targets, last)
+        got = sums.detach().double().numpy().reshape(2, -1).T
+        assert abs(got - ref[items]).max() < 1e-4  # (0 here: padding does not change a row's numbers)

@@ -306,3 +306,16 @@ def test_grpo_updates_learn_the_rewarded_token():
             clipped = max(clipped, d["clip_fraction"].item())
     assert torch.softmax(logits.detach(), -1)[2].item() > 0.9
     assert clipped > 0  # the second update of a rollout did hit the clip range
+
+
+def test_policy_loss_empty_old_logp_is_the_detached_current_one():
+    """One update per rollout batch: an empty old_logp means old = logp.detach(), same loss and gradient."""
+    base = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -3.0, -1.2]])
+    adv, mask = t([1.5, -0.5]), t([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    out = []
+    for old in (base.clone(), torch.zeros(0)):
+        logp = base.clone().requires_grad_(True)
+        loss, d = policy_loss(logp, old, adv, mask, clip_high=0.28)
+        out.append((loss.item(), torch.autograd.grad(loss, logp)[0], d["ratio_mean"].item()))
+    assert out[0][0] == pytest.approx(out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert out[1][2] == 1.0

@@ -13,8 +13,8 @@ keep the "every content token appears in exactly one row" invariant; the cost is
 token of each continuation chunk is an input only, never a target (1 in seq_len + 1 targets of
 long documents).
 
-Documents in one row attend to each other (no per-document attention mask); the BOS tokens mark
-where each document begins if a model wants to mask.
+By default documents in one row attend to each other; with `data.doc_mask` each attends only
+to itself: `document_segments` numbers the documents of a row from their BOS tokens.
 """
 
 from __future__ import annotations
@@ -30,6 +30,15 @@ from lmforge.errors import LmforgeError
 
 IGNORE_INDEX = -100  # targets on padding slots (torch cross_entropy's default ignore_index)
 PAD_INPUT = 0        # the pad id is a tokenizer detail; padded inputs never reach a counted target
+
+
+def document_segments(inputs: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """inputs (B, T) -> (B, T) index of the document each token belongs to within its row.
+
+    Rows start on a document (or a continuation piece of one) and each document starts with BOS,
+    so counting the BOS tokens seen so far numbers them; padding joins the last document.
+    """
+    return (inputs == bos_id).cumsum(dim=1)
 
 
 def _chain_from_zero(nxt: np.ndarray) -> np.ndarray:

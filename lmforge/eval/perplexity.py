@@ -10,14 +10,19 @@ import math
 
 import torch
 
+from lmforge.data.packing import document_segments
 from lmforge.losses import IGNORE_INDEX
 from lmforge.train.distributed import DistInfo, all_reduce_sum
 
 
 @torch.no_grad()
 def evaluate_lm(model, dataset, token_bytes: torch.Tensor, *, max_rows: int, micro_batch: int,
-                device: torch.device, bf16: bool, info: DistInfo | None = None) -> dict:
-    """Mean loss (nats/token) and bits per byte over the first `max_rows` rows (split across ranks)."""
+                device: torch.device, bf16: bool, info: DistInfo | None = None,
+                doc_mask_bos: int | None = None) -> dict:
+    """Mean loss (nats/token) and bits per byte over the first `max_rows` rows (split across ranks).
+
+    doc_mask_bos: the BOS id when documents packed in a row must not see each other (`data.doc_mask`).
+    """
     info = info or DistInfo()
     was_training = model.training
     model.eval()
@@ -27,7 +32,10 @@ def evaluate_lm(model, dataset, token_bytes: torch.Tensor, *, max_rows: int, mic
     for i in range(0, len(rows), micro_batch):
         inputs, targets = (t.to(device) for t in dataset.get_batch(rows[i:i + micro_batch]))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(inputs)
+            if doc_mask_bos is None:
+                logits = model(inputs)
+            else:
+                logits = model(inputs, segments=document_segments(inputs, doc_mask_bos))
         valid = targets != IGNORE_INDEX
         nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                                 ignore_index=IGNORE_INDEX, reduction="none")

@@ -179,8 +179,10 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
 
     advantages: (B, T), or (B,) (one per sequence, as from `group_advantages`) broadcast over tokens.
     old_logp: the log-probs under the policy that sampled the rollouts (detached; at the first update on
-    fresh rollouts logp equals it and ratio = 1). The min makes the objective pessimistic: once the ratio
-    has moved past the clip range in the direction the advantage favours, the token gives no gradient.
+    fresh rollouts logp equals it and ratio = 1). Empty (numel 0): the rollouts get this one update, so
+    logp itself, detached, is old_logp (trl's shortcut: no separate no-grad forward to recompute it).
+    The min makes the objective pessimistic: once the ratio has moved past the clip range in the
+    direction the advantage favours, the token gives no gradient.
     clip_low 0.2: PPO's and the GRPO paper's value. clip_high None = clip_low; a larger one (DAPO:
     0.28) is "clip-higher": rare tokens with A > 0 can grow more, which keeps entropy from collapsing.
 
@@ -195,7 +197,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1)
     advantages = advantages.detach().expand_as(logp)
-    log_ratio = logp - old_logp.detach()
+    log_ratio = logp - (old_logp.detach() if old_logp.numel() else logp.detach())
     ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages

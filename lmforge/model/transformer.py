@@ -13,11 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmforge.model.config import ModelConfig
-from lmforge.model.layers import MLP, RMSNorm, apply_rope, attention_mask, make_norm, rope_cos_sin
+from lmforge.model.layers import MLP, RMSNorm, apply_rope, attention, attention_mask, make_norm, rope_cos_sin
 
 
 class KVCache:
@@ -65,9 +64,7 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v, start)                          # (B, Hkv, S, D)
         if bias is not None:
             bias = bias.to(q.dtype)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, is_causal=bias is None and T > 1,
-            enable_gqa=cfg.n_kv_head != cfg.n_head)
+        y = attention(q, k, v, bias, causal=bias is None and T > 1)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_dim))
 
 
@@ -125,18 +122,23 @@ class Transformer(nn.Module):
             nn.init.normal_(p, mean=0.0, std=s)
 
     def forward(self, idx: torch.Tensor, *, prefix_len: torch.Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0, pad_left: torch.Tensor | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, start: int = 0, pad_left: torch.Tensor | None = None,
+                segments: torch.Tensor | None = None) -> torch.Tensor:
         """idx: (B, T) token ids in columns start..start+T-1 -> logits (B, T, V). See `hidden`."""
-        return self.lm_head(self.hidden(idx, prefix_len=prefix_len, cache=cache, start=start, pad_left=pad_left))
+        return self.lm_head(self.hidden(idx, prefix_len=prefix_len, cache=cache, start=start, pad_left=pad_left,
+                                        segments=segments))
 
     def hidden(self, idx: torch.Tensor, *, prefix_len: torch.Tensor | None = None,
-               cache: KVCache | None = None, start: int = 0, pad_left: torch.Tensor | None = None) -> torch.Tensor:
+               cache: KVCache | None = None, start: int = 0, pad_left: torch.Tensor | None = None,
+               segments: torch.Tensor | None = None) -> torch.Tensor:
         """idx: (B, T) token ids in columns start..start+T-1 -> final normalized hidden states (B, T, C).
 
         prefix_len: (B,) prefix lengths for prefix-LM masking; cache: filled in place.
         pad_left: (B,) left-padding columns per row, for batches of prompts of different lengths:
         row b's real tokens start at column pad_left[b] and get positions 0, 1, ...; pad columns
         are never attended to (a pad query sees only itself, which keeps its output finite).
+        segments: (B, T) document index of each token of packed rows (training, start 0): a token
+        attends only to earlier tokens of its own document.
         """
         cfg = self.cfg
         B, T = idx.shape
@@ -160,6 +162,13 @@ class Transformer(nn.Module):
                 is_pad = k_pos[None, :] < pad_left[:, None]                              # (B, S)
                 hide = is_pad[:, None, :] & (k_pos[None, None, :] != q_pos[None, :, None])  # (B, T, S)
                 bias = bias.masked_fill(hide[:, None], float("-inf"))
+        if segments is not None:
+            if start != 0 or cache is not None:
+                raise ValueError("segments (document masking) is for whole packed rows, not cached decoding")
+            other_doc = segments[:, :, None] != segments[:, None, :]                    # (B, T, T)
+            if bias is None:  # plain causal: add the causal part here
+                bias = attention_mask(cfg, q_pos, q_pos, None, torch.float32)            # (1, 1, T, T)
+            bias = bias.masked_fill(other_doc[:, None], float("-inf"))                  # (B, 1|H, T, T)
         for block in self.model.layers:
             x = block(x, rope, bias, cache, start)
         return self.model.norm(x)

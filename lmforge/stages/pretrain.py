@@ -79,10 +79,12 @@ def run(ctx) -> dict:
     token_bytes = torch.tensor(tok.token_bytes(), dtype=torch.float64)
     bf16 = tc.dtype == "bf16"
     prompts = sample_prompts(ctx)
+    doc_mask_bos = tok.bos_id if cfg.data.doc_mask else None
 
     def evaluate(m, step):
         return evaluate_lm(m, val_ds, token_bytes, max_rows=tc.eval_batches * tc.micro_batch_size,
-                           micro_batch=tc.micro_batch_size, device=device, bf16=bf16, info=info)
+                           micro_batch=tc.micro_batch_size, device=device, bf16=bf16, info=info,
+                           doc_mask_bos=doc_mask_bos)
 
     def sample(m, step):
         if info.enabled and tc.parallel == "fsdp2":
@@ -93,8 +95,8 @@ def run(ctx) -> dict:
 
     tc = resolve_batch(tc, cfg.model.depth, info.world_size)
     batches = PackedBatches(train_ds, tc.micro_batch_size, tc.grad_accum, cfg.seed, info.rank, info.world_size)
-    trainer = Trainer(cfg=tc, model=model, module=CausalLMModule(), batches=batches, out_dir=out, device=device,
-                      lr=lr, info=info, evaluate=evaluate, sample=sample, tokens_per_row=tc.seq_len,
+    trainer = Trainer(cfg=tc, model=model, module=CausalLMModule(doc_mask_bos), batches=batches, out_dir=out,
+                      device=device, lr=lr, info=info, evaluate=evaluate, sample=sample, tokens_per_row=tc.seq_len,
                       flops_per_token=model.flops_per_token(tc.seq_len))
     start = resume_step(ctx, trainer, "pretrain")
     n_params = model.num_params()

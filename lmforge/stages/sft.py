@@ -46,7 +46,11 @@ def conversations(ctx) -> tuple[list, list, dict]:
 
     world = load_world(ctx)
     tool = with_calculator if sc.calculator else (lambda e: e)
-    train = [tool(e).messages for e in sft_examples(world, sc.n_per_task, seed=ctx.cfg.seed)]
+    try:
+        examples = sft_examples(world, sc.n_per_task, seed=ctx.cfg.seed, counts=sc.task_counts)
+    except ValueError as e:
+        raise LmforgeError(f"sft.task_counts: {e}") from None
+    train = [tool(e).messages for e in examples]
     per_task = max(1, sc.val_examples // 10)
     val = [tool(e).messages for e in sft_examples(world, per_task, seed=ctx.cfg.seed + 10_000)][: sc.val_examples]
     return train, val, {"toyworld_tasks": len(train)}

@@ -75,6 +75,10 @@ class CorpusConfig:
     encyclopedia_per_entity: int = 1  # entries per entity (each copy re-drawn phrasings and order): an
                                       # entry names its subject in every sentence, which is where a model
                                       # learns to copy a name it has read, for every entity alike
+    spelling_per_entity: int = 0      # "Question: How do you spell X?" pages for every name, held-out ones
+                                      # too: the answer starts by repeating the name the question asked
+                                      # about, which is the step answering any question about X needs.
+                                      # They state no fact, so held-out facts still appear only in statements.
     n_stories: int = 1080             # 6 per person with the default world
     n_arithmetic_docs: int = 400
     arithmetic_lines_per_doc: int = 10  # on average; each document has 0.5x to 1.5x this many
@@ -88,7 +92,8 @@ class CorpusConfig:
         if self.encyclopedia_per_entity < 1:
             raise LmforgeError("corpus config: encyclopedia_per_entity must be >= 1, "
                                f"got {self.encyclopedia_per_entity}")
-        for key in ("n_stories", "n_arithmetic_docs", "n_word_problems", "qa_per_train_fact"):
+        for key in ("n_stories", "n_arithmetic_docs", "n_word_problems", "qa_per_train_fact",
+                    "spelling_per_entity"):
             if getattr(self, key) < 0:
                 raise LmforgeError(f"corpus config: {key} must be >= 0, got {getattr(self, key)}")
         if not 1 <= self.canonical_per_fact <= self.paraphrases_per_fact:
@@ -203,6 +208,15 @@ def _qa_pages(rng: random.Random, world: World, per_fact: int) -> list[Document]
     return docs
 
 
+def _spelling_pages(rng: random.Random, world: World, per_entity: int) -> list[Document]:
+    """Q&A documents that ask how a name is spelled, for every entity of both splits."""
+    docs = []
+    for e in [e for _ in range(per_entity) for e in world.entities]:
+        q = rng.choice(T.SPELL_QUESTIONS).format(s=e.name)
+        docs.append(Document("spelling", f"Question: {q}\nAnswer: {e.name} is spelled {'-'.join(e.name)}."))
+    return docs
+
+
 def _stories(rng: random.Random, world: World, n: int) -> list[Document]:
     people = [e.name for e in world.entities_of("person")]
     rng.shuffle(people)
@@ -295,6 +309,7 @@ def corpus_documents(world: World, config: CorpusConfig | None = None) -> list[D
             + _fact_notes(stream("facts"), world, cfg.paraphrases_per_fact, cfg.canonical_per_fact,
                            cfg.paragraphs_per_doc, cfg.sentences_per_note)
             + _qa_pages(stream("qa"), world, cfg.qa_per_train_fact)
+            + _spelling_pages(stream("spelling"), world, cfg.spelling_per_entity)
             + _stories(stream("stories"), world, cfg.n_stories)
             + _arithmetic(stream("arithmetic"), cfg.n_arithmetic_docs, cfg.arithmetic_lines_per_doc)
             + [Document("word_problem", word_problem(wp_rng, world, kinds[i % len(kinds)])[0])

@@ -457,12 +457,21 @@ def _generate(world: World, task: str, split: str, n: int, rng: random.Random, e
     return out
 
 
-def sft_examples(world: World, n_per_task: int, seed: int = 0, tasks=None) -> list[Example]:
-    """Shuffled SFT examples from TRAIN entities; default tasks: all but HELDOUT_TASKS."""
+def sft_examples(world: World, n_per_task: int, seed: int = 0, tasks=None,
+                 counts: dict[str, int] | None = None) -> list[Example]:
+    """Shuffled SFT examples from TRAIN entities; default tasks: all but HELDOUT_TASKS.
+
+    counts: examples for some task types instead of n_per_task (0 drops a type).
+    """
     names = list(tasks) if tasks is not None else [t for t in TASKS if t not in HELDOUT_TASKS]
+    counts = counts or {}
+    unknown = sorted(set(counts) - set(names))
+    if unknown:
+        raise ValueError(f"task counts for {', '.join(unknown)}: not among the SFT task types {', '.join(names)}")
     out = []
     for t in names:
-        out += _generate(world, t, "train", n_per_task, random.Random(f"sft:{t}:{world.seed}:{seed}"), False)
+        n = counts.get(t, n_per_task)
+        out += _generate(world, t, "train", n, random.Random(f"sft:{t}:{world.seed}:{seed}"), False)
     random.Random(f"sft:shuffle:{world.seed}:{seed}").shuffle(out)
     return out
 

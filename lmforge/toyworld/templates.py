@@ -87,6 +87,8 @@ PARAPHRASES: dict[str, list[str]] = {
 }
 
 # First sentence of an encyclopedia entry: it tells the reader (and the model) the kind.
+SPELL_QUESTIONS = ["How do you spell {s}?", "How is the name {s} spelled?", "What is the spelling of {s}?",
+                   "Can you spell {s} for me?", "Spell the name {s}, please."]
 INTRO: dict[str, str] = {
     "country": "{s} is a country.",
     "city": "{s} is a city.",

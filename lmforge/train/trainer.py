@@ -43,15 +43,25 @@ class TrainModule(Protocol):
     def loss(self, model, batch) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]: ...
 
 
+@dataclass
 class CausalLMModule:
-    """Next-token prediction on (inputs, targets); targets use IGNORE_INDEX where no loss applies."""
+    """Next-token prediction on (inputs, targets); targets use IGNORE_INDEX where no loss applies.
+
+    doc_mask_bos: the BOS id, to keep the documents packed in a row from attending to each other.
+    """
+
+    doc_mask_bos: int | None = None
 
     def count(self, batch) -> int:
         return int((batch[1] != IGNORE_INDEX).sum())
 
     def loss(self, model, batch):
         inputs, targets = batch
-        return cross_entropy_sum(model(inputs), targets)
+        if self.doc_mask_bos is None:
+            return cross_entropy_sum(model(inputs), targets)
+        from lmforge.data.packing import document_segments
+
+        return cross_entropy_sum(model(inputs, segments=document_segments(inputs, self.doc_mask_bos)), targets)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float, device: torch.device):
