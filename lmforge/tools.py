@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import warnings
 
 MAX_CHARS = 200
 MAX_EXPONENT = 100
@@ -75,7 +76,9 @@ def calculator(expression: str) -> str:
     if not expression:
         return "error: empty expression"
     try:
-        tree = ast.parse(expression, mode="eval")
+        with warnings.catch_warnings():  # "3x4" makes Python warn about an invalid decimal literal
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(expression, mode="eval")
     except (SyntaxError, ValueError):
         return "error: invalid expression"
     try:

@@ -115,3 +115,11 @@ def test_sft_learns_to_answer_and_stop(toy_data, tmp_path):
 def test_tokenized_counts():
     t = Tokenized([np.array([1, 2, 3])], [np.array([0, 1, 1])])
     assert t.n_trained_tokens == 2
+
+
+def test_bad_task_counts_are_one_line_errors(tmp_path, capsys):
+    """`{qa:600}` (no space after the colon) is YAML for a key "qa:600" with no value."""
+    assert tiny_sft_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft]", "sft.task_counts={qa:600}") == 2
+    assert "sft.task_counts.qa:600: expected a count >= 0, got None" in capsys.readouterr().err
+    assert tiny_sft_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft]", "sft.task_counts={verify: 5}") == 2
+    assert "sft.task_counts: task counts for verify: not among the SFT task types" in capsys.readouterr().err

@@ -259,6 +259,21 @@ def test_qa_pages_ask_about_training_entities_only(world):
     assert not [d for d in corpus_documents(world, CorpusConfig()) if d.kind == "qa"]  # off by default
 
 
+def test_spelling_pages_name_every_entity_and_state_no_fact(world):
+    cfg = CorpusConfig(spelling_per_entity=2, n_stories=0, n_arithmetic_docs=0, n_word_problems=0)
+    pages = [d.text for d in corpus_documents(world, cfg) if d.kind == "spelling"]
+    assert len(pages) == 2 * len(world.entities)
+    for page in pages:
+        question, answer = page.split("\nAnswer: ")
+        name = answer.split(" is spelled ")[0]
+        assert name in question and answer == f"{name} is spelled {'-'.join(name)}."
+    named = {p.split("\nAnswer: ")[1].split()[0] for p in pages}
+    assert named == {e.name for e in world.entities}  # held-out names too
+    objects = {f.object for f in world.facts} - set(world.split)
+    assert not any(o in p.split() for p in pages for o in objects)  # no attribute values: no facts
+    assert not [d for d in corpus_documents(world, CorpusConfig()) if d.kind == "spelling"]  # off by default
+
+
 def test_sentences_per_note_makes_short_mixed_documents(world):
     cfg = CorpusConfig(paraphrases_per_fact=3, canonical_per_fact=1, sentences_per_note=1, n_stories=0,
                        n_arithmetic_docs=0, n_word_problems=0)

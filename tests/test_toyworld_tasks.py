@@ -287,3 +287,13 @@ def test_word_problems_with_the_calculator(world, toy_data):
     assert score(two_step, f"calculator({calls[0]}) {steps[0][1]} calculator({calls[1]}) {steps[1][1]} "
                            f"#### {two_step.answer}")
     assert with_calculator(eval_examples(world, "qa", "train", 1, seed=0)[0]).task == "qa"  # others unchanged
+
+
+def test_sft_task_counts_override_and_reject_unknown_types(world):
+    from collections import Counter
+
+    exs = sft_examples(world, 20, seed=0, counts={"qa": 50, "unknown_entity": 5, "identity": 0})
+    per = Counter(e.task for e in exs)
+    assert per["qa"] == 50 and per["unknown_entity"] == 5 and "identity" not in per and per["compare"] == 20
+    with pytest.raises(ValueError, match="task counts for verify: not among the SFT task types"):
+        sft_examples(world, 20, counts={"verify": 10})  # a held-out type

@@ -47,7 +47,8 @@ class GRPOConfig:
     updates_per_batch: int = 1        # optimizer steps per rollout batch (each on its own slice)
     format_reward: float = 0.1        # bonus for ending with a "#### n" line
     length_penalty: float = 0.0       # subtracted when a completion hits max_new_tokens unfinished
-    eval_examples: int = 200          # held-out word problems scored before and after
+    eval_examples: int = 200          # held-out word problems scored before and after: greedy, and
+    eval_samples: int = 4             # this many samples each at `temperature` (the policy RL trains)
     calculator: bool = False          # rollouts and evaluation run the calculator tool (sft.calculator)
     train: TrainConfig = field(default_factory=_grpo_train_defaults)
 
@@ -110,10 +111,12 @@ def rl_prompts(world, task: str, n: int, seed: int, split: str = "train", evalua
     return [(e.messages[:-1], {"answer": e.answer, "task": e.task}) for e in exs], exs
 
 
-def word_problem_accuracy(model, tok, examples, max_new_tokens: int, tools=None) -> float:
+def word_problem_accuracy(model, tok, examples, max_new_tokens: int, tools=None, temperature: float = 0.0,
+                          samples: int = 1, seed: int = 0) -> float:
     from lmforge.eval.chat_tasks import evaluate_examples
 
-    return evaluate_examples(model, tok, examples, max_new_tokens=max_new_tokens, tools=tools)["acc"]
+    return evaluate_examples(model, tok, examples, max_new_tokens=max_new_tokens, tools=tools,
+                             temperature=temperature, samples=samples, seed=seed)["acc"]
 
 
 @torch.no_grad()
@@ -162,7 +165,15 @@ def run(ctx) -> dict:
     from lmforge.tools import TOOLS
 
     tools = TOOLS if gc.calculator else None
-    acc_before = word_problem_accuracy(model.eval(), tok, heldout, gc.max_new_tokens, tools)
+
+    def accuracies(m) -> tuple[float, float]:  # (greedy, mean over eval_samples samples at the RL temperature)
+        greedy = word_problem_accuracy(m.eval(), tok, heldout, gc.max_new_tokens, tools)
+        if gc.eval_samples < 1:
+            return greedy, float("nan")
+        return greedy, word_problem_accuracy(m, tok, heldout, gc.max_new_tokens, tools, gc.temperature,
+                                             gc.eval_samples, seed=cfg.seed + 7)
+
+    acc_before, sampled_before = accuracies(model)
     reward = VerifiableMath(format_bonus=gc.format_reward)
     source = RolloutSource(model, tok, train_prompts, reward, advantage_fn(gc), prompts_per_step=gc.prompts_per_step,
                            group_size=gc.group_size, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
@@ -175,10 +186,10 @@ def run(ctx) -> dict:
     start = resume_step(ctx, trainer, "grpo")
     ctx.log(f"[grpo] {len(train_prompts)} {gc.task} prompts, {gc.prompts_per_step} x {gc.group_size} samples per "
             f"step, baseline={gc.baseline} scale={gc.scale} agg={gc.aggregation} beta={gc.beta}; "
-            f"held-out accuracy before: {acc_before:.3f}")
+            f"held-out accuracy before: {acc_before:.3f} greedy, {sampled_before:.3f} sampled")
     trainer.run(start_step=start)
     model.eval()
-    acc_after = word_problem_accuracy(model, tok, heldout, gc.max_new_tokens, tools)
+    acc_after, sampled_after = accuracies(model)
     kl = sequence_kl(model, ref, tok, [render_prompt(e.messages[:-1], tok) for e in heldout[:64]],
                      gc.max_new_tokens, cfg.seed, device)
     if info.is_main:
@@ -188,7 +199,10 @@ def run(ctx) -> dict:
     mean = lambda k: round(statistics.fmean(r[k] for r in tail if k in r), 4) if any(k in r for r in tail) else None
     first = [r["reward"] for r in logs[:5] if "reward" in r]
     return {"steps": tc.steps, "heldout_acc_before": round(acc_before, 4), "heldout_acc_after": round(acc_after, 4),
-            "heldout_acc_gain": round(acc_after - acc_before, 4), "kl_to_reference": round(kl, 4),
+            "heldout_acc_gain": round(acc_after - acc_before, 4),
+            "heldout_sampled_acc_before": round(sampled_before, 4),
+            "heldout_sampled_acc_after": round(sampled_after, 4),
+            "heldout_sampled_acc_gain": round(sampled_after - sampled_before, 4), "kl_to_reference": round(kl, 4),
             "reward_first": round(statistics.fmean(first), 4) if first else None, "reward_last": mean("reward"),
             "response_length_last": mean("response_length"), "logp_max_diff": mean("logp_max_diff")}
 

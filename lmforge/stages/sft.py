@@ -46,6 +46,10 @@ def conversations(ctx) -> tuple[list, list, dict]:
 
     world = load_world(ctx)
     tool = with_calculator if sc.calculator else (lambda e: e)
+    for task, n in sc.task_counts.items():
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise LmforgeError(f"sft.task_counts.{task}: expected a count >= 0, got {n!r} "
+                               "(write the mapping as {qa: 600}, with a space after each colon)")
     try:
         examples = sft_examples(world, sc.n_per_task, seed=ctx.cfg.seed, counts=sc.task_counts)
     except ValueError as e:
