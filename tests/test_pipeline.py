@@ -79,7 +79,9 @@ def test_demo_recipe_bounded(tmp_path):
                "pairs.n_prompts=60", "pairs.val_fraction=0.3", "pairs.min_margin=0", "pairs.temperature=1.0",
                "rm.train.steps=4", "rm.train.progress=false",
                "bon.n_prompts=6", "bon.n=4", "dpo.train.steps=4", "dpo.train.progress=false",
-               "eval_dpo.n_prompts=20", "eval_dpo.qa_examples=10"])
+               "eval_dpo.n_prompts=20", "eval_dpo.qa_examples=10",
+               "grpo.train.steps=2", "grpo.train.progress=false", "grpo.prompts_per_step=4", "grpo.group_size=4",
+               "grpo.eval_examples=8", "grpo.eval_samples=1"])
     assert rc == 0
     summary = json.loads((tmp_path / "demo/summary.json").read_text())
     evals = [json.loads(x) for x in (tmp_path / "demo/pretrain/metrics.jsonl").read_text().splitlines()]
@@ -87,5 +89,6 @@ def test_demo_recipe_bounded(tmp_path):
     assert len(val) == 2 and val[1] < val[0]
     assert summary["eval_base"]["val_loss"] == pytest.approx(val[-1], abs=0.3)
     assert list(summary) == ["toyworld", "curate", "tokenizer", "pretrain", "eval_base", "sft", "eval_sft",
-                             "pairs", "rm", "bon", "dpo", "eval_dpo"]
+                             "pairs", "rm", "bon", "dpo", "eval_dpo", "grpo"]
+    assert summary["grpo"]["steps"] == 2 and 0.0 <= summary["grpo"]["heldout_acc_after"] <= 1.0
     assert 0 < summary["curate"]["documents_out"] < summary["curate"]["documents_in"]
