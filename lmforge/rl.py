@@ -58,6 +58,19 @@ def token_logps(model, ids: torch.Tensor, targets: torch.Tensor, temperature: fl
     return lp.new_zeros(targets.shape).masked_scatter(keep, lp) if sliced else lp * keep
 
 
+def malformed(ids: list[int], end_of_turn: int, tool_call: int, end_tool_call: int) -> bool:
+    """A chat reply that is not well formed: it does not end its turn with `end_of_turn` (it hit the
+    length limit, or stopped at end-of-text as pretraining documents do), or it opens a tool call it
+    never closes.
+
+    >>> malformed([5, 9, 2], end_of_turn=2, tool_call=7, end_tool_call=8)
+    False
+    >>> malformed([7, 5, 2], end_of_turn=2, tool_call=7, end_tool_call=8)
+    True
+    """
+    return not ids or ids[-1] != end_of_turn or ids.count(tool_call) != ids.count(end_tool_call)
+
+
 def rows_from_rollouts(prompts: list[list[int]], completions, pad_id: int):
     """(ids (B, T), targets (B, T), engine log-probs aligned with targets (B, T))."""
     seqs = [p + c.ids for p, c in zip(prompts, completions, strict=True)]
@@ -86,7 +99,8 @@ class RolloutSource:
 
     def __init__(self, model, tok, prompts: list[tuple[list[dict], dict]], reward, advantage: Callable,
                  *, prompts_per_step: int, group_size: int, max_new_tokens: int, temperature: float, seed: int,
-                 ref_model=None, length_penalty: float = 0.0, bf16: bool = True, device="cpu", tools=None):
+                 ref_model=None, length_penalty: float = 0.0, malformed_penalty: float = 0.0, bf16: bool = True,
+                 device="cpu", tools=None):
         from lmforge.chat import render_prompt
 
         if not prompts:
@@ -96,6 +110,7 @@ class RolloutSource:
         self.encoded = [render_prompt(m, tok) for m, _ in prompts]
         self.P, self.G, self.max_new, self.temperature = prompts_per_step, group_size, max_new_tokens, temperature
         self.seed, self.ref_model, self.length_penalty = seed, ref_model, length_penalty
+        self.malformed_penalty = malformed_penalty
         self.bf16, self.device, self.tools = bf16, torch.device(device), tools
         self._epoch, self._order = -1, None
 
@@ -137,6 +152,13 @@ class RolloutSource:
         truncated = torch.tensor([c.finish_reason == "length" for c in comps], dtype=torch.float32)
         if self.length_penalty:  # completions that hit the limit without an end token
             rewards = rewards - self.length_penalty * truncated
+        from lmforge.tokenizer import END_TOOL_CALL, TOOL_CALL
+
+        sp = self.tok.special
+        broken = torch.tensor([malformed(c.ids, sp[END_OF_TURN], sp[TOOL_CALL], sp[END_TOOL_CALL]) for c in comps],
+                              dtype=torch.float32)
+        if self.malformed_penalty:  # a verifier reads text only: keep the reply's chat and tool format intact
+            rewards = rewards - self.malformed_penalty * broken
         ids, targets, eng = rows_from_rollouts(prompts, comps, self.tok.pad_id)
         ids, targets = ids.to(self.device), targets.to(self.device)
         was_training = self.model.training
@@ -152,6 +174,7 @@ class RolloutSource:
         lengths = mask.sum(1).float()
         stats = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
                  "response_length": float(lengths.mean()), "truncated_fraction": float(truncated.mean()),
+                 "malformed_fraction": float(broken.mean()),
                  "logp_max_diff": float(diff.max()) if diff.numel() else 0.0}
         parts = getattr(self.reward, "last_parts", None)
         if parts:

@@ -155,3 +155,29 @@ def test_bf16_rollout_logprobs_agree_with_the_autocast_recomputation(toy_data):
     batch = src.make(0)
     assert batch.old_logp.shape == batch.ids.shape
     assert batch.stats["logp_max_diff"] < 0.05
+
+
+def test_malformed_replies_lose_malformed_penalty(toy_data):
+    """A reply that does not end its turn (a random tiny model with 6 new tokens almost never does)
+    loses `malformed_penalty`; the stats count them. Same rollouts (same seed), rewards shifted by
+    exactly the penalty where malformed."""
+    from lmforge.rl import malformed
+    from lmforge.tokenizer import END_OF_TURN, END_TOOL_CALL, TOOL_CALL
+
+    _, tok = toy_data
+    sp = tok.special
+    eot, call, end_call = sp[END_OF_TURN], sp[TOOL_CALL], sp[END_TOOL_CALL]
+    assert not malformed([5, call, 6, end_call, 9, eot], eot, call, end_call)
+    assert malformed([5, call, 6, eot], eot, call, end_call)       # a tool call left open
+    assert malformed([5, 6, tok.eos_id], eot, call, end_call)      # stopped at end-of-text, not end-of-turn
+    assert malformed([], eot, call, end_call)
+    model = tiny(tok)
+    plain = source(model, tok).make(0)
+    src = source(model, tok)
+    src.malformed_penalty = 0.5
+    penalized = src.make(0)
+    frac = penalized.stats["malformed_fraction"]
+    assert frac == plain.stats["malformed_fraction"] > 0
+    assert torch.allclose(plain.rewards - penalized.rewards, torch.full_like(plain.rewards, 0.5) * (
+        (plain.rewards - penalized.rewards) > 0))
+    assert float((plain.rewards - penalized.rewards).sum()) == pytest.approx(0.5 * frac * len(plain.rewards))

@@ -47,6 +47,7 @@ class GRPOConfig:
     updates_per_batch: int = 1        # optimizer steps per rollout batch (each on its own slice)
     format_reward: float = 0.1        # bonus for ending with a "#### n" line
     length_penalty: float = 0.0       # subtracted when a completion hits max_new_tokens unfinished
+    malformed_penalty: float = 0.0    # subtracted when a reply does not end its turn or leaves a tool call open
     eval_examples: int = 200          # held-out word problems scored before and after: greedy, and
     eval_samples: int = 4             # this many samples each at `temperature` (the policy RL trains)
     calculator: bool = False          # rollouts and evaluation run the calculator tool (sft.calculator)
@@ -178,7 +179,7 @@ def run(ctx) -> dict:
     source = RolloutSource(model, tok, train_prompts, reward, advantage_fn(gc), prompts_per_step=gc.prompts_per_step,
                            group_size=gc.group_size, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
                            seed=cfg.seed, ref_model=ref if gc.beta > 0 else None,
-                           length_penalty=gc.length_penalty, bf16=tc.dtype == "bf16", device=device, tools=tools)
+                           length_penalty=gc.length_penalty, malformed_penalty=gc.malformed_penalty, bf16=tc.dtype == "bf16", device=device, tools=tools)
     batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch)
 
     trainer = Trainer(cfg=tc, model=model, module=GRPOModule(gc, gc.temperature), batches=batches, out_dir=out,
