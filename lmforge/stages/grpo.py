@@ -179,7 +179,8 @@ def run(ctx) -> dict:
     source = RolloutSource(model, tok, train_prompts, reward, advantage_fn(gc), prompts_per_step=gc.prompts_per_step,
                            group_size=gc.group_size, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
                            seed=cfg.seed, ref_model=ref if gc.beta > 0 else None,
-                           length_penalty=gc.length_penalty, malformed_penalty=gc.malformed_penalty, bf16=tc.dtype == "bf16", device=device, tools=tools)
+                           length_penalty=gc.length_penalty, malformed_penalty=gc.malformed_penalty,
+                           bf16=tc.dtype == "bf16", device=device, tools=tools)
     batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch)
 
     trainer = Trainer(cfg=tc, model=model, module=GRPOModule(gc, gc.temperature), batches=batches, out_dir=out,
