@@ -134,7 +134,7 @@ class RolloutSource:
         """One rollout batch; recompute_old=False (one update per batch) leaves `old_logp` empty."""
         from lmforge.engine import Engine, SamplingParams
         from lmforge.rewards import RewardRequest
-        from lmforge.tokenizer import END_OF_TURN
+        from lmforge.tokenizer import END_OF_TURN, END_TOOL_CALL, TOOL_CALL
 
         chosen = self._prompt_ids(batch_index)
         stop = (self.tok.special[END_OF_TURN], self.tok.eos_id)
@@ -152,9 +152,7 @@ class RolloutSource:
         truncated = torch.tensor([c.finish_reason == "length" for c in comps], dtype=torch.float32)
         if self.length_penalty:  # completions that hit the limit without an end token
             rewards = rewards - self.length_penalty * truncated
-        from lmforge.tokenizer import END_TOOL_CALL, TOOL_CALL
-
-        sp = self.tok.special
+        sp = self.tok.special  # (a truncated reply is malformed too: both penalties apply to it when set)
         broken = torch.tensor([malformed(c.ids, sp[END_OF_TURN], sp[TOOL_CALL], sp[END_TOOL_CALL]) for c in comps],
                               dtype=torch.float32)
         if self.malformed_penalty:  # a verifier reads text only: keep the reply's chat and tool format intact
