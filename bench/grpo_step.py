@@ -33,7 +33,8 @@ alone is printed too (lmforge: `Engine.generate`; trl: `_generate_single_turn`, 
 `model.generate`). Generation cost grows with the completions' length, and the two sides sample
 differently (different random streams), so the mean completion length each side generated is
 printed with the times, and the prompt token lengths of both. The first --warmup steps are not
-timed. bf16 autocast by default (lmforge's `train.dtype` default and trl's `bf16` default; it
+timed. bf16 autocast by default where the CPU has native bf16, else fp32 (what lmforge's `train.dtype`
+auto picks; trl's `bf16` default is on regardless); bf16
 applies to lmforge's training and log-prob forwards, and its engine then decodes with bf16 matmuls
 (`Engine(bf16=True)`; KV cache and attention in fp32), and to all of trl's forwards, `generate`
 included: accelerate's autocast wrapper stays on the model trl unwraps for generation); --dtypes
@@ -74,7 +75,7 @@ from lmforge.rewards import RewardRequest  # noqa: E402
 from lmforge.rl import RolloutBatches, RolloutSource  # noqa: E402
 from lmforge.stages.grpo import GRPOConfig, GRPOModule, advantage_fn  # noqa: E402
 from lmforge.tokenizer import Tokenizer  # noqa: E402
-from lmforge.train.config import TrainConfig  # noqa: E402
+from lmforge.train.config import TrainConfig, native_bf16  # noqa: E402
 from lmforge.train.trainer import Trainer  # noqa: E402
 
 CLIP_LOW, CLIP_HIGH = 0.2, 0.28
@@ -253,7 +254,9 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="timed steps")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--lr", type=float, default=1e-5)
-    ap.add_argument("--dtypes", default="bf16", help="comma-separated: fp32 and/or bf16 (autocast)")
+    ap.add_argument("--dtypes", default="auto",
+                    help="comma-separated: fp32 and/or bf16 (autocast); auto: what train.dtype auto picks here "
+                         "(bf16 on a CPU with native bf16, else fp32: emulated bf16 is ~70x slower)")
     ap.add_argument("--trl-gradient-checkpointing", action="store_true",
                     help="keep trl's default gradient checkpointing on (lmforge's trainer has none)")
     ap.add_argument("--threads", type=int, default=0,
@@ -273,6 +276,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    dtypes = [("bf16" if native_bf16("cpu") else "fp32") if d == "auto" else d for d in dtypes]
     n_steps = args.warmup + args.steps
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lmforge.losses import IGNORE_INDEX
+from lmforge.train.config import native_bf16
 
 
 @dataclass
@@ -99,7 +100,7 @@ class RolloutSource:
 
     def __init__(self, model, tok, prompts: list[tuple[list[dict], dict]], reward, advantage: Callable,
                  *, prompts_per_step: int, group_size: int, max_new_tokens: int, temperature: float, seed: int,
-                 ref_model=None, length_penalty: float = 0.0, malformed_penalty: float = 0.0, bf16: bool = True,
+                 ref_model=None, length_penalty: float = 0.0, malformed_penalty: float = 0.0, bf16: bool | None = None,
                  device="cpu", tools=None):
         from lmforge.chat import render_prompt
 
@@ -111,7 +112,8 @@ class RolloutSource:
         self.P, self.G, self.max_new, self.temperature = prompts_per_step, group_size, max_new_tokens, temperature
         self.seed, self.ref_model, self.length_penalty = seed, ref_model, length_penalty
         self.malformed_penalty = malformed_penalty
-        self.bf16, self.device, self.tools = bf16, torch.device(device), tools
+        self.device, self.tools = torch.device(device), tools
+        self.bf16 = native_bf16(self.device.type) if bf16 is None else bf16  # None: as train.dtype auto
         self._epoch, self._order = -1, None
 
     def _prompt_ids(self, batch_index: int) -> list[int]:

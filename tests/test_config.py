@@ -45,6 +45,7 @@ def test_list_of_sources_override():
     ("train.compile=maybe", "train.compile: expected true or false, got 'maybe'"),
     ("stages=[toyworld,pretrian]", "stages: unknown stage 'pretrian' (did you mean 'pretrain'?)"),
     ("train.schedule=linear", "train.schedule: expected one of cosine, wsd, constant, got 'linear'"),
+    ("train.dtype=fp16", "train.dtype: expected one of auto, bf16, fp32, got 'fp16'"),
     ("lr", "override 'lr': expected key=value (e.g. train.lr=3e-4)"),
 ])
 def test_bad_overrides_give_one_line_errors(override, message):
@@ -103,3 +104,22 @@ def test_a_partial_section_keeps_the_fields_own_defaults():
     cfg = load_run_config(None, ["rm.train.steps=3", "grpo.train.lr=2e-5"])
     assert (cfg.rm.train.steps, cfg.rm.train.lr, cfg.rm.train.warmup_steps) == (3, 3e-4, 10)
     assert (cfg.grpo.train.lr, cfg.grpo.train.schedule, cfg.grpo.train.warmup_steps) == (2e-5, "constant", 0)
+
+
+def test_dtype_auto_follows_the_hardware(monkeypatch):
+    """auto means bf16 autocast only where bf16 is native: on an AVX2-only CPU emulated bf16 ran a
+    512x512 matmul at 1.2 GFLOP/s against 80 in fp32. bf16 and fp32 force their choice anywhere."""
+    import torch
+
+    from lmforge.train import config as tconfig
+    from lmforge.train.config import TrainConfig
+
+    assert TrainConfig().dtype == "auto"
+    for native in (True, False):
+        tconfig.native_bf16.cache_clear()
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert TrainConfig().use_bf16("cpu") is native
+        assert TrainConfig(dtype="bf16").use_bf16(torch.device("cpu")) is True
+        assert TrainConfig(dtype="fp32").use_bf16("cpu") is False
+    tconfig.native_bf16.cache_clear()

@@ -114,7 +114,7 @@ def run(ctx) -> dict:
         raise LmforgeError(f"dpo: no training items fit in {max_len} tokens ({train.dropped} too long)")
     device = resolve_device(tc.device, info)
     model.to(device)
-    bf16 = tc.dtype == "bf16"
+    bf16 = tc.use_bf16(device)
     # reference log-probs once, from the starting model (for LoRA: the base with a zero adapter)
     if PREFERENCE_LOSSES[dc.loss].needs_reference:
         train.ref = reference_logps(model, train, tok.pad_id, tc.micro_batch_size * 2, device, bf16)

@@ -31,7 +31,7 @@ def run(ctx) -> dict:
     val = PackedDataset(ctx.stage_dir("pretrain") / "data", "val", cfg.train.seq_len)
     token_bytes = torch.tensor(tok.token_bytes(), dtype=torch.float64)
     lm = evaluate_lm(model, val, token_bytes, max_rows=len(val), micro_batch=cfg.train.micro_batch_size,
-                     device=device, bf16=cfg.train.dtype == "bf16",
+                     device=device, bf16=cfg.train.use_bf16(device),
                      doc_mask_bos=tok.bos_id if cfg.data.doc_mask else None)
     metrics["val_loss"], metrics["val_bpb"] = round(lm["val_loss"], 4), round(lm["val_bpb"], 4)
     samples: dict = {}

@@ -180,7 +180,7 @@ def run(ctx) -> dict:
                            group_size=gc.group_size, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
                            seed=cfg.seed, ref_model=ref if gc.beta > 0 else None,
                            length_penalty=gc.length_penalty, malformed_penalty=gc.malformed_penalty,
-                           bf16=tc.dtype == "bf16", device=device, tools=tools)
+                           bf16=tc.use_bf16(device), device=device, tools=tools)
     batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch)
 
     trainer = Trainer(cfg=tc, model=model, module=GRPOModule(gc, gc.temperature), batches=batches, out_dir=out,

@@ -184,7 +184,7 @@ def run(ctx) -> dict:
     heldout = preference_prompts(world, 200, seed=cfg.seed + 80_000, split="heldout", entities="train", tasks=mix)
     kl_ctl = AdaptiveKLController(pc.kl_coef, pc.kl_target, 10_000) if pc.kl_target > 0 \
         else FixedKLController(pc.kl_coef)
-    bf16 = tc.dtype == "bf16"
+    bf16 = tc.use_bf16(device)
     make = make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, cfg.seed, device, bf16, kl_ctl)
     batches = PPOBatches(make, tc.micro_batch_size, pc.ppo_epochs * pc.minibatches, pc.minibatches)
     both = PolicyAndValue(policy, value)

@@ -77,7 +77,7 @@ def run(ctx) -> dict:
     device = resolve_device(tc.device, info)
     lr = tc.lr or suggested_lr(model.cfg.d_model)
     token_bytes = torch.tensor(tok.token_bytes(), dtype=torch.float64)
-    bf16 = tc.dtype == "bf16"
+    bf16 = tc.use_bf16(device)
     prompts = sample_prompts(ctx)
     doc_mask_bos = tok.bos_id if cfg.data.doc_mask else None
 
@@ -101,7 +101,8 @@ def run(ctx) -> dict:
     start = resume_step(ctx, trainer, "pretrain")
     n_params = model.num_params()
     ctx.log(f"[pretrain] {n_params / 1e6:.2f}M parameters, {len(train_ds)} train rows of {tc.seq_len} tokens, "
-            f"{batches.rows_per_step} rows/step, lr {lr:.2e}, device {device}, world {info.world_size}")
+            f"{batches.rows_per_step} rows/step, lr {lr:.2e}, device {device} "
+            f"({'bf16 autocast' if bf16 else 'fp32'}), world {info.world_size}")
     trainer.run(start_step=start)
     if info.is_main:
         # the final checkpoint holds the full (unsharded) weights: publish them as the stage's model

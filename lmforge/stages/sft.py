@@ -96,7 +96,7 @@ def run(ctx) -> dict:
 
     def evaluate(m, step):
         return evaluate_lm(m, val_rows, token_bytes, max_rows=len(val_rows), micro_batch=tc.micro_batch_size,
-                           device=device, bf16=tc.dtype == "bf16", info=info)
+                           device=device, bf16=tc.use_bf16(device), info=info)
 
     trainer = Trainer(cfg=tc, model=model, module=CausalLMModule(), batches=batches, out_dir=out, device=device,
                       lr=tc.lr, info=info, evaluate=evaluate if len(val_rows) else None)

@@ -110,7 +110,7 @@ class Trainer:
         if self.cfg.compile:
             self.wrapped = torch.compile(self.wrapped)
         self.logger = MetricsLogger(self.out_dir, enabled=self.info.is_main, tensorboard=self.cfg.tensorboard)
-        use_bf16 = self.cfg.dtype == "bf16"
+        use_bf16 = self.cfg.use_bf16(self.device)
         self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
         self.peak = 0.0
         if self.flops_per_token:
