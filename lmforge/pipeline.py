@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.train.config import native_bf16
 from lmforge.train.distributed import DistInfo, barrier
 from lmforge.utils import atomic_write_text, read_json, write_json
 
@@ -142,6 +143,8 @@ def config_changes(old: dict, new: dict) -> list[str]:
 def _write_hardware(run_dir: Path) -> None:
     hw = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
           "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+          # what train.dtype auto decides from: stage times differ ~2x between these two kinds of CPU
+          "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": native_bf16("cpu"),
           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     write_json(run_dir / "hardware.json", hw)
 

@@ -33,8 +33,13 @@ def test_run_writes_every_stage_and_a_summary_then_skips(tmp_path, capsys):
     metrics = [json.loads(x) for x in (tmp_path / "t/pretrain/metrics.jsonl").read_text().splitlines()]
     assert {m["kind"] for m in metrics} >= {"train", "eval", "sample"}
     assert (tmp_path / "t/pretrain/tensorboard").exists() is False
+    # what train.dtype auto chose from is on record, and the stage says what it chose
+    from lmforge.train.config import native_bf16
+    hw = json.loads((tmp_path / "t/hardware.json").read_text())
+    assert hw["cpu_native_bf16"] is native_bf16("cpu") and hw["cpu_capability"]
     out = capsys.readouterr().out
     assert "cloze_heldout_acc" in out  # the summary table
+    assert f"device cpu ({'bf16 autocast' if native_bf16('cpu') else 'fp32'})" in out
     # a second run skips every complete stage
     assert run(tmp_path) == 0
     assert capsys.readouterr().out.count("complete, skipping") == 4
