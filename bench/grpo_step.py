@@ -156,7 +156,7 @@ def make_ours(args, ckpt: Path, tok, prompts, reward: Reward, bf16: bool, out_di
     source = TimedSource(model, tok, prompts, reward, advantage_fn(gc), prompts_per_step=args.prompts,
                          group_size=args.group, max_new_tokens=args.max_new, temperature=1.0, seed=args.seed,
                          bf16=bf16, device=device)
-    batches = RolloutBatches(source, micro_batch_size=args.prompts * args.group)
+    batches = RolloutBatches(source, micro_batch_size=args.prompts * args.group, skip_idle=True)  # as the stage
     cfg = TrainConfig(steps=args.warmup + args.steps, micro_batch_size=args.prompts * args.group,
                       seq_len=args.prompt_len + args.max_new + 8, lr=args.lr, warmup_steps=0, schedule="constant",
                       weight_decay=0.0, beta2=0.999, grad_clip=1.0, dtype="bf16" if bf16 else "fp32", device="cpu",

@@ -185,10 +185,22 @@ class RolloutSource:
 
 class RolloutBatches:
     """The trainer's batch source for online RL: step s trains on rollout batch s // updates_per_batch,
-    generated when first needed (by the policy as it is then) and split into micro-batches."""
+    generated when first needed (by the policy as it is then) and split into micro-batches.
 
-    def __init__(self, source: RolloutSource, micro_batch_size: int, updates_per_batch: int = 1):
+    skip_idle: rows whose advantage is exactly 0 (their group's rewards were all equal) are not run
+    when nothing else gives them a gradient (no reference model, i.e. beta 0): the clipped loss of a
+    zero advantage is 0 whatever the ratio. Their tokens are still counted (a 6th tensor of the first
+    micro-batch, their targets), so a token or sequence mean divides by the same number and the update
+    is the same up to float summation order. Each micro-batch is also cut to its longest row (right
+    padding: causal attention makes that exact). At least one micro-batch always runs, so a step
+    whose rows are all idle still steps AdamW with zero gradients, as it would without skipping.
+    Only for one process: under DDP a rank with nothing to run would skip the gradient all-reduce.
+    """
+
+    def __init__(self, source: RolloutSource, micro_batch_size: int, updates_per_batch: int = 1,
+                 skip_idle: bool = False):
         self.source, self.micro, self.updates = source, micro_batch_size, updates_per_batch
+        self.skip_idle = skip_idle
         self._index, self._batch = -1, None
         self.last_stats: dict = {}
 
@@ -200,17 +212,30 @@ class RolloutBatches:
         index = step // self.updates
         if index != self._index:
             self._batch, self._index = self.source.make(index, recompute_old=self.updates > 1), index
-            self.last_stats = self._batch.stats
         b = self._batch
         B = b.ids.shape[0]
         # with several updates per batch, each update takes its own slice (minibatch) of the rollouts
         per = B // self.updates
         lo = (step % self.updates) * per
         rows = list(range(lo, lo + per))
+        zero = (b.advantages[lo:lo + per] == 0).tolist()
+        idle = [r for r, z in zip(rows, zero, strict=True) if z]  # groups whose rewards were all equal: no signal
+        self.last_stats = {**b.stats, "idle_fraction": len(idle) / per}
+        if self.skip_idle and b.ref_logp is None:
+            rows = [r for r, z in zip(rows, zero, strict=True) if not z] or idle[:1]
+            idle = idle[1:] if rows == idle[:1] else idle
+        else:
+            idle = []
         out = []
         for s in range(0, len(rows), self.micro):
             r = rows[s:s + self.micro]
-            ref = b.ref_logp[r] if b.ref_logp is not None else torch.zeros(0)
-            old = b.old_logp[r] if b.old_logp.numel() else b.old_logp
-            out.append((b.ids[r], b.targets[r], old, ref, b.advantages[r]))
+            width = b.ids.shape[1]
+            if self.skip_idle:  # cut to the micro-batch's longest row
+                used = (b.targets[r] != IGNORE_INDEX).any(0).nonzero()
+                width = int(used.max()) + 1 if used.numel() else 1
+            ref = b.ref_logp[r, :width] if b.ref_logp is not None else torch.zeros(0)
+            old = b.old_logp[r, :width] if b.old_logp.numel() else b.old_logp
+            out.append((b.ids[r, :width], b.targets[r, :width], old, ref, b.advantages[r]))
+        if idle:
+            out[0] = (*out[0], b.targets[idle])
         return out

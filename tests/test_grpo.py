@@ -181,3 +181,42 @@ def test_malformed_replies_lose_malformed_penalty(toy_data):
     diff = plain.rewards - penalized.rewards
     assert torch.all((diff == 0) | (diff == 0.5))
     assert float(diff.sum()) == pytest.approx(0.5 * frac * len(diff))
+
+
+def test_skipping_idle_rows_gives_the_same_updates(toy_data, tmp_path):
+    """Rows whose group rewards were all equal have advantage exactly 0 and, with beta 0, no gradient:
+    skip_idle runs only the others (cut to their longest row) but still counts their tokens, so the
+    same 4 steps give the same losses and weights (to float summation order) from fewer rows."""
+    _, tok = toy_data
+    gc = GRPOConfig(prompts_per_step=4, group_size=4, max_new_tokens=6)
+    runs = {}
+    for skip in (False, True):
+        model = tiny(tok)
+        batches = RolloutBatches(source(model, tok), micro_batch_size=4, skip_idle=skip)
+        tc = TrainConfig(steps=4, micro_batch_size=4, lr=3e-3, warmup_steps=0, schedule="constant", progress=False,
+                         tensorboard=False, ckpt_every=10_000, dtype="fp32")
+        trainer = Trainer(cfg=tc, model=model, module=GRPOModule(gc, 1.0), batches=batches,
+                          out_dir=tmp_path / str(skip), device=torch.device("cpu"), lr=tc.lr,
+                          step_stats=lambda batches=batches: batches.last_stats)
+        recs, ran = [], 0
+        for step in range(tc.steps):
+            ran += sum(m[0].shape[0] for m in batches.batches(step))
+            recs.append(trainer.train_step(step))
+        runs[skip] = recs, ran, torch.cat([p.detach().flatten() for p in model.parameters()])
+    (plain, ran_plain, w_plain), (skipped, ran_skip, w_skip) = runs[False], runs[True]
+    idle = [r["idle_fraction"] for r in plain]
+    assert idle == [r["idle_fraction"] for r in skipped] and any(0 < f < 1 for f in idle)
+    assert ran_plain == 4 * 16 and ran_skip < ran_plain
+    assert [r["count"] for r in plain] == [r["count"] for r in skipped]
+    for a, b in zip(plain, skipped, strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-6 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-5
+    assert torch.allclose(w_plain, w_skip, atol=1e-6)
+
+
+def test_constant_groups_get_exactly_zero_advantage():
+    """8 x 0.1 summed in floats is not 0.8, so r - mean leaves a residue; a group of equal rewards must
+    still give exactly 0 (the rows skip_idle may skip), and a mixed group is untouched."""
+    r = torch.tensor([0.1] * 8 + [1.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    for scale in ("group", "batch", "none"):
+        adv = group_advantages(r, 8, scale=scale)
+        assert adv[:8].eq(0).all() and adv[8] > 0 and adv[9] < 0

@@ -97,6 +97,9 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps
         adv = adv / (r.std(dim=1, keepdim=True) + eps)
     elif scale == "batch":
         adv = adv / (r.std() + eps)
+    # exactly 0, not a rounding residue of r - mean (8 x 0.1 / 8 != 0.1 in floats): such rows carry
+    # no gradient, which lets the trainer skip them (lmforge.rl.RolloutBatches)
+    adv = adv.masked_fill((r == r[:, :1]).all(dim=1, keepdim=True), 0.0)
     return adv.reshape(rewards.shape)
 
 

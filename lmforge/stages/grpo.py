@@ -45,6 +45,8 @@ class GRPOConfig:
     clip_high: float = 0.28           # > clip_low: DAPO's clip-higher
     beta: float = 0.0                 # k3 KL coefficient; 0 loads no reference for the loss
     updates_per_batch: int = 1        # optimizer steps per rollout batch (each on its own slice)
+    skip_idle: bool = True            # do not run rows whose advantage is 0 when beta is 0 (the same
+                                      # update, faster; one process only: see RolloutBatches)
     format_reward: float = 0.1        # bonus for ending with a "#### n" line
     length_penalty: float = 0.0       # subtracted when a completion hits max_new_tokens unfinished
     malformed_penalty: float = 0.0    # subtracted when a reply does not end its turn or leaves a tool call open
@@ -73,7 +75,10 @@ class GRPOModule:
         self.gc, self.temperature = gc, temperature
 
     def count(self, batch) -> int:
-        targets = batch[1]
+        """Tokens (token_mean) or sequences; a 6th tensor holds the targets of rows counted but not run."""
+        return sum(self._count(targets) for targets in (batch[1], *batch[5:]))
+
+    def _count(self, targets) -> int:
         if self.gc.aggregation == "token_mean":
             return int((targets != -100).sum())
         return targets.shape[0]
@@ -82,12 +87,12 @@ class GRPOModule:
         from lmforge.losses.rl import aggregate, kl_penalty, policy_loss
         from lmforge.rl import token_logps
 
-        ids, targets, old, ref, adv = batch
+        ids, targets, old, ref, adv = batch[:5]
         mask = (targets != -100).float()
         logp = token_logps(model, ids, targets, self.temperature)
         gc = self.gc
         pg, diag = policy_loss(logp, old, adv, mask, gc.clip_low, gc.clip_high, gc.aggregation, gc.max_new_tokens)
-        n = self.count(batch)
+        n = self._count(targets)
         total = pg * n                                             # mean -> sum over what `count` counts
         stats = {"clip_fraction": diag["clip_fraction"] * n}
         if gc.beta > 0:
@@ -181,7 +186,8 @@ def run(ctx) -> dict:
                            seed=cfg.seed, ref_model=ref if gc.beta > 0 else None,
                            length_penalty=gc.length_penalty, malformed_penalty=gc.malformed_penalty,
                            bf16=tc.use_bf16(device), device=device, tools=tools)
-    batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch)
+    batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch,
+                             skip_idle=gc.skip_idle and info.world_size == 1)
 
     trainer = Trainer(cfg=tc, model=model, module=GRPOModule(gc, gc.temperature), batches=batches, out_dir=out,
                       device=device, lr=tc.lr, info=info, step_stats=lambda: batches.last_stats)
