@@ -79,6 +79,11 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(ctx.run_dir / "config.yaml", dump_yaml(cfg))
         _write_hardware(ctx.run_dir)
+        pending = [n for n in names if not ctx.is_complete(n)]
+        if cfg.train.dtype == "auto" and cfg.train.device != "cuda" and not torch.cuda.is_available() \
+                and not native_bf16("cpu") and any(n in TRAINING_STAGES for n in pending):
+            ctx.log(f"[run] this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16: training "
+                    f"runs in fp32 (train.dtype auto), about 2x the time of a CPU with AVX512-BF16 or AMX")
     for name in names:
         stage = STAGES[name]
         missing = [r for r in stage.requires if not ctx.is_complete(r) and r not in names]
@@ -138,6 +143,9 @@ def stage_config(cfg, stage: Stage) -> dict:
 def config_changes(old: dict, new: dict) -> list[str]:
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+TRAINING_STAGES = ("pretrain", "sft", "rm", "dpo", "ppo", "grpo")  # where train.dtype decides the speed
 
 
 def _write_hardware(run_dir: Path) -> None:

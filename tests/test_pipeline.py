@@ -40,6 +40,7 @@ def test_run_writes_every_stage_and_a_summary_then_skips(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "cloze_heldout_acc" in out  # the summary table
     assert f"device cpu ({'bf16 autocast' if native_bf16('cpu') else 'fp32'})" in out
+    assert ("has no native bf16: training runs in fp32" in out) is (not native_bf16("cpu"))
     # a second run skips every complete stage
     assert run(tmp_path) == 0
     assert capsys.readouterr().out.count("complete, skipping") == 4
