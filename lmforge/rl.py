@@ -194,7 +194,9 @@ class RolloutBatches:
     is the same up to float summation order. Each micro-batch is also cut to its longest row (right
     padding: causal attention makes that exact). At least one micro-batch always runs, so a step
     whose rows are all idle still steps AdamW with zero gradients, as it would without skipping.
-    Only for one process: under DDP a rank with nothing to run would skip the gradient all-reduce.
+    (With several updates per batch, idle rows' ratios move too; the logged clip_fraction then
+    counts only the rows that run.) Only for one process: under DDP a rank with nothing to run
+    would skip the gradient all-reduce.
     """
 
     def __init__(self, source: RolloutSource, micro_batch_size: int, updates_per_batch: int = 1,
@@ -222,8 +224,8 @@ class RolloutBatches:
         idle = [r for r, z in zip(rows, zero, strict=True) if z]  # groups whose rewards were all equal: no signal
         self.last_stats = {**b.stats, "idle_fraction": len(idle) / per}
         if self.skip_idle and b.ref_logp is None:
-            rows = [r for r, z in zip(rows, zero, strict=True) if not z] or idle[:1]
-            idle = idle[1:] if rows == idle[:1] else idle
+            busy = [r for r, z in zip(rows, zero, strict=True) if not z]
+            rows, idle = (busy, idle) if busy else (idle[:1], idle[1:])
         else:
             idle = []
         out = []
