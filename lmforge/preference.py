@@ -8,11 +8,12 @@ reply): for pairs, [chosen, rejected]; for KTO, [the completion, a *mismatched* 
 estimates the KL reference point. A micro-batch of B items is (2B, T) rows: the B first rows
 then the B second rows, so a loss sees (B,) tensors for each.
 
-A plain `Transformer` reads an item's two rows as one packed row (`pair_logps`): their shared
-start (the prompt) once, then the first row's own tokens, then the second's, which attend to the
-prompt and to themselves but not to the first's and continue its positions; the head and the
-log-softmax run only on reply tokens. Same log-probs as two separate rows (to float rounding), for
-about 3/4 of the tokens and half of the head.
+A plain `Transformer` (or `RewardModel`) reads an item's two rows as one packed row (`pack_pairs`):
+their shared start (the prompt) once, then the first row's own tokens, then the second's, which
+attend to the prompt and to themselves but not to the first's and continue its positions. For the
+DPO family (`pair_logps`) the head and the log-softmax run only on reply tokens; for the reward
+model (`pair_rewards`) the score head only at each row's last token. Same numbers as two separate
+rows (to float rounding), for about 3/4 of the tokens.
 """
 
 from __future__ import annotations
@@ -107,12 +108,15 @@ def sequence_logps(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
 
 
 def _packs(model) -> bool:
-    """Whether `pair_logps` can run `model`'s layers on packed rows: a plain `Transformer` (not wrapped by
-    DDP or torch.compile, whose own forward must run) with positions a row can be given one by one."""
+    """Whether `model`'s layers can run on packed rows (`pack_pairs`): a plain `Transformer` or
+    `RewardModel` (not wrapped by DDP or torch.compile, whose own forward must run) with positions a
+    row can be given one by one."""
+    from lmforge.model.reward import RewardModel
     from lmforge.model.transformer import Transformer
 
-    return (isinstance(model, Transformer) and type(model).forward is Transformer.forward
-            and model.cfg.position != "alibi" and model.cfg.sliding_window == 0)
+    plain = type(model) is RewardModel or (isinstance(model, Transformer)
+                                           and type(model).forward is Transformer.forward)
+    return plain and model.cfg.position != "alibi" and model.cfg.sliding_window == 0
 
 
 def _packed_hidden(model, ids: torch.Tensor, pos: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -134,46 +138,63 @@ def _packed_hidden(model, ids: torch.Tensor, pos: torch.Tensor, allowed: torch.T
     return m.norm(x)
 
 
-def pair_logps(model, ids: torch.Tensor, targets: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor,
-                                                                                             torch.Tensor]:
-    """Like `sequence_logps(model(ids[:, :-1]), targets)` for a batch of B items (rows b and B + b):
-    (summed reply log-probs (2B,), reply token counts (2B,)), with each item as one packed row.
+def pack_pairs(model, ids: torch.Tensor, used: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states of B items' two rows (rows b and B + b), each item run as one packed row.
 
-    ids (2B, T+1), targets (2B, T), last (2B,) as `collate_rows` makes them. Row b + B's inputs in
-    the packed row (whose length is n_a - 1 + n_b - 1 - shared for sequence lengths n_a, n_b): the
-    shared columns, then row b's own inputs, then row b + B's own inputs at positions shared, shared + 1, ...
+    ids (2B, T) tokens, used (2B,) how many leading tokens of each row matter. Returns (h (B * N, C),
+    where (2B, T)): row r's position i sits at h[where[r, i]] (i < used[r]), exactly as a separate
+    causal forward of row r would give it, to float rounding. The packed row holds the shared start
+    of the two rows once, then row b's own tokens, then row b + B's, which attend to the shared start
+    and to themselves (not to row b's) and continue its positions.
     """
-    if not _packs(model):
-        return sequence_logps(model(ids[:, :-1]), targets)
-    R, T = targets.shape
+    R, T = ids.shape
     B, dev = R // 2, ids.device
-    n = last + 1                                                                  # (2B,) sequence lengths
-    na, nb = n[:B], n[B:]
+    na, nb = used[:B], used[B:]
     same = (ids[:B] == ids[B:]).long().cumprod(1).sum(1)                         # (B,) common prefix
-    shared = torch.minimum(same, torch.minimum(na, nb) - 1)                      # each row keeps >= 1 own input
-    a_end = na - 1                                                                # row b's inputs: cols < a_end
-    width = a_end + nb - 1 - shared                                               # (B,) packed lengths
+    shared = torch.minimum(same, torch.minimum(na, nb))
+    width = na + nb - shared                                                     # (B,) packed lengths
     N = int(width.max())
     col = torch.arange(N, device=dev)[None]                                       # (1, N)
-    in_b = col >= a_end[:, None]                                                  # (B, N) row b + B's own part
-    b_src = (col - a_end[:, None] + shared[:, None]).clamp(0, T)                  # its source column
-    packed = torch.where(in_b, ids[B:].gather(1, b_src), ids[:B].gather(1, col.expand(B, N).clamp(max=T)))
+    in_b = col >= na[:, None]                                                     # (B, N) row b + B's own part
+    b_src = (col - na[:, None] + shared[:, None]).clamp(0, T - 1)                 # its source column
+    packed = torch.where(in_b, ids[B:].gather(1, b_src), ids[:B].gather(1, col.expand(B, N).clamp(max=T - 1)))
     pos = torch.where(in_b, b_src, col).clamp(max=model.cfg.max_seq_len - 1)     # pad columns: any valid one
     own_a = (col >= shared[:, None]) & ~in_b                                      # row b's own columns
     causal = torch.ones(N, N, dtype=torch.bool, device=dev).tril()
     allowed = causal[None] & ~(in_b[:, :, None] & own_a[:, None, :])             # (B, N, N)
     h = _packed_hidden(model, packed, pos, allowed)                               # (B, N, C)
-    # where row r's prediction i (of token i + 1) sits in the packed batch, flattened
     i = torch.arange(T, device=dev)[None]                                         # (1, T)
     s2 = torch.cat([shared, shared])[:, None]
     cols = torch.where((torch.arange(R, device=dev) >= B)[:, None] & (i >= s2),
-                       i - s2 + torch.cat([a_end, a_end])[:, None], i)            # (2B, T)
-    flat = (torch.arange(R, device=dev) % B)[:, None] * N + cols
+                       i - s2 + torch.cat([na, na])[:, None], i)                  # (2B, T)
+    return h.reshape(B * N, -1), (torch.arange(R, device=dev) % B)[:, None] * N + cols
+
+
+def pair_logps(model, ids: torch.Tensor, targets: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                             torch.Tensor]:
+    """Like `sequence_logps(model(ids[:, :-1]), targets)` for a batch of B items (rows b and B + b):
+    (summed reply log-probs (2B,), reply token counts (2B,)), with each item as one packed row
+    (`pack_pairs` over the inputs, ids[:, :-1]) and the head run on reply tokens only.
+
+    ids (2B, T+1), targets (2B, T), last (2B,) as `collate_rows` makes them.
+    """
+    if not _packs(model):
+        return sequence_logps(model(ids[:, :-1]), targets)
+    h, where = pack_pairs(model, ids[:, :-1], last)          # inputs: a row of last + 1 tokens has `last`
     keep = targets != IGNORE_INDEX
-    logits = model.lm_head(h.reshape(B * N, -1)[flat[keep]]).float()            # (K, V): reply tokens only
+    logits = model.lm_head(h[where[keep]]).float()                                # (K, V): reply tokens only
     lp = torch.log_softmax(logits, -1).gather(-1, targets[keep][:, None]).squeeze(-1)
-    sums = lp.new_zeros(R).index_add_(0, keep.nonzero()[:, 0], lp)
+    sums = lp.new_zeros(targets.shape[0]).index_add_(0, keep.nonzero()[:, 0], lp)
     return sums, keep.sum(-1)
+
+
+def pair_rewards(model, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """`model(ids, last)` of a RewardModel for B items (rows b and B + b) -> (2B,) scores at column
+    `last`, each item run as one packed row (`pack_pairs`): the prompt once, not twice."""
+    if not _packs(model):
+        return model(ids, last)
+    h, where = pack_pairs(model, ids, last + 1)
+    return model.score(h[where.gather(1, last[:, None]).squeeze(1)]).squeeze(-1).float()
 
 
 @torch.no_grad()
@@ -256,7 +277,7 @@ class RewardModule:
 
         ids, _, last, _, _ = batch
         B = ids.shape[0] // 2
-        rewards = model(ids, last)                                                   # (2B,)
+        rewards = pair_rewards(model, ids, last)                                     # (2B,)
         margin = torch.full((B,), self.margin, device=rewards.device) if self.margin else None
         losses, stats = bradley_terry_loss(rewards[:B], rewards[B:], margin=margin)
         return losses.sum(), _sum_stats(stats)

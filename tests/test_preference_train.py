@@ -239,6 +239,33 @@ def test_packed_pair_logps_equal_separate_rows(kw, toy_data):
             torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kw", [{}, {"position": "learned"}])
+def test_packed_pair_rewards_equal_separate_rows(kw, toy_data):
+    """pair_rewards (the prompt once, both replies in one packed row) scores each row as the reward
+    model's own forward does, and gives the same gradients."""
+    from lmforge.preference import collate_rows, pair_rewards
+
+    _, tok = toy_data
+    torch.manual_seed(0)
+    rm = RewardModel(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4, max_seq_len=64, **kw))
+    torch.nn.init.normal_(rm.score.weight, std=0.5)  # zero init would make every score 0
+    data = tokenize_pairs(pairs(), tok, 63)
+    n = len(data)
+    ids, _, last = collate_rows([data.rows[2 * i] for i in range(n)] + [data.rows[2 * i + 1] for i in range(n)],
+                                tok.pad_id)
+    grads = []
+    for packed in (False, True):
+        rm.zero_grad()
+        r = pair_rewards(rm, ids, last) if packed else rm(ids, last)
+        (r * torch.linspace(-1, 1, 2 * n)).sum().backward()
+        grads.append((r.detach(), [p.grad.clone() for p in rm.parameters()]))
+    (want, g0), (got, g1) = grads
+    assert want.abs().max() > 0.1 and got.shape == (2 * n,)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
 def test_reference_logps_equal_the_training_forward(toy_data):
     """A policy equal to the reference gets the reference log-probs, in bf16 too (the first DPO loss is
     then ln 2), whatever batch the reference computed them in: the same packed forward."""
