@@ -18,12 +18,13 @@ Each precision is one trl training run in which a `TrainerCallback` runs one lmf
 alike. trl's step time runs from the end of the previous lmforge step to trl's `on_step_end`: its
 data loading and collation are in it, as lmforge's are in `train_step`; the forward, backward and
 optimizer part alone (`on_step_begin` -> `on_step_end`) is printed too. The first --warmup steps
-are not timed. fp32, then bf16 autocast (lmforge's default `train.dtype`; trl's `bf16=True`, which
-is also trl's own default). Prints steps/s of each (median step), the ratios, the mean sequence
-length each side trained on and the sanity checks: identical token ids, reference log-probs equal
-in fp32, first-step loss ln 2 = 0.6931 on both sides (the policy is the reference), both losses on
-one identical batch with reference log-probs 0 within 1e-3 in fp32, and the per-step losses of the
-two runs side by side. A benchmark, not a test: nothing asserts speed.
+are not timed. fp32, then bf16 autocast (what lmforge's `train.dtype` auto picks on a CPU with
+native bf16; trl's `bf16=True`, which is also trl's own default); fp32 only on a CPU without native
+bf16. Prints steps/s of each (median step), the ratios, the mean sequence length each side trained
+on and the sanity checks: identical token ids, reference log-probs equal in fp32, first-step loss ln
+2 = 0.6931 on both sides (the policy is the reference), both losses on one identical batch with
+reference log-probs 0 within 1e-3 in fp32, and the per-step losses of the two runs side by side. A
+benchmark, not a test: nothing asserts speed.
 
     python bench/dpo_step.py                          # d_model 256 x 4 layers, vocab 2048, 8 pairs x ~110 tokens
     python bench/dpo_step.py --checkpoint runs/demo/sft/model --batch 16 --steps 20
@@ -52,7 +53,7 @@ from lmforge.model.export import export_hf  # noqa: E402
 from lmforge.model.io import load_model  # noqa: E402
 from lmforge.preference import PreferenceBatches, PreferenceModule, reference_logps, tokenize_pairs  # noqa: E402
 from lmforge.tokenizer import Tokenizer  # noqa: E402
-from lmforge.train.config import TrainConfig  # noqa: E402
+from lmforge.train.config import TrainConfig, native_bf16  # noqa: E402
 from lmforge.train.trainer import Trainer  # noqa: E402
 
 BETA = 0.1
@@ -189,7 +190,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32 and/or bf16 (autocast)")
+    ap.add_argument("--dtypes", default="auto", help="comma-separated: fp32 and/or bf16 (autocast); auto: fp32,bf16 "
+                    "where the CPU has native bf16, else fp32 (emulated bf16 is ~70x slower)")
     ap.add_argument("--trl-gradient-checkpointing", action="store_true",
                     help="keep trl's default gradient checkpointing on (lmforge's trainer has none)")
     ap.add_argument("--seed", type=int, default=0)
@@ -205,6 +207,8 @@ def main():
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if dtypes == ["auto"]:
+        dtypes = ["fp32", "bf16"] if native_bf16("cpu") else ["fp32"]
     n_steps = args.warmup + args.steps
     args.max_len = args.prompt_len + args.reply_len + 8  # + BOS, role markers, end of turn; no pair is dropped
     with tempfile.TemporaryDirectory() as tmp:

@@ -165,23 +165,23 @@ def agreement(outs: list[list[int]], ref: list[list[int]]) -> tuple[float, float
 
 def fastest(args, ours, theirs, run_ours, run_theirs, B: int, N: int):
     """Each side in fp32 and bf16, interleaved; ratios to the faster transformers run."""
-    bf16 = args.device != "cpu" or native_bf16("cpu")
-    if not bf16:  # emulated bf16 runs ~70x slower than fp32 here: it cannot be either side's fastest
+    native = args.device != "cpu" or native_bf16("cpu")
+    if not native:  # emulated bf16 runs ~70x slower than fp32 here: it cannot be either side's fastest
         print(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16: fp32 only")
     fns = {"transformers fp32": run_theirs}
-    if bf16:
+    if native:
         theirs_bf16 = copy.deepcopy(theirs).to(torch.bfloat16)
         fns["transformers bf16"] = lambda: run_theirs(theirs_bf16)
-    variants = [("lmforge fp32", False, False)] + ([("lmforge bf16", True, False)] if bf16 else [])
+    variants = [("lmforge fp32", False, False)] + ([("lmforge bf16", True, False)] if native else [])
     if args.compile:
-        variants += [("lmforge fp32 compile", False, True)] + ([("lmforge bf16 compile", True, True)] if bf16 else [])
+        variants += [("lmforge fp32 compile", False, True)] + ([("lmforge bf16 compile", True, True)] if native else [])
     for name, bf16, compile_ in variants:
         e = Engine(ours, batch_size=B, bf16=bf16, compile=compile_)
         if compile_:
             run_ours(e)  # compiles the decode step, untimed
         fns[name] = lambda e=e: run_ours(e)
     print(f"{torch.get_num_threads()} threads, {ours.num_params() / 1e6:.2f}M params, greedy, {B} prompts, "
-          f"{N} new tokens each; each side in {'fp32 and bf16' if bf16 else 'fp32'}")
+          f"{N} new tokens each; each side in {'fp32 and bf16' if native else 'fp32'}")
     secs, outs = timed(fns, args.repeats)
     ref = outs["transformers fp32"]
     best = min(dt for name, dt in secs.items() if name.startswith("transformers"))

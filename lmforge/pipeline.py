@@ -79,11 +79,7 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(ctx.run_dir / "config.yaml", dump_yaml(cfg))
         _write_hardware(ctx.run_dir)
-        pending = [n for n in names if not ctx.is_complete(n)]
-        if cfg.train.dtype == "auto" and cfg.train.device != "cuda" and not torch.cuda.is_available() \
-                and not native_bf16("cpu") and any(n in TRAINING_STAGES for n in pending):
-            ctx.log(f"[run] this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16: training "
-                    f"runs in fp32 (train.dtype auto), about 2x the time of a CPU with AVX512-BF16 or AMX")
+        _precision_notes(ctx, [n for n in names if not ctx.is_complete(n)])
     for name in names:
         stage = STAGES[name]
         missing = [r for r in stage.requires if not ctx.is_complete(r) and r not in names]
@@ -146,6 +142,27 @@ def config_changes(old: dict, new: dict) -> list[str]:
 
 
 TRAINING_STAGES = ("pretrain", "sft", "rm", "dpo", "ppo", "grpo")  # where train.dtype decides the speed
+
+
+def _precision_notes(ctx: RunContext, pending: list[str]) -> None:
+    """Say up front when a pending training stage will run on a CPU without native bf16: in fp32
+    (dtype auto: ~2x the time of a CPU with AVX512-BF16 or AMX), or in emulated bf16 (dtype bf16
+    forced: ~30x slower than fp32). Each stage has its own train section (pretrain: `train`)."""
+    if native_bf16("cpu"):
+        return
+    on_cpu: dict[str, list[str]] = {"auto": [], "bf16": []}
+    for name in (n for n in pending if n in TRAINING_STAGES):
+        tc = ctx.cfg.train if name == "pretrain" else getattr(getattr(ctx.cfg, name, None), "train", None)
+        if tc is not None and tc.dtype in on_cpu and (tc.device == "cpu" or
+                                                       (tc.device == "auto" and not torch.cuda.is_available())):
+            on_cpu[tc.dtype].append(name)
+    cpu = f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16"
+    if on_cpu["auto"]:
+        ctx.log(f"[run] {cpu}: {', '.join(on_cpu['auto'])} train in fp32 (train.dtype auto), about 2x the "
+                f"time of a CPU with AVX512-BF16 or AMX")
+    if on_cpu["bf16"]:
+        ctx.log(f"[run] warning: {cpu}, and {', '.join(on_cpu['bf16'])} force train.dtype bf16: emulated, "
+                f"~30x slower than fp32; set their train.dtype to auto or fp32")
 
 
 def _write_hardware(run_dir: Path) -> None:

@@ -194,9 +194,9 @@ class RolloutBatches:
     is the same up to float summation order. Each micro-batch is also cut to its longest row (right
     padding: causal attention makes that exact). At least one micro-batch always runs, so a step
     whose rows are all idle still steps AdamW with zero gradients, as it would without skipping.
-    (With several updates per batch, idle rows' ratios move too; the logged clip_fraction then
-    counts only the rows that run.) Only for one process: under DDP a rank with nothing to run
-    would skip the gradient all-reduce.
+    (With several updates per batch and seq_mean or fixed_length aggregation, the logged
+    clip_fraction changes with how rows fall into micro-batches; the update does not.) Only for one
+    process: under DDP a rank with nothing to run would skip the gradient all-reduce.
     """
 
     def __init__(self, source: RolloutSource, micro_batch_size: int, updates_per_batch: int = 1,
@@ -221,7 +221,7 @@ class RolloutBatches:
         lo = (step % self.updates) * per
         rows = list(range(lo, lo + per))
         zero = (b.advantages[lo:lo + per] == 0).tolist()
-        idle = [r for r, z in zip(rows, zero, strict=True) if z]  # groups whose rewards were all equal: no signal
+        idle = [r for r, z in zip(rows, zero, strict=True) if z]  # advantage exactly 0: no signal
         self.last_stats = {**b.stats, "idle_fraction": len(idle) / per}
         if self.skip_idle and b.ref_logp is None:
             busy = [r for r, z in zip(rows, zero, strict=True) if not z]

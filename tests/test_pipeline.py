@@ -40,7 +40,7 @@ def test_run_writes_every_stage_and_a_summary_then_skips(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "cloze_heldout_acc" in out  # the summary table
     assert f"device cpu ({'bf16 autocast' if native_bf16('cpu') else 'fp32'})" in out
-    assert ("has no native bf16: training runs in fp32" in out) is (not native_bf16("cpu"))
+    assert ("has no native bf16: pretrain train in fp32" in out) is (not native_bf16("cpu"))
     # a second run skips every complete stage
     assert run(tmp_path) == 0
     assert capsys.readouterr().out.count("complete, skipping") == 4
@@ -98,3 +98,21 @@ def test_demo_recipe_bounded(tmp_path):
                              "pairs", "rm", "bon", "dpo", "eval_dpo", "grpo"]
     assert summary["grpo"]["steps"] == 2 and 0.0 <= summary["grpo"]["heldout_acc_after"] <= 1.0
     assert 0 < summary["curate"]["documents_out"] < summary["curate"]["documents_in"]
+
+
+def test_precision_notes_name_the_stages_that_train_slowly(monkeypatch, capsys):
+    """On a CPU without native bf16 the run says which pending stages train in fp32 (dtype auto) and
+    warns about any that force bf16 (emulated, ~30x slower); on a CPU with it, nothing is said."""
+    from lmforge import pipeline
+    from lmforge.config import load_run_config
+
+    cfg = load_run_config(ROOT / "recipes/demo.yaml", ["sft.train.dtype=bf16", "dpo.train.dtype=fp32",
+                                                       "train.device=cpu", "grpo.train.device=cpu"])
+    ctx = pipeline.RunContext(cfg=cfg)
+    for native, expect in ((False, True), (True, False)):
+        monkeypatch.setattr(pipeline, "native_bf16", lambda kind, native=native: native)
+        pipeline._precision_notes(ctx, ["toyworld", "pretrain", "sft", "dpo", "grpo"])
+        out = capsys.readouterr().out
+        assert ("has no native bf16: pretrain, grpo train in fp32 (train.dtype auto)" in out) is expect
+        assert ("and sft force train.dtype bf16: emulated" in out) is expect
+        assert "dpo" not in out

@@ -14,14 +14,14 @@ from lmforge.errors import LmforgeError
 def native_bf16(device_type: str) -> bool:
     """Whether `device_type` computes bf16 matmuls in hardware, where bf16 autocast pays off.
 
-    CUDA: any GPU that supports bf16. CPU: x86 with AVX512-BF16 or AMX, where a bf16 matmul is
-    2-4x an fp32 one. Elsewhere (AVX2-only x86, most ARM laptops) oneDNN emulates bf16: measured on
-    an AVX2 EPYC, 1.2 GFLOP/s in bf16 against 80 in fp32, so autocast would make training ~30x
-    slower. Flags rather than a timing probe: the same machine always gets the same answer, which
-    keeps runs deterministic.
+    CUDA: GPUs with bf16 tensor cores (Ampere and later; not emulated bf16). CPU: x86 with
+    AVX512-BF16 or AMX, where a bf16 matmul is 2-4x an fp32 one. Elsewhere (AVX2-only x86, most ARM
+    laptops) oneDNN emulates bf16: measured on an AVX2 EPYC, 1.2 GFLOP/s in bf16 against 80 in fp32,
+    so autocast would make training ~30x slower. Flags rather than a timing probe: the same machine
+    always gets the same answer, which keeps runs deterministic.
     """
     if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device_type == "cpu":
         try:
             return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
