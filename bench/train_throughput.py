@@ -1,8 +1,9 @@
 """Training throughput: lmforge vs transformers' LlamaForCausalLM of identical shape.
 
-Both models: same shape, same batch, AdamW, bf16 autocast (weights fp32), timed side by side
-in one process. Prints tokens/s of each, the ratio, and lmforge's MFU against a bf16 matmul
-peak measured in the same run. This is a benchmark, not a test: nothing here asserts speed.
+Both models: same shape, same batch, AdamW, weights fp32, timed side by side in one process, under
+bf16 autocast where the device has native bf16 (lmforge's `train.dtype` auto), else fp32 (`--dtype`
+forces either). Prints tokens/s of each, the ratio, and lmforge's MFU against a matmul peak of the
+same precision measured in the same run. This is a benchmark, not a test: nothing here asserts speed.
 
     python bench/train_throughput.py                      # d_model 512, 8 layers, batch 8 x 512
     python bench/train_throughput.py --d-model 256 --layers 4 --compile
@@ -18,6 +19,7 @@ import torch
 from lmforge.losses import cross_entropy_sum
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
+from lmforge.train.config import TrainConfig
 from lmforge.train.metrics import measure_peak_flops
 
 
@@ -34,11 +36,11 @@ def time_steps(step_fn, warmup: int, steps: int, device) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def make_step(model, forward, x, y, device):
+def make_step(model, forward, x, y, device, bf16: bool):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, n = cross_entropy_sum(forward(x), y)
         (loss / n).backward()
         opt.step()
@@ -57,6 +59,8 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+                    help="autocast: auto = bf16 where native (emulated bf16 on a CPU is ~70x slower)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time lmforge under torch.compile")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -79,10 +83,12 @@ def main():
     y = torch.randint(0, args.vocab, (args.batch, args.seq), device=device)
     tokens = args.batch * args.seq
 
-    peak = measure_peak_flops(device, torch.bfloat16, seconds=1.0)
+    bf16 = TrainConfig(dtype=args.dtype).use_bf16(device)
+    peak = measure_peak_flops(device, torch.bfloat16 if bf16 else torch.float32, seconds=1.0)
     flops_tok = ours.flops_per_token(args.seq)
     print(f"device {device} ({torch.get_num_threads()} threads), {ours.num_params() / 1e6:.1f}M params, "
-          f"batch {args.batch}x{args.seq}, measured bf16 matmul peak {peak / 1e12:.3f} TFLOP/s")
+          f"batch {args.batch}x{args.seq}, {'bf16 autocast' if bf16 else 'fp32'}, measured matmul peak "
+          f"{peak / 1e12:.3f} TFLOP/s")
 
     results = {}
     runs = [("transformers", theirs, lambda inp: theirs(input_ids=inp).logits),
@@ -91,7 +97,7 @@ def main():
         compiled = torch.compile(ours)
         runs.append(("lmforge+compile", ours, compiled))
     for name, model, fwd in runs:
-        dt = time_steps(make_step(model, fwd, x, y, device), args.warmup + (3 if "compile" in name else 0),
+        dt = time_steps(make_step(model, fwd, x, y, device, bf16), args.warmup + (3 if "compile" in name else 0),
                         args.steps, device)
         results[name] = tokens / dt
         print(f"{name:>16}: {tokens / dt:10.0f} tokens/s   MFU {flops_tok * tokens / dt / peak:6.1%}")
