@@ -18,7 +18,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.train.config import native_bf16
-from lmforge.train.distributed import DistInfo, barrier
+from lmforge.train.distributed import DistInfo, barrier, resolve_device
 from lmforge.utils import atomic_write_text, read_json, write_json
 
 
@@ -141,20 +141,19 @@ def config_changes(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-TRAINING_STAGES = ("pretrain", "sft", "rm", "dpo", "ppo", "grpo")  # where train.dtype decides the speed
-
-
 def _precision_notes(ctx: RunContext, pending: list[str]) -> None:
     """Say up front when a pending training stage will run on a CPU without native bf16: in fp32
     (dtype auto: ~2x the time of a CPU with AVX512-BF16 or AMX), or in emulated bf16 (dtype bf16
-    forced: ~30x slower than fp32). Each stage has its own train section (pretrain: `train`)."""
+    forced: ~30x slower than fp32). A stage trains when its section has a `train` TrainConfig
+    (pretrain: the top-level `train`)."""
+    from lmforge.train.config import TrainConfig
+
     if native_bf16("cpu"):
         return
     on_cpu: dict[str, list[str]] = {"auto": [], "bf16": []}
-    for name in (n for n in pending if n in TRAINING_STAGES):
+    for name in pending:
         tc = ctx.cfg.train if name == "pretrain" else getattr(getattr(ctx.cfg, name, None), "train", None)
-        if tc is not None and tc.dtype in on_cpu and (tc.device == "cpu" or
-                                                       (tc.device == "auto" and not torch.cuda.is_available())):
+        if isinstance(tc, TrainConfig) and tc.dtype in on_cpu and resolve_device(tc.device, ctx.info).type == "cpu":
             on_cpu[tc.dtype].append(name)
     cpu = f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16"
     if on_cpu["auto"]:

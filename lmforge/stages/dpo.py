@@ -70,15 +70,15 @@ def tokenize(dc: DPOConfig, pairs, tok, max_len: int, seed: int):
 def preference_accuracy(model, data, pad_id: int, device, batch_size: int = 32) -> float:
     """Share of pairs where the policy's log-ratio to the reference favors the chosen answer
     (ref-free when the data carry no reference log-probs)."""
-    from lmforge.preference import PreferenceBatches, sequence_logps
+    from lmforge.preference import PreferenceBatches, pair_logps
 
     model.eval()
     b = PreferenceBatches(data, pad_id, batch_size, 1, seed=0)
     wins = 0
     for s in range(0, len(data), batch_size):
         items = list(range(s, min(s + batch_size, len(data))))
-        ids, targets, _, ref, _ = b.get(items)
-        sums, _ = sequence_logps(model(ids[:, :-1].to(device)), targets.to(device))
+        ids, targets, last, ref, _ = b.get(items)
+        sums, _ = pair_logps(model, ids.to(device), targets.to(device), last.to(device))  # as training reads them
         ratio = sums.cpu().double() - ref.double()
         n = len(items)
         wins += int((ratio[:n] > ratio[n:]).sum())

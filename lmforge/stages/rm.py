@@ -54,7 +54,7 @@ def preference_data(ctx, sources: list, val_fraction: float, key: str) -> tuple[
 @torch.no_grad()
 def pairwise_accuracy(model, data, pad_id: int, device, batch_size: int = 32) -> tuple[float, float]:
     """(share of pairs whose chosen answer scores higher, mean reward margin)."""
-    from lmforge.preference import PreferenceBatches
+    from lmforge.preference import PreferenceBatches, pair_rewards
 
     if len(data) == 0:
         return float("nan"), float("nan")
@@ -64,7 +64,7 @@ def pairwise_accuracy(model, data, pad_id: int, device, batch_size: int = 32) ->
     for s in range(0, len(data), batch_size):
         items = list(range(s, min(s + batch_size, len(data))))
         ids, _, last, _, _ = b.get(items)
-        r = model(ids.to(device), last.to(device)).float().cpu()
+        r = pair_rewards(model, ids.to(device), last.to(device)).float().cpu()  # as training reads them
         m = r[:len(items)] - r[len(items):]
         wins += int((m > 0).sum())
         margins += m.tolist()
