@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +137,20 @@ class _Proj:
         return list(y.split(self.sizes, -1)) if len(self.sizes) > 1 else [y]
 
 
+class _Layer(NamedTuple):
+    """One transformer block as the decoder runs it."""
+
+    qkv: _Proj
+    o_proj: _Proj
+    up: _Proj
+    down: _Proj
+    norm_in: tuple | nn.Module     # (weight, eps) of an fp32 RMSNorm (F.rms_norm), else the module
+    norm_post: tuple | nn.Module
+    pre: bool                      # pre-norm (else post-norm)
+    kind: str                      # MLP: swiglu | gelu | relu2
+    qk_norm: tuple | None          # (q_norm, k_norm) modules when the config has QK-norm
+
+
 class _Decoder:
     """`Transformer.forward` for generation, returning only the last position's logits.
 
@@ -153,19 +168,29 @@ class _Decoder:
         # bf16: the packed matmuls take bf16 weights and inputs, the rest stays in the model's dtype
         # (what bf16 autocast computes); only where every matmul is packed, else nothing changes
         mm_dtype = torch.bfloat16 if bf16 and pack and _onednn_ok(torch.bfloat16) else self.dtype
+        # F.rms_norm is one kernel and, in fp32, bit-identical to RMSNorm's six
+        fast_norm = self.dtype == torch.float32
+
+        def norm(mod: nn.Module):  # (weight, eps) for F.rms_norm, or the module itself
+            return (mod.weight, mod.eps) if fast_norm and type(mod) is RMSNorm else mod
+
+        # Plain values (tensors, tuples, bools, strings) rather than modules wherever the step reads
+        # them: torch.compile guards what a step reads on every call, and a module attribute costs more
         self.layers = []
         for block in model.model.layers:
             a, mlp = block.self_attn, block.mlp
-            self.layers.append((
-                block,
+            self.layers.append(_Layer(
                 _Proj([a.q_proj, a.k_proj, a.v_proj], pack, mm_dtype),
                 _Proj([a.o_proj], pack, mm_dtype),
                 _Proj([mlp.gate_proj, mlp.up_proj] if cfg.mlp == "swiglu" else [mlp.up_proj], pack, mm_dtype),
                 _Proj([mlp.down_proj], pack, mm_dtype),
+                norm(block.input_layernorm), norm(block.post_attention_layernorm), block.pre, mlp.kind,
+                (a.q_norm, a.k_norm) if cfg.qk_norm else None,
             ))
         self.head = _Proj([model.lm_head], pack, mm_dtype)
-        # F.rms_norm is one kernel and, in fp32, bit-identical to RMSNorm's six
-        self.fast_norm = self.dtype == torch.float32
+        self.final_norm = norm(model.model.norm)
+        self.embed = model.model.embed_tokens.weight
+        self.embed_positions = model.model.embed_positions.weight if cfg.position == "learned" else None
         self.gqa = cfg.n_kv_head != cfg.n_head  # a plain bool: under torch.compile a SymBool would break the graph
         self.rope = None
         if cfg.position == "rope":  # every position a row can reach: 0 .. max_seq_len - 1
@@ -236,19 +261,20 @@ class _Decoder:
 
     def _layers(self, idx: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor | None, kv, causal: bool,
                 span: torch.Tensor | None = None):
-        cfg, m = self.cfg, self.model
+        cfg = self.cfg
         B, T = idx.shape
         H, Hkv, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        x = m.model.embed_tokens(idx)
-        if cfg.position == "learned":
-            x = x + m.model.embed_positions(pos)
+        x = F.embedding(idx, self.embed)
+        if self.embed_positions is not None:
+            x = x + F.embedding(pos, self.embed_positions)
         rope = None
         if self.rope is not None:
             rope = (self.rope[0][pos][:, None], self.rope[1][pos][:, None])     # (B, 1, T, D)
-        norm = self._norm
-        for li, (block, qkv, o_proj, up, down) in enumerate(self.layers):
-            attn_in = norm(block.input_layernorm, x) if block.pre else x
-            if qkv.packed is not None and rope is not None and not cfg.qk_norm:
+        norm = _norm
+        for li, layer in enumerate(self.layers):
+            qkv, o_proj, up, down = layer.qkv, layer.o_proj, layer.up, layer.down
+            attn_in = norm(layer.norm_in, x) if layer.pre else x
+            if qkv.packed is not None and rope is not None and layer.qk_norm is None:
                 y = qkv.fused(attn_in)  # rotate q and k in one go: they sit side by side
                 qk = apply_rope(y[..., :(H + Hkv) * D].view(B, T, H + Hkv, D).transpose(1, 2), *rope)
                 q, k = qk[:, :H], qk[:, H:]
@@ -258,11 +284,12 @@ class _Decoder:
                 q = q.view(B, T, H, D).transpose(1, 2)
                 k = k.view(B, T, Hkv, D).transpose(1, 2)
                 v = v.view(B, T, Hkv, D).transpose(1, 2)
-                if cfg.qk_norm:
-                    q, k = block.self_attn.q_norm(q), block.self_attn.k_norm(k)
+                if layer.qk_norm is not None:
+                    q, k = layer.qk_norm[0](q), layer.qk_norm[1](k)
                 if rope is not None:
                     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            # bf16 matmuls give bf16 q|k|v; the cache and the attention keep the model's dtype
+            # bf16 matmuls give bf16 q|k|v; the cache and the attention keep the model's dtype (a bf16
+            # cache halves the bytes a step reads, but SDPA's CPU kernel is slower in bf16 at one query)
             q, k, v = q.to(self.dtype), k.to(self.dtype), v.to(self.dtype)
             k, v = kv(li, k, v)
             if span is None:
@@ -270,20 +297,19 @@ class _Decoder:
             else:
                 y = torch.ops.lmforge.attend(q, k, v, bias, span, self.gqa)
             y = o_proj(y.transpose(1, 2).reshape(B, T, H * D))[0]
-            if block.pre:
+            if layer.pre:
                 x = x + y
-                h = up(norm(block.post_attention_layernorm, x))
+                h = up(norm(layer.norm_post, x))
             else:
-                x = norm(block.input_layernorm, x + y)
+                x = norm(layer.norm_in, x + y)
                 h = up(x)
-            kind = block.mlp.kind
+            kind = layer.kind
             h = F.silu(h[0]) * h[1] if kind == "swiglu" else F.gelu(h[0]) if kind == "gelu" else F.relu(h[0]).square()
-            x = x + down(h)[0] if block.pre else norm(block.post_attention_layernorm, x + down(h)[0])
-        return self.head(norm(m.model.norm, x[:, -1]))[0]
-
-    def _norm(self, mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.fast_norm and type(mod) is RMSNorm:
-            return F.rms_norm(x, mod.weight.shape, mod.weight, mod.eps)
-        return mod(x)
+            x = x + down(h)[0] if layer.pre else norm(layer.norm_post, x + down(h)[0])
+        return self.head(norm(self.final_norm, x[:, -1]))[0].to(self.dtype)  # logits in the model's dtype
 
 
+def _norm(spec: tuple | nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(spec, tuple):
+        return F.rms_norm(x, spec[0].shape, spec[0], spec[1])
+    return spec(x)
