@@ -235,8 +235,8 @@ def test_packed_pair_logps_equal_separate_rows(kw, toy_data):
             s = pair_logps(model, ids, targets, last)[0] if packed else sequence_logps(model(ids[:, :-1]), targets)[0]
             (s * torch.linspace(-1, 1, 2 * n)).sum().backward()
             grads.append([p.grad.clone() for p in model.parameters()])
-        for a, b in zip(*grads, strict=True):
-            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+        for a, b in zip(*grads, strict=True):  # atol: see test_packed_pair_rewards_equal_separate_rows
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kw", [{}, {"position": "learned"}])
@@ -262,8 +262,12 @@ def test_packed_pair_rewards_equal_separate_rows(kw, toy_data):
     (want, g0), (got, g1) = grads
     assert want.abs().max() > 0.1 and got.shape == (2 * n,)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # An embedding row's gradient sums signed contributions from every position that reads its token,
+    # in another order when packed: on an AVX512 CPU one element in 32768 differed by 3e-5 (relative
+    # 6e-4, after cancellation). A packing bug (a reply attending to the other) changes the scores
+    # themselves, compared above to 1e-5.
     for a, b in zip(g0, g1, strict=True):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
 
 def test_reference_logps_equal_the_training_forward(toy_data):
