@@ -176,8 +176,9 @@ class _Decoder:
         def norm(mod: nn.Module):  # (weight, eps) for F.rms_norm, or the module itself
             return (mod.weight, mod.eps) if fast_norm and type(mod) is RMSNorm else mod
 
-        # Plain values (tensors, tuples, bools, strings) rather than modules wherever the step reads
-        # them: torch.compile guards what a step reads on every call, and a module attribute costs more
+        # Plain values (tensors, tuples, bools, strings) rather than modules where the step can (fp32
+        # RMSNorm, embeddings, flags): torch.compile guards what a step reads on every call, and a
+        # module attribute costs more to guard
         self.layers = []
         for block in model.model.layers:
             a, mlp = block.self_attn, block.mlp
@@ -213,6 +214,7 @@ class _Decoder:
     def supports(model: nn.Module) -> bool:
         """A Transformer whose forward is the stock one, with plain causal attention."""
         return (isinstance(model, Transformer) and type(model).forward is Transformer.forward
+                and type(model.model.embed_tokens) is nn.Embedding and model.model.embed_tokens.max_norm is None
                 and model.cfg.position != "alibi" and model.cfg.sliding_window == 0)
 
     def forward(self, idx: torch.Tensor, start: int, pos: torch.Tensor, bias: torch.Tensor | None,

@@ -143,7 +143,7 @@ def config_changes(old: dict, new: dict) -> list[str]:
 
 def _precision_notes(ctx: RunContext, pending: list[str]) -> None:
     """Say up front when a pending training stage will run on a CPU without native bf16: in fp32
-    (dtype auto: 2-3.5x the time of a CPU with AVX512-BF16 or AMX), or in emulated bf16 (dtype bf16
+    (dtype auto: 2-4x the time of a CPU with AVX512-BF16 or AMX), or in emulated bf16 (dtype bf16
     forced: ~30x slower than fp32). A stage trains when its section has a `train` TrainConfig
     (pretrain: the top-level `train`)."""
     from lmforge.train.config import TrainConfig
@@ -157,7 +157,7 @@ def _precision_notes(ctx: RunContext, pending: list[str]) -> None:
             on_cpu[tc.dtype].append(name)
     cpu = f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16"
     if on_cpu["auto"]:
-        ctx.log(f"[run] {cpu}: {', '.join(on_cpu['auto'])} train in fp32 (train.dtype auto), 2-3.5x the "
+        ctx.log(f"[run] {cpu}: {', '.join(on_cpu['auto'])} train in fp32 (train.dtype auto), 2-4x the "
                 f"time of a CPU with AVX512-BF16 or AMX")
     if on_cpu["bf16"]:
         ctx.log(f"[run] warning: {cpu}, and {', '.join(on_cpu['bf16'])} force train.dtype bf16: emulated, "
@@ -167,7 +167,7 @@ def _precision_notes(ctx: RunContext, pending: list[str]) -> None:
 def _write_hardware(run_dir: Path) -> None:
     hw = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
           "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-          # what train.dtype auto decides from: stage times differ ~2x between these two kinds of CPU
+          # what train.dtype auto decides from: stage times differ 2-4x between these two kinds of CPU
           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": native_bf16("cpu"),
           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     write_json(run_dir / "hardware.json", hw)
