@@ -163,7 +163,6 @@ class _Decoder:
 
     def __init__(self, model: Transformer, compile: bool = False, bf16: bool = False):
         cfg = self.cfg = model.cfg
-        self.model = model
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         pack = self.device.type == "cpu" and _onednn_ok(self.dtype)
@@ -274,10 +273,9 @@ class _Decoder:
         rope = None
         if self.rope is not None:
             rope = (self.rope[0][pos][:, None], self.rope[1][pos][:, None])     # (B, 1, T, D)
-        norm = _norm
         for li, layer in enumerate(self.layers):
             qkv, o_proj, up, down = layer.qkv, layer.o_proj, layer.up, layer.down
-            attn_in = norm(layer.norm_in, x) if layer.pre else x
+            attn_in = _norm(layer.norm_in, x) if layer.pre else x
             if qkv.packed is not None and rope is not None and layer.qk_norm is None:
                 y = qkv.fused(attn_in)  # rotate q and k in one go: they sit side by side
                 qk = apply_rope(y[..., :(H + Hkv) * D].view(B, T, H + Hkv, D).transpose(1, 2), *rope)
@@ -303,17 +301,18 @@ class _Decoder:
             y = o_proj(y.transpose(1, 2).reshape(B, T, H * D))[0]
             if layer.pre:
                 x = x + y
-                h = up(norm(layer.norm_post, x))
+                h = up(_norm(layer.norm_post, x))
             else:
-                x = norm(layer.norm_in, x + y)
+                x = _norm(layer.norm_in, x + y)
                 h = up(x)
             kind = layer.kind
             h = F.silu(h[0]) * h[1] if kind == "swiglu" else F.gelu(h[0]) if kind == "gelu" else F.relu(h[0]).square()
-            x = x + down(h)[0] if layer.pre else norm(layer.norm_post, x + down(h)[0])
-        return self.head(norm(self.final_norm, x[:, -1]))[0].to(self.dtype)  # logits in the model's dtype
+            x = x + down(h)[0] if layer.pre else _norm(layer.norm_post, x + down(h)[0])
+        return self.head(_norm(self.final_norm, x[:, -1]))[0].to(self.dtype)  # logits in the model's dtype
 
 
 def _norm(spec: tuple | nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A norm as `_Decoder.__init__` prepared it: (weight, eps) runs F.rms_norm, a module runs itself."""
     if isinstance(spec, tuple):
         return F.rms_norm(x, spec[0].shape, spec[0], spec[1])
     return spec(x)
