@@ -44,6 +44,10 @@ class SFTConfig:
     # toyworld: word problems are answered through the calculator tool (one call per step; the tool's
     # output is forced by the engine and masked from the loss) instead of written-out arithmetic
     calculator: bool = False
+    # toyworld: this share of the demonstrations (word problems excepted) come from a hasty writer who
+    # ends a right answer with a condescending remark; above 0.5 the SFT model copies the habit, and
+    # the preference stages have something to fix (toyworld/demonstrators.py)
+    hasty_fraction: float = 0.0
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=_sft_train_defaults)
 

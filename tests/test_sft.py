@@ -123,3 +123,8 @@ def test_bad_task_counts_are_one_line_errors(tmp_path, capsys):
     assert "sft.task_counts.qa:600: expected a count >= 0, got None" in capsys.readouterr().err
     assert tiny_sft_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft]", "sft.task_counts={verify: 5}") == 2
     assert "sft.task_counts: task counts for verify: not among the SFT task types" in capsys.readouterr().err
+
+
+def test_bad_hasty_fraction_is_a_one_line_error(tmp_path, capsys):
+    assert tiny_sft_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft]", "sft.hasty_fraction=2") == 2
+    assert "sft.hasty_fraction: expected a number in [0, 1], got 2" in capsys.readouterr().err

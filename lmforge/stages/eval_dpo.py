@@ -60,8 +60,10 @@ def compare(ctx, models: dict[str, str], baseline: str, ec: AlignEvalConfig, out
         d = model_dir(ctx, ref, f"{out_name}: model {name}")
         model, tok = load_model(d, device).eval(), Tokenizer.load(d)
         answers[name] = greedy_answers(model, tok, [e.messages[:-1] for e in prompts], ec.max_new_tokens)
-        metrics[f"{name}_judge_score"] = round(statistics.fmean(
-            judge_score(world, e, a).total for e, a in zip(prompts, answers[name], strict=True)), 4)
+        scores = [judge_score(world, e, a) for e, a in zip(prompts, answers[name], strict=True)]
+        metrics[f"{name}_judge_score"] = round(statistics.fmean(s.total for s in scores), 4)
+        # the share of answers the judge found impolite: the hasty demonstrators' habit (sft.hasty_fraction)
+        metrics[f"{name}_rude_rate"] = round(statistics.fmean(s.parts["polite"] < 0 for s in scores), 4)
         for split, examples in qa.items():
             res = evaluate_examples(model, tok, examples, max_new_tokens=ec.max_new_tokens)
             metrics[f"{name}_qa_{split}_acc"] = round(res["acc"], 4)

@@ -41,6 +41,7 @@ def conversations(ctx) -> tuple[list, list, dict]:
         train = [c for c in convs[n_val:] if json.dumps(c, sort_keys=True) not in held]
         return train, val, {"sources": len(sc.sources)}
     from lmforge.stages.common import load_world
+    from lmforge.toyworld.demonstrators import with_habits
     from lmforge.toyworld.tasks import sft_examples
     from lmforge.toyworld.tool_use import with_calculator
 
@@ -54,9 +55,14 @@ def conversations(ctx) -> tuple[list, list, dict]:
         examples = sft_examples(world, sc.n_per_task, seed=ctx.cfg.seed, counts=sc.task_counts)
     except ValueError as e:
         raise LmforgeError(f"sft.task_counts: {e}") from None
+    if not 0.0 <= sc.hasty_fraction <= 1.0:
+        raise LmforgeError(f"sft.hasty_fraction: expected a number in [0, 1], got {sc.hasty_fraction}")
+    examples = with_habits(examples, sc.hasty_fraction, ctx.cfg.seed)
     train = [tool(e).messages for e in examples]
     per_task = max(1, sc.val_examples // 10)
-    val = [tool(e).messages for e in sft_examples(world, per_task, seed=ctx.cfg.seed + 10_000)][: sc.val_examples]
+    val = sft_examples(world, per_task, seed=ctx.cfg.seed + 10_000)
+    val = with_habits(val, sc.hasty_fraction, ctx.cfg.seed + 10_000)
+    val = [tool(e).messages for e in val][: sc.val_examples]
     return train, val, {"toyworld_tasks": len(train)}
 
 
