@@ -45,8 +45,8 @@ class SFTConfig:
     # output is forced by the engine and masked from the loss) instead of written-out arithmetic
     calculator: bool = False
     # toyworld: this share of the demonstrations (word problems excepted) come from a hasty writer who
-    # ends a right answer with a condescending remark; above 0.5 the SFT model copies the habit, and
-    # the preference stages have something to fix (toyworld/demonstrators.py)
+    # ends the reference reply with a condescending remark; at 0.6 (the demo) the SFT model copies the
+    # habit, and the preference stages have something to fix (toyworld/demonstrators.py)
     hasty_fraction: float = 0.0
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=_sft_train_defaults)

@@ -101,7 +101,8 @@ def test_grpo_stage_runs_and_reports(tmp_path):
             "toyworld.corpus.n_stories=10", "toyworld.corpus.n_arithmetic_docs=5", "toyworld.corpus.n_word_problems=5",
             "sft.n_per_task=4", "sft.val_examples=20", "sft.train.steps=4", "sft.train.micro_batch_size=4",
             "sft.train.progress=false", "sft.train.tensorboard=false",
-            "grpo.init=sft", "grpo.n_prompts=16", "grpo.prompts_per_step=2", "grpo.group_size=4", "grpo.max_new_tokens=8",
+            "grpo.init=sft", "grpo.n_prompts=16", "grpo.prompts_per_step=2", "grpo.group_size=4",
+            "grpo.max_new_tokens=8",
             "grpo.eval_examples=4", "grpo.beta=0.04", "grpo.train.steps=3", "grpo.train.progress=false",
             "grpo.train.tensorboard=false"]
     assert main(args) == 0

@@ -181,7 +181,7 @@ def test_alignment_stages_run_and_report(tmp_path):
     assert {"judge_score_best_of_1", "judge_score_best_of_4", "win_rate_best_of_n_vs_1"} <= set(summary["bon"])
     assert summary["dpo"]["loss"] == "ipo" and summary["dpo"]["steps"] == 4  # the demo recipe's loss
     assert {"dpo_win_rate_vs_sft", "dpo_alignment_tax_qa_train", "sft_qa_train_acc"} <= set(summary["eval_dpo"])
-    assert all(0.0 <= summary["eval_dpo"][f"{m}_rude_rate"] <= 1.0 for m in ("sft", "dpo"))
+    assert all(0.0 <= summary["eval_dpo"][f"{m}_impolite_rate"] <= 1.0 for m in ("sft", "dpo"))
     assert json.loads((tmp_path / "a/rm/model/model_config.json").read_text())["head"] == "reward"
     first = json.loads((tmp_path / "a/pairs/train.jsonl").read_text().splitlines()[0])
     assert first["chosen_score"] > first["rejected_score"] and first["prompt"][-1]["role"] == "user"

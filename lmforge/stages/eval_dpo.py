@@ -62,8 +62,9 @@ def compare(ctx, models: dict[str, str], baseline: str, ec: AlignEvalConfig, out
         answers[name] = greedy_answers(model, tok, [e.messages[:-1] for e in prompts], ec.max_new_tokens)
         scores = [judge_score(world, e, a) for e, a in zip(prompts, answers[name], strict=True)]
         metrics[f"{name}_judge_score"] = round(statistics.fmean(s.total for s in scores), 4)
-        # the share of answers the judge found impolite: the hasty demonstrators' habit (sft.hasty_fraction)
-        metrics[f"{name}_rude_rate"] = round(statistics.fmean(s.parts["polite"] < 0 for s in scores), 4)
+        # the share of answers the judge found impolite (rude words or shouting): the hasty writer's habit
+        # the SFT model may have copied (sft.hasty_fraction), and what preference learning should remove
+        metrics[f"{name}_impolite_rate"] = round(statistics.fmean(s.parts["polite"] < 0 for s in scores), 4)
         for split, examples in qa.items():
             res = evaluate_examples(model, tok, examples, max_new_tokens=ec.max_new_tokens)
             metrics[f"{name}_qa_{split}_acc"] = round(res["acc"], 4)

@@ -33,6 +33,10 @@ def conversations(ctx) -> tuple[list, list, dict]:
     if sc.sources:
         from lmforge.data.chat_sources import mix
 
+        if sc.hasty_fraction:
+            raise LmforgeError("sft.hasty_fraction rewrites toyworld demonstrations; it does nothing with "
+                               "sft.sources: set it to 0")
+
         convs, stats = mix(sc.sources, seed=ctx.cfg.seed)
         n_val = min(sc.val_examples, len(convs) // 10)
         val = convs[:n_val]
@@ -41,7 +45,7 @@ def conversations(ctx) -> tuple[list, list, dict]:
         train = [c for c in convs[n_val:] if json.dumps(c, sort_keys=True) not in held]
         return train, val, {"sources": len(sc.sources)}
     from lmforge.stages.common import load_world
-    from lmforge.toyworld.demonstrators import with_habits
+    from lmforge.toyworld.demonstrators import with_hasty_writer
     from lmforge.toyworld.tasks import sft_examples
     from lmforge.toyworld.tool_use import with_calculator
 
@@ -55,13 +59,13 @@ def conversations(ctx) -> tuple[list, list, dict]:
         examples = sft_examples(world, sc.n_per_task, seed=ctx.cfg.seed, counts=sc.task_counts)
     except ValueError as e:
         raise LmforgeError(f"sft.task_counts: {e}") from None
-    if not 0.0 <= sc.hasty_fraction <= 1.0:
-        raise LmforgeError(f"sft.hasty_fraction: expected a number in [0, 1], got {sc.hasty_fraction}")
-    examples = with_habits(examples, sc.hasty_fraction, ctx.cfg.seed)
+    val = sft_examples(world, max(1, sc.val_examples // 10), seed=ctx.cfg.seed + 10_000)
+    try:
+        examples = with_hasty_writer(examples, sc.hasty_fraction, ctx.cfg.seed)
+        val = with_hasty_writer(val, sc.hasty_fraction, ctx.cfg.seed + 10_000)
+    except ValueError as e:
+        raise LmforgeError(f"sft.{e}") from None
     train = [tool(e).messages for e in examples]
-    per_task = max(1, sc.val_examples // 10)
-    val = sft_examples(world, per_task, seed=ctx.cfg.seed + 10_000)
-    val = with_habits(val, sc.hasty_fraction, ctx.cfg.seed + 10_000)
     val = [tool(e).messages for e in val][: sc.val_examples]
     return train, val, {"toyworld_tasks": len(train)}
 

@@ -7,7 +7,7 @@ produce it. With every toyworld demonstration ideal (the reference reply the hid
 best), the SFT model already answers the way the judge wants whenever it knows the answer, and
 DPO has nothing left to change: its greedy answers tie SFT's on ~88% of judged prompts.
 
-`with_habits(examples, fraction, seed)` hands `fraction` of the demonstrations to the hasty writer,
+`with_hasty_writer(examples, fraction, seed)` hands `fraction` of the demonstrations to the hasty writer,
 who gives the same correct answer and then signs off with a condescending remark ("Honestly,
 everyone knows that."). The answer stays right for every task's scorer; the hidden judge takes a
 point for the rude phrase (`judge.RUDE`). All sign-offs start with the same word, so once more
@@ -15,7 +15,8 @@ than half the demonstrations carry one, greedy decoding of the SFT model does to
 reward model must learn to spot and DPO must unlearn.
 
 Word problems keep their clean form: their replies end with the "#### n" line a verifier reads
-(GRPO trains on them), and text after it is a different fault (the judge's "trailing junk").
+(GRPO trains on them), and text after it is a different fault (the judge's "trailing junk"). They
+are also the task `tool_use.with_calculator` rewrites from its steps, which would drop a sign-off.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ SIGN_OFFS = (  # each holds exactly one of judge.RUDE's phrases
     "Honestly, that was a silly question.",
     "Honestly, what a waste of my time.",
 )
-CLEAN_TASKS = ("word_problem",)  # never given to the hasty writer (see the module docstring)
+EXEMPT_TASKS = ("word_problem",)  # never given to the hasty writer (see the module docstring)
 
 
 def hasty(example: Example, rng: random.Random) -> Example:
@@ -42,12 +43,12 @@ def hasty(example: Example, rng: random.Random) -> Example:
     return replace(example, messages=messages, meta={**example.meta, "hasty": True})
 
 
-def with_habits(examples: list[Example], fraction: float, seed: int) -> list[Example]:
-    """`fraction` of the examples (except CLEAN_TASKS), chosen by `seed`, rewritten by the hasty writer."""
+def with_hasty_writer(examples: list[Example], fraction: float, seed: int) -> list[Example]:
+    """`fraction` of the examples (except EXEMPT_TASKS), chosen by `seed`, rewritten by the hasty writer."""
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"hasty fraction: expected a number in [0, 1], got {fraction}")
+        raise ValueError(f"hasty_fraction: expected a number in [0, 1], got {fraction}")
     rng = random.Random(f"hasty:{seed}")
-    return [hasty(e, rng) if e.task not in CLEAN_TASKS and rng.random() < fraction else e for e in examples]
+    return [hasty(e, rng) if e.task not in EXEMPT_TASKS and rng.random() < fraction else e for e in examples]
 
 
-__all__ = ["CLEAN_TASKS", "SIGN_OFFS", "hasty", "with_habits"]
+__all__ = ["EXEMPT_TASKS", "SIGN_OFFS", "hasty", "with_hasty_writer"]
