@@ -113,6 +113,20 @@ def test_grpo_stage_runs_and_reports(tmp_path):
     assert train and "kl" in train[-1] and "logp_max_diff" in train[-1]
 
 
+def test_init_from_a_stage_that_has_not_run_is_a_one_line_error(tmp_path, capsys):
+    from lmforge.cli import main
+
+    args = ["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "name=g",
+            "stages=[toyworld,tokenizer,pretrain,grpo,sft]", "grpo.init=sft",
+            "model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=400",
+            "train.steps=2", "train.micro_batch_size=4", "train.seq_len=64", "train.progress=false",
+            "train.tensorboard=false", "toyworld.corpus.n_stories=10", "toyworld.corpus.n_arithmetic_docs=5",
+            "toyworld.corpus.n_word_problems=5"]
+    assert main(args) == 2
+    want = f"grpo.init: stage 'sft' has no model yet ({tmp_path}/g/sft/model); run it first (lmforge sft RECIPE)"
+    assert want in capsys.readouterr().err
+
+
 def test_token_logps_slices_the_head_like_the_full_forward(toy_data):
     """token_logps runs the head only on target positions of a plain Transformer; a wrapped model gets full
     logits: same numbers, same gradient."""

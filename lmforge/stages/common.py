@@ -63,7 +63,10 @@ def load_world(ctx):
 def model_dir(ctx, init: str, key: str) -> Path:
     """`init` names a stage of this run (its model/ directory) or a checkpoint directory."""
     if init in ctx.cfg.stages:
-        return ctx.stage_dir(init) / "model"
+        d = ctx.stage_dir(init) / "model"
+        if not (d / "model_config.json").exists():  # e.g. listed after the stage that starts from it
+            raise LmforgeError(f"{key}: stage {init!r} has no model yet ({d}); run it first (lmforge {init} RECIPE)")
+        return d
     p = Path(init)
     if not (p / "model_config.json").exists():
         raise LmforgeError(f"{key}: {init!r} is neither a stage of this recipe nor a checkpoint directory")
