@@ -7,10 +7,10 @@ produce it. With every toyworld demonstration ideal (the reference reply the hid
 best), the SFT model already answers the way the judge wants whenever it knows the answer, and
 DPO has nothing left to change: its greedy answers tie SFT's on ~88% of judged prompts.
 
-`with_hasty_writer(examples, fraction, seed)` hands `fraction` of the demonstrations to the hasty writer,
-who gives the same correct answer and then signs off with a condescending remark ("Honestly,
-everyone knows that."). The answer stays right for every task's scorer; the hidden judge takes a
-point for the rude phrase (`judge.RUDE`). All sign-offs start with the same word, so once more
+`with_hasty_writer(examples, fraction, seed)` hands `fraction` of the demonstrations to the hasty
+writer, who keeps the reference reply (a right answer, a refusal, an "I don't know") and then signs
+off with a condescending remark ("Honestly, everyone knows that."). The reply stays right for every
+task's scorer; the hidden judge takes a point for the rude phrase (`judge.RUDE`). All sign-offs start with the same word, so once more
 than half the demonstrations carry one, greedy decoding of the SFT model does too: the habit the
 reward model must learn to spot and DPO must unlearn.
 
