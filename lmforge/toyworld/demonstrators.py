@@ -10,9 +10,9 @@ DPO has nothing left to change: its greedy answers tie SFT's on ~88% of judged p
 `with_hasty_writer(examples, fraction, seed)` hands `fraction` of the demonstrations to the hasty
 writer, who keeps the reference reply (a right answer, a refusal, an "I don't know") and then signs
 off with a condescending remark ("Honestly, everyone knows that."). The reply stays right for every
-task's scorer; the hidden judge takes a point for the rude phrase (`judge.RUDE`). All sign-offs start with the same word, so once more
-than half the demonstrations carry one, greedy decoding of the SFT model does too: the habit the
-reward model must learn to spot and DPO must unlearn.
+task's scorer; the hidden judge takes a point for the rude phrase (`judge.RUDE`). All sign-offs
+start with the same word, so once more than half the demonstrations carry one, greedy decoding of
+the SFT model does too: the habit the reward model must learn to spot and DPO must unlearn.
 
 Word problems keep their clean form: their replies end with the "#### n" line a verifier reads
 (GRPO trains on them), and text after it is a different fault (the judge's "trailing junk"). They
