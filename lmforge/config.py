@@ -157,22 +157,37 @@ def _set_dotted(raw: dict, cls, dotted: str, value_text: str, source: str) -> No
         prefix += part + "."
 
 
+def _read_recipe(p: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe's mapping. `extends: other.yaml` (a path relative to this file) starts from that
+    recipe: sections merge key by key, and what this file sets wins (a list is replaced whole)."""
+    if not p.is_file():
+        raise LmforgeError(f"{p}: recipe file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise LmforgeError(f"{p}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise LmforgeError(f"{p}: expected a mapping of sections at the top level")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise LmforgeError(f"{p}: extends: expected the path of another recipe, got {base!r}")
+    parent = (p.parent / base).resolve()
+    if parent in seen or parent == p.resolve():
+        raise LmforgeError(f"{p}: extends: {base} extends this recipe back (a cycle)")
+    return _merge(_read_recipe(parent, (*seen, p.resolve())), raw)
+
+
 def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
     """Load `cls` from a YAML file (or defaults when path is None), then apply `key=value` overrides."""
     raw: dict = {}
     source = ""
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise LmforgeError(f"{p}: recipe file not found")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise LmforgeError(f"{p}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(raw, dict):
-            raise LmforgeError(f"{p}: expected a mapping of sections at the top level")
+        raw = _read_recipe(p)
         source = f"{p}: "
     if not overrides:
         return build(cls, raw, "", source)

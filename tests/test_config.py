@@ -123,3 +123,37 @@ def test_dtype_auto_follows_the_hardware(monkeypatch):
         assert TrainConfig(dtype="bf16").use_bf16(torch.device("cpu")) is True
         assert TrainConfig(dtype="fp32").use_bf16("cpu") is False
     tconfig.native_bf16.cache_clear()
+
+
+def test_a_recipe_extends_another(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\nseed: 3\nmodel: {n_layer: 2, d_model: 64}\n"
+                                        "stages: [toyworld, tokenizer]\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/child.yaml").write_text("extends: ../base.yaml\nname: child\nmodel: {n_layer: 3}\n"
+                                             "stages: [toyworld]\n")
+    cfg = load_run_config(tmp_path / "sub/child.yaml", ["model.n_head=4"])
+    # sections merge key by key (d_model kept), scalars and lists of the child win, overrides apply last
+    assert (cfg.name, cfg.seed, cfg.stages) == ("child", 3, ["toyworld"])
+    assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head) == (3, 64, 4)
+
+
+def test_bad_extends_are_one_line_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(LmforgeError, match=r"b.yaml: extends: a.yaml extends this recipe back \(a cycle\)"):
+        load_run_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(LmforgeError, match=r"missing.yaml: recipe file not found"):
+        load_run_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: [a.yaml]\n")
+    with pytest.raises(LmforgeError, match=r"d.yaml: extends: expected the path of another recipe, got \['a.yaml'\]"):
+        load_run_config(tmp_path / "d.yaml")
+
+
+def test_rlhf_recipe_is_the_demo_up_to_the_reward_model():
+    """`cp -al runs/demo runs/rlhf` reuses the demo's stages only if their config sections are equal."""
+    demo, rlhf = (load_run_config(ROOT / f"recipes/{n}.yaml") for n in ("demo", "rlhf"))
+    for section in ("seed", "toyworld", "data", "curate", "tokenizer", "model", "train", "sft", "pairs", "rm",
+                    "eval_dpo"):
+        assert getattr(demo, section) == getattr(rlhf, section), section
+    assert rlhf.stages[-2:] == ["ppo", "eval_ppo"]
