@@ -12,8 +12,10 @@ How a batch runs:
   step is a single (rows, 1) forward whatever the prompt lengths. A run's longest prompt plus
   any row's new tokens stays within `max_seq_len`: near that limit a short prompt goes to
   another run rather than lose tokens.
-- N samples per prompt: each prompt is prefilled once and its cache rows are then copied N
-  times (as nanochat does); the N rows sample independently from then on.
+- N samples per prompt: each prompt is prefilled once; the fast path then keeps its keys and
+  values once and gives each of the N rows only its own columns (`lmforge.group_decode`: a step
+  reads the prompt once per group, not N times), the reference path copies its cache rows N
+  times (as nanochat does). The N rows sample independently from then on.
 - Sampling (greedy at temperature 0, else temperature / top-k / top-p) draws from a private
   `torch.Generator` seeded by `params.seed`: the same call with the same seed gives the same
   outputs, and the global RNG of a training run is never touched. With temperature > 0 a
@@ -73,6 +75,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmforge.fast_decode import _Decoder
+from lmforge.group_decode import GroupCache
 from lmforge.model.transformer import KVCache, Transformer
 
 MAX_TOOL_OUTPUT_CHARS = 256  # a tool's answer is cut to this many characters before it is forced in
@@ -273,7 +276,10 @@ class Engine:
         pad = torch.tensor([L - len(p) for p in prompts], device=dev)
         idx = torch.tensor([[0] * (L - len(p)) + p for p in prompts], device=dev)
         padded = bool(pad.any())
-        cache = KVCache(cfg, len(prompts), total, dev, next(self.model.parameters()).dtype)
+        # n samples from a fast decoder: the prompts' keys and values are kept once (GroupCache), else
+        # each prompt's cache rows are copied n times after the prefill
+        group = n > 1 and decoder is not None
+        cache = KVCache(cfg, len(prompts), L if group else total, dev, next(self.model.parameters()).dtype)
         cols = torch.arange(total, device=dev)
         pos = (cols[None, :L] - pad[:, None]).clamp(min=0)                              # (B, L)
         bias = None
@@ -283,6 +289,9 @@ class Engine:
             bias = torch.zeros(allowed.shape, dtype=cache.k[0].dtype, device=dev)
             bias = bias.masked_fill(~allowed, float("-inf"))[:, None]                   # (B, 1, L, L)
         logits = self._forward(decoder, idx, 0, pos, bias, pad if padded else None, cache)
+        if group:
+            cache = GroupCache(cache, pad if padded else None, n, total - L)
+            return logits.repeat_interleave(n, 0), cache, (pad.repeat_interleave(n, 0) if padded else None), None, L
         if n > 1:  # prefill once, then copy each prompt's cache rows for its n samples
             cache.k = [t.repeat_interleave(n, 0) for t in cache.k]
             cache.v = [t.repeat_interleave(n, 0) for t in cache.v]
@@ -333,7 +342,7 @@ class Engine:
             with torch.inference_mode():
                 if len(live) <= len(active) // 2:  # half the batch is done: drop finished rows, halve the work
                     keep = torch.tensor(live, device=logits.device)
-                    cache.k, cache.v = [t[keep] for t in cache.k], [t[keep] for t in cache.v]
+                    cache.keep_rows(keep)
                     pos = pos[keep]
                     pad = pad[keep] if pad is not None else None
                     step_bias = step_bias[keep] if step_bias is not None else None

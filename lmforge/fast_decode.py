@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.group_decode import GroupCache
 from lmforge.model.layers import RMSNorm, apply_rope, rope_cos_sin
 from lmforge.model.transformer import KVCache, Transformer
 
@@ -217,22 +218,26 @@ class _Decoder:
                 and model.cfg.position != "alibi" and model.cfg.sliding_window == 0)
 
     def forward(self, idx: torch.Tensor, start: int, pos: torch.Tensor, bias: torch.Tensor | None,
-                cache: KVCache) -> torch.Tensor:
+                cache: KVCache | GroupCache) -> torch.Tensor:
         """idx (B, T) in columns start.., at positions pos (B, T) -> logits of the last column (B, V).
 
         bias: additive attention mask (B, 1, T, S >= start + T; columns past start + T are ignored),
-        or None for plain causal.
+        or None for plain causal. A GroupCache (n samples per prompt, one token each) brings its own.
         """
         T = idx.shape[1]
+        if isinstance(cache, GroupCache):
+            return self._layers(idx, pos, lambda li, q, k, v: cache.attend(li, q, k, v, start))
         if T == 1 and self.compiled:
             return self._step(idx, start, pos, bias, cache)
         if bias is not None and bias.shape[-1] > start + T:
             bias = bias[..., :start + T]
+        causal = bias is None and T > 1
 
-        def kv(li, k, v):
-            return cache.update(li, k, v, start)
+        def attend(li, q, k, v):
+            k, v = cache.update(li, k, v, start)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, enable_gqa=self.gqa)
 
-        return self._layers(idx, pos, bias, kv, causal=bias is None and T > 1)
+        return self._layers(idx, pos, attend)
 
     def step(self, idx: torch.Tensor, col: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor | None,
              cache: KVCache) -> torch.Tensor:
@@ -244,12 +249,12 @@ class _Decoder:
         """
         at, span = col.view(1), col + 1
 
-        def kv(li, k, v):
+        def attend(li, q, k, v):
             cache.k[li].index_copy_(2, at, k)
             cache.v[li].index_copy_(2, at, v)
-            return cache.k[li], cache.v[li]
+            return torch.ops.lmforge.attend(q, cache.k[li], cache.v[li], bias, span, self.gqa)
 
-        return self._layers(idx, pos, bias, kv, causal=False, span=span)
+        return self._layers(idx, pos, attend)
 
     def _step(self, idx, start: int, pos, bias, cache) -> torch.Tensor:
         col = torch.tensor(start, device=idx.device)
@@ -262,8 +267,8 @@ class _Decoder:
                               stacklevel=2)
         return self.step(idx, col, pos, bias, cache)
 
-    def _layers(self, idx: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor | None, kv, causal: bool,
-                span: torch.Tensor | None = None):
+    def _layers(self, idx: torch.Tensor, pos: torch.Tensor, attend):
+        """The blocks; attend(layer, q, k, v) stores the new keys and values and returns attention (B, H, T, D)."""
         cfg = self.cfg
         B, T = idx.shape
         H, Hkv, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
@@ -293,11 +298,7 @@ class _Decoder:
             # bf16 matmuls give bf16 q|k|v; the cache and the attention keep the model's dtype (a bf16
             # cache halves the bytes a step reads, but SDPA's CPU kernel is slower in bf16 at one query)
             q, k, v = q.to(self.dtype), k.to(self.dtype), v.to(self.dtype)
-            k, v = kv(li, k, v)
-            if span is None:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, enable_gqa=self.gqa)
-            else:
-                y = torch.ops.lmforge.attend(q, k, v, bias, span, self.gqa)
+            y = attend(li, q, k, v)
             y = o_proj(y.transpose(1, 2).reshape(B, T, H * D))[0]
             if layer.pre:
                 x = x + y

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from lmforge.losses import IGNORE_INDEX
+from lmforge.model.shared_prefix import pack_rows, supports
 
 
 @dataclass
@@ -107,67 +108,15 @@ def sequence_logps(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     return (tok_logp * valid).sum(-1), valid.sum(-1)
 
 
-def _packs(model) -> bool:
-    """Whether `model`'s layers can run on packed rows (`pack_pairs`): a plain `Transformer` or
-    `RewardModel` (not wrapped by DDP or torch.compile, whose own forward must run) with positions a
-    row can be given one by one."""
-    from lmforge.model.reward import RewardModel
-    from lmforge.model.transformer import Transformer
-
-    plain = type(model) is RewardModel or (isinstance(model, Transformer)
-                                           and type(model).forward is Transformer.forward)
-    return plain and model.cfg.position != "alibi" and model.cfg.sliding_window == 0
-
-
-def _packed_hidden(model, ids: torch.Tensor, pos: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """`Transformer.hidden` with given positions (B, N) and attention pattern (B, N, N) -> (B, N, C)."""
-    from lmforge.model.layers import rope_cos_sin
-
-    cfg, m = model.cfg, model.model
-    B, N = ids.shape
-    x = m.embed_tokens(ids)
-    if cfg.position == "learned":
-        x = x + m.embed_positions(pos)
-    rope = None
-    if cfg.position == "rope":
-        cos, sin = rope_cos_sin(pos.reshape(-1), cfg.head_dim, cfg.rope_theta)      # (B*N, D)
-        rope = (cos.view(B, 1, N, -1), sin.view(B, 1, N, -1))
-    bias = torch.zeros(allowed.shape, device=ids.device).masked_fill(~allowed, float("-inf"))[:, None]
-    for block in m.layers:
-        x = block(x, rope, bias, None, 0)
-    return m.norm(x)
-
-
 def pack_pairs(model, ids: torch.Tensor, used: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final hidden states of B items' two rows (rows b and B + b), each item run as one packed row.
+    """Final hidden states of B items' two rows (rows b and B + b), each item run as one packed row
+    (`lmforge.model.shared_prefix`): their shared start once, then row b's own tokens, then row b + B's.
 
-    ids (2B, T) tokens, used (2B,) how many leading tokens of each row matter. Returns (h (B * N, C),
-    where (2B, T)): row r's position i sits at h[where[r, i]] (i < used[r]), exactly as a separate
-    causal forward of row r would give it, to float rounding. The packed row holds the shared start
-    of the two rows once, then row b's own tokens, then row b + B's, which attend to the shared start
-    and to themselves (not to row b's) and continue its positions.
+    ids (2B, T) tokens, used (2B,) how many leading tokens of each row matter. Returns (h, where (2B, T)):
+    row r's token i sits at h[where[r, i]] (i < used[r]), as a separate causal forward of row r gives it.
     """
-    R, T = ids.shape
-    B, dev = R // 2, ids.device
-    na, nb = used[:B], used[B:]
-    same = (ids[:B] == ids[B:]).long().cumprod(1).sum(1)                         # (B,) common prefix
-    shared = torch.minimum(same, torch.minimum(na, nb))
-    width = na + nb - shared                                                     # (B,) packed lengths
-    N = int(width.max())
-    col = torch.arange(N, device=dev)[None]                                       # (1, N)
-    in_b = col >= na[:, None]                                                     # (B, N) row b + B's own part
-    b_src = (col - na[:, None] + shared[:, None]).clamp(0, T - 1)                 # its source column
-    packed = torch.where(in_b, ids[B:].gather(1, b_src), ids[:B].gather(1, col.expand(B, N).clamp(max=T - 1)))
-    pos = torch.where(in_b, b_src, col).clamp(max=model.cfg.max_seq_len - 1)     # pad columns: any valid one
-    own_a = (col >= shared[:, None]) & ~in_b                                      # row b's own columns
-    causal = torch.ones(N, N, dtype=torch.bool, device=dev).tril()
-    allowed = causal[None] & ~(in_b[:, :, None] & own_a[:, None, :])             # (B, N, N)
-    h = _packed_hidden(model, packed, pos, allowed)                               # (B, N, C)
-    i = torch.arange(T, device=dev)[None]                                         # (1, T)
-    s2 = torch.cat([shared, shared])[:, None]
-    cols = torch.where((torch.arange(R, device=dev) >= B)[:, None] & (i >= s2),
-                       i - s2 + torch.cat([na, na])[:, None], i)                  # (2B, T)
-    return h.reshape(B * N, -1), (torch.arange(R, device=dev) % B)[:, None] * N + cols
+    B = ids.shape[0] // 2
+    return pack_rows(model, ids, used, [[b, B + b] for b in range(B)])
 
 
 def pair_logps(model, ids: torch.Tensor, targets: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor,
@@ -178,7 +127,7 @@ def pair_logps(model, ids: torch.Tensor, targets: torch.Tensor, last: torch.Tens
 
     ids (2B, T+1), targets (2B, T), last (2B,) as `collate_rows` makes them.
     """
-    if not _packs(model):
+    if not supports(model):
         return sequence_logps(model(ids[:, :-1]), targets)
     h, where = pack_pairs(model, ids[:, :-1], last)          # inputs: a row of last + 1 tokens has `last`
     keep = targets != IGNORE_INDEX
@@ -191,7 +140,7 @@ def pair_logps(model, ids: torch.Tensor, targets: torch.Tensor, last: torch.Tens
 def pair_rewards(model, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     """`model(ids, last)` of a RewardModel for B items (rows b and B + b) -> (2B,) scores at column
     `last`, each item run as one packed row (`pack_pairs`): the prompt once, not twice."""
-    if not _packs(model):
+    if not supports(model):
         return model(ids, last)
     h, where = pack_pairs(model, ids, last + 1)
     return model.score(h[where.gather(1, last[:, None]).squeeze(1)]).squeeze(-1).float()

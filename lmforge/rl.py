@@ -42,14 +42,23 @@ class RolloutBatch:
 
 
 def token_logps(model, ids: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """(B, T) log p(target) under softmax(logits / temperature); 0 where the target is ignored."""
+    """(B, T) log p(target) under softmax(logits / temperature); 0 where the target is ignored.
+
+    Consecutive rows with the same prompt (a group's samples) run as one packed row, the prompt once
+    (`lmforge.model.shared_prefix`; same numbers to float rounding)."""
+    from lmforge.model.shared_prefix import pack_rows, supports
     from lmforge.model.transformer import Transformer
 
     keep = targets != IGNORE_INDEX
     # the head and the log-softmax only where there is a target (a rollout row is about a third
     # prompt); a wrapped model (DDP, torch.compile) must be called as a whole: full logits
     sliced = isinstance(model, Transformer) and type(model).forward is Transformer.forward
-    if sliced:
+    packs = prompt_packs(ids, keep) if sliced and supports(model) else None
+    if packs is not None and len(packs) < len(ids):
+        used = torch.where(keep.any(1), ids.shape[1] - keep.flip(1).int().argmax(1), 1)  # through the last target
+        h, where = pack_rows(model, ids, used, packs)
+        logits, tgt = model.lm_head(h[where[keep]]).float(), targets[keep]
+    elif sliced:
         logits, tgt = model.lm_head(model.hidden(ids)[keep]).float(), targets[keep]
     else:
         logits, tgt = model(ids).float(), targets.clamp(min=0)
@@ -57,6 +66,28 @@ def token_logps(model, ids: torch.Tensor, targets: torch.Tensor, temperature: fl
         logits = logits / temperature
     lp = torch.log_softmax(logits, -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
     return lp.new_zeros(targets.shape).masked_scatter(keep, lp) if sliced else lp * keep
+
+
+def prompt_packs(ids: torch.Tensor, keep: torch.Tensor) -> list[list[int]]:
+    """Runs of consecutive rows with the same prompt: equal tokens up to and including the column of
+    their first target (keep (B, T): where targets are). A row without targets is alone.
+
+    >>> ids = torch.tensor([[1, 5, 6, 7], [1, 5, 8, 9], [1, 4, 6, 7]])
+    >>> prompt_packs(ids, torch.tensor([[0, 1, 1, 0], [0, 1, 1, 1], [0, 1, 1, 0]]).bool())
+    [[0, 1], [2]]
+    """
+    first = torch.where(keep.any(1), keep.int().argmax(1), -1).tolist()
+    rows = ids.tolist()
+    packs: list[list[int]] = []
+    prev = None
+    for r, f in enumerate(first):
+        prompt = tuple(rows[r][:f + 1]) if f >= 0 else None
+        if prompt is not None and prompt == prev:
+            packs[-1].append(r)
+        else:
+            packs.append([r])
+        prev = prompt
+    return packs
 
 
 def malformed(ids: list[int], end_of_turn: int, tool_call: int, end_tool_call: int) -> bool:

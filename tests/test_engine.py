@@ -161,6 +161,39 @@ def test_finished_rows_leave_the_batch(fast, monkeypatch):
     assert widths[0] == 6 and widths[1] == 12 and widths[-1] < 6  # prefill, first step, after compaction
 
 
+@pytest.mark.parametrize("kw", VARIANTS[:5])
+def test_samples_from_the_group_cache_equal_copied_cache_rows(kw, monkeypatch):
+    """n samples per prompt on the fast path keep the prompt's keys and values once (GroupCache); they
+    equal the reference path's, which copies the prompt's cache rows n times: the same tokens and
+    log-probs at temperature 1, through rows finishing at different steps (stop tokens: rows and then
+    whole prompts leave the batch) and prompts of different lengths (left padding)."""
+    from lmforge.group_decode import GroupCache
+
+    model = tiny(**kw)
+    prompts = prompts_of([5, 3, 8, 6, 2, 9])
+    kept = []
+    real_keep = GroupCache.keep_rows
+
+    def keep_rows(self, keep):
+        real_keep(self, keep)
+        kept.append((len(keep), self.P))  # rows, prompts still decoding
+
+    monkeypatch.setattr(GroupCache, "keep_rows", keep_rows)
+    stop: tuple = ()
+    for _ in range(2):  # free-running, then stopping at the tokens the samples used most
+        params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=3, stop_ids=stop, logprobs=True)
+        group = Engine(model).generate(prompts, params, n=4)
+        copied = Engine(model, fast=False).generate(prompts, params, n=4)
+        assert [[c.ids for c in s] for s in group] == [[c.ids for c in s] for s in copied]
+        for s, t in zip(group, copied, strict=True):
+            for a, b in zip(s, t, strict=True):
+                assert a.finish_reason == b.finish_reason
+                torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+        counts = torch.bincount(torch.tensor([t for s in group for c in s for t in c.ids[1:]]), minlength=VOCAB)
+        stop = tuple(counts.topk(10).indices.tolist())
+    assert kept and any(p < 6 for _, p in kept)  # rows left, and then prompts with no row left
+
+
 def test_max_seq_len_is_respected():
     model = tiny(max_seq_len=20)
     long, short, too_long = prompts_of([17, 4, 20])

@@ -150,6 +150,32 @@ def test_token_logps_slices_the_head_like_the_full_forward(toy_data):
     assert torch.allclose(g_sliced, g_full, atol=1e-5)
 
 
+@pytest.mark.parametrize("kw", [{}, {"position": "learned", "n_kv_head": 2}])
+def test_token_logps_of_a_group_packed_equal_each_row_alone(kw, toy_data):
+    """A group's samples (consecutive rows, same prompt) run as one packed row, the prompt once: each
+    row's log-probs and the gradient equal those of the row run by itself (rows of different lengths,
+    a forced token inside a completion, two groups side by side)."""
+    from lmforge.rl import prompt_packs
+
+    _, tok = toy_data
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4, max_seq_len=64,
+                                    **kw))
+    batch = source(model, tok, P=2, G=4, max_new=6).make(0)
+    ids, targets = batch.ids, batch.targets.clone()
+    targets[1, targets[1].ne(IGNORE_INDEX).nonzero()[1, 0]] = IGNORE_INDEX  # a forced (untrained) token
+    assert prompt_packs(ids, targets != IGNORE_INDEX) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    weights = torch.randn(targets.shape)
+    packed = token_logps(model, ids, targets, 0.7)
+    g_packed = torch.autograd.grad((packed * weights).sum(), list(model.parameters()))
+    alone = torch.cat([token_logps(model, ids[r:r + 1], targets[r:r + 1], 0.7) for r in range(len(ids))])
+    g_alone = torch.autograd.grad((alone * weights).sum(), list(model.parameters()))
+    assert (targets != IGNORE_INDEX).sum() > 20 and packed.abs().max() > 1
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_alone, g_packed, strict=True):  # atol: summation order (test_preference_train)
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
 def test_one_update_per_batch_skips_the_old_logp_forward(toy_data):
     """updates_per_batch 1: old_logp is left empty (the loss uses the update's own, detached) and the engine's
     log-probs are still checked on one group; several updates recompute old_logp for every row."""

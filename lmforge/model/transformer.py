@@ -36,6 +36,10 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def keep_rows(self, keep: torch.Tensor) -> None:
+        """Keep only rows `keep` (indices) of every layer."""
+        self.k, self.v = [t[keep] for t in self.k], [t[keep] for t in self.v]
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):

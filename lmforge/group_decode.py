@@ -1,0 +1,85 @@
+"""Decoding n samples of each prompt with the prompt's keys and values stored once.
+
+`Engine.generate(prompts, params, n)` prefills every prompt once; copying its cache rows n times
+(nanochat's way) makes every decode step read the prompt's keys and values n times, and at RL
+sizes (16 prompts x 8 samples, prompts of ~90 tokens, replies of ~30) that read is most of the
+step: attention over the cache took ~40% of a GRPO rollout. `GroupCache` keeps the prompts' part
+once, (P, Hkv, L, D) per layer, and each row's own columns, (R, Hkv, budget, D). A decode step's
+n queries of one prompt then meet that prompt's keys as one small matmul, (n, D) @ (D, L), and
+each row's own keys as before; both halves of the scores share one softmax, so the result is
+attention over [prompt | own columns], as with copied rows (to float rounding).
+
+Rows leave the batch as they finish (`keep_rows`), so the rows still decoding need not fill the
+(P x n) grid: `slots` says which grid cell each row is, and a prompt with no row left is dropped.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmforge.model.transformer import KVCache
+
+
+class GroupCache:
+    """The KV cache of n samples per prompt: the prefilled prompts (left padded by `pad` columns)
+    once, then each row's own columns; row r is cell slots[r] of the (prompts x n) grid."""
+
+    def __init__(self, prefix: KVCache, pad: torch.Tensor | None, n: int, budget: int):
+        self.prefix_k, self.prefix_v = prefix.k, prefix.v
+        P, Hkv, L, D = prefix.k[0].shape
+        self.P, self.n, self.L = P, n, L
+        cols = torch.arange(L, device=prefix.k[0].device)
+        hide = (cols[None, :] < pad[:, None]) if pad is not None else cols[None, :] < 0              # (P, L)
+        self.prefix_bias = torch.zeros(P, 1, 1, L, dtype=prefix.k[0].dtype, device=cols.device).masked_fill(
+            hide[:, None, None], float("-inf"))
+        shape = (P * n, Hkv, budget, D)
+        self.k = [prefix.k[0].new_zeros(shape) for _ in prefix.k]
+        self.v = [prefix.k[0].new_zeros(shape) for _ in prefix.v]
+        self.slots: torch.Tensor | None = None  # None: every cell, in order
+
+    def keep_rows(self, keep: torch.Tensor) -> None:
+        """Keep only rows `keep` (ascending indices); prompts none of them sample from are dropped."""
+        slots = keep if self.slots is None else self.slots[keep]
+        self.k, self.v = [t[keep] for t in self.k], [t[keep] for t in self.v]
+        groups = torch.div(slots, self.n, rounding_mode="floor")
+        alive = torch.unique(groups)                                             # ascending
+        if len(alive) < self.P:
+            self.prefix_k = [t[alive] for t in self.prefix_k]
+            self.prefix_v = [t[alive] for t in self.prefix_v]
+            self.prefix_bias = self.prefix_bias[alive]
+            remap = torch.full((self.P,), -1, dtype=torch.long, device=slots.device)
+            remap[alive] = torch.arange(len(alive), device=slots.device)
+            slots = remap[groups] * self.n + slots % self.n
+            self.P = len(alive)
+        self.slots = None if len(slots) == self.P * self.n else slots
+
+    def attend(self, li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, col: int) -> torch.Tensor:
+        """Layer li's attention for one new token per row at cache column `col` (>= L, the same for all):
+        q (R, H, 1, D), k/v (R, Hkv, 1, D), written into the rows' own columns -> (R, H, 1, D)."""
+        c = col - self.L
+        self.k[li][:, :, c] = k[:, :, 0]
+        self.v[li][:, :, c] = v[:, :, 0]
+        ko, vo = self.k[li][:, :, :c + 1], self.v[li][:, :, :c + 1]               # (R, Hkv, c+1, D)
+        kp, vp = self.prefix_k[li], self.prefix_v[li]                            # (P, Hkv, L, D)
+        R, H, _, D = q.shape
+        if kp.shape[1] != H:  # grouped-query: kv head h // (H / Hkv) serves query head h
+            r = H // kp.shape[1]
+            kp, vp, ko, vo = (t.repeat_interleave(r, 1) for t in (kp, vp, ko, vo))
+        P, n, L, grid = self.P, self.n, self.L, self.P * self.n
+        q = q * D ** -0.5
+        qf = q[:, :, 0]                                                          # (R, H, D)
+        if self.slots is not None:
+            qf = qf.new_zeros(grid, H, D).index_copy_(0, self.slots, qf)
+        sp = qf.view(P, n, H, D).transpose(1, 2) @ kp.transpose(-1, -2) + self.prefix_bias  # (P, H, n, L)
+        sp = sp.transpose(1, 2).reshape(grid, H, L)
+        if self.slots is not None:
+            sp = sp.index_select(0, self.slots)                                  # (R, H, L)
+        so = (q @ ko.transpose(-1, -2))[:, :, 0]                                 # (R, H, c+1)
+        p = torch.cat([sp, so], -1).softmax(-1)                                  # one softmax over both
+        pp = p[..., :L]
+        if self.slots is not None:
+            pp = pp.new_zeros(grid, H, L).index_copy_(0, self.slots, pp)
+        yp = (pp.view(P, n, H, L).transpose(1, 2) @ vp).transpose(1, 2).reshape(grid, H, D)
+        if self.slots is not None:
+            yp = yp.index_select(0, self.slots)                                  # (R, H, D)
+        return yp[:, :, None] + p[..., None, L:] @ vo                            # (R, H, 1, D)

@@ -1,0 +1,138 @@
+"""Rows that start alike, run in packs: the shared start once, then each row's own tokens.
+
+Preference pairs share their prompt (chosen and rejected), and so do the G samples of a GRPO group.
+A separate forward per row runs that prompt once per row; a pack runs it once:
+
+    rows  [p p p p a a]        pass 1 (shared, plain causal)   [p p p p]          pos 0 1 2 3
+          [p p p p b b b]      pass 2 (own parts)              [a a] [b b b] [c]  pos 4 5 | 4 5 6 | 4
+          [p p p p c]
+
+In the second pass each own part continues the shared part's positions and attends to its pack's
+shared keys and values (kept from the first pass, with their gradient) and causally to itself, never
+to another row's own part, so every token computes what the row's own causal forward computes there
+(to float rounding: sums run in another order). Tokens go from sum(len(row)) to len(shared) +
+sum(len(own)), and no attention is spent between two rows' own parts. Measured (bf16, d_model 256 x 4
+layers, forward + backward of 128 GRPO rows of an ~80-token prompt + ~24-token replies): 2.7x faster
+than separate rows; on DPO pairs about as fast as one masked row holding both replies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def supports(model) -> bool:
+    """Whether `model`'s layers can run packed: a plain `Transformer` or `RewardModel` (not wrapped by
+    DDP or torch.compile, whose own forward must run) whose positions can be given token by token."""
+    from lmforge.model.reward import RewardModel
+    from lmforge.model.transformer import Transformer
+
+    plain = type(model) is RewardModel or (isinstance(model, Transformer)
+                                           and type(model).forward is Transformer.forward)
+    return plain and model.cfg.position != "alibi" and model.cfg.sliding_window == 0
+
+
+class _SharedKV:
+    """The KV "cache" `Attention` reads in the second pass: each layer's keys and values of the shared
+    parts (first pass), one copy per own row, then the own rows' keys and values."""
+
+    def __init__(self):
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+        self.rows: torch.Tensor | None = None   # second pass: (Ro,) the pack of each own row
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int):
+        if self.rows is None:                   # first pass: keep them, attend as usual
+            self.k[layer], self.v[layer] = k, v
+            return k, v
+        # index_select: its backward is an index_add, cheaper than advanced indexing's index_put
+        return (torch.cat([self.k[layer].index_select(0, self.rows), k], 2),  # (Ro, Hkv, S + W, D)
+                torch.cat([self.v[layer].index_select(0, self.rows), v], 2))
+
+
+def _run(model, ids: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor | None, kv: _SharedKV) -> torch.Tensor:
+    """The blocks over ids (B, T) at positions pos (T,) | (B, T) -> final hidden states (B, T, C)."""
+    from lmforge.model.layers import rope_cos_sin
+
+    cfg, m = model.cfg, model.model
+    B, T = ids.shape
+    x = m.embed_tokens(ids)
+    if cfg.position == "learned":
+        x = x + m.embed_positions(pos)
+    rope = None
+    if cfg.position == "rope":
+        cos, sin = rope_cos_sin(pos.reshape(-1), cfg.head_dim, cfg.rope_theta)
+        rope = (cos, sin) if pos.dim() == 1 else (cos.view(B, 1, T, -1), sin.view(B, 1, T, -1))
+    for block in m.layers:
+        x = block(x, rope, bias, kv, 0)
+    return m.norm(x)
+
+
+def pack_layout(ids: np.ndarray, used: np.ndarray, packs: list[list[int]]):
+    """Where every token goes. ids (R, T), used (R,) leading tokens of each row that matter, packs:
+    lists of row indices (each row in exactly one).
+
+    Returns (shared (P,) lengths, shared_src (P, S) flat indices into ids, own_src (Ro, W), own_pack
+    (Ro,), own_len (Ro,), where (R, T)): own row j holds row r's tokens shared..used[r] of pack
+    own_pack[j]; where[r, i] indexes the concatenation [first pass (P * S), second pass (Ro * W)]
+    for i < used[r] (0 beyond).
+    """
+    R, T = ids.shape
+    shared = []
+    for rows in packs:
+        n = int(used[rows].min())
+        same = (ids[rows, :n] == ids[rows[0], :n]).all(0)                     # (n,) columns all rows agree on
+        shared.append(n if same.all() else int(np.argmin(same)))
+    own = [(p, r) for p, rows in enumerate(packs) for r in rows if used[r] > shared[p]]
+    S = max(shared)
+    W = max((int(used[r]) - shared[p] for p, r in own), default=0)
+    shared_src = np.zeros((len(packs), S), dtype=np.int64)
+    own_src = np.zeros((len(own), W), dtype=np.int64)
+    where = np.zeros((R, T), dtype=np.int64)
+    for p, (rows, s) in enumerate(zip(packs, shared, strict=True)):
+        shared_src[p, :s] = rows[0] * T + np.arange(s)
+        for r in rows:
+            where[r, :s] = p * S + np.arange(s)
+    own_len = np.zeros(len(own), dtype=np.int64)
+    for j, (p, r) in enumerate(own):
+        s, n = shared[p], int(used[r]) - shared[p]
+        own_src[j, :n] = r * T + np.arange(s, used[r])
+        own_len[j] = n
+        where[r, s:used[r]] = len(packs) * S + j * W + np.arange(n)
+    return (np.array(shared), shared_src, own_src, np.array([p for p, _ in own], dtype=np.int64), own_len, where)
+
+
+def pack_rows(model, ids: torch.Tensor, used: torch.Tensor, packs: list[list[int]]) -> tuple[torch.Tensor,
+                                                                                            torch.Tensor]:
+    """Final hidden states of rows run in packs (see the module docstring), in two passes: the shared
+    parts (P, S) with plain causal attention, then every row's own part (Ro, W), whose queries attend
+    to its pack's shared keys and values (kept from the first pass: gradients flow back through them)
+    and causally to its own. No attention is spent between two rows' own parts.
+
+    ids (R, T) tokens, used (R,) how many leading tokens of each row matter, packs: row indices run
+    together (their common start, however long, is run once). Returns (h (P * S + Ro * W, C), where
+    (R, T)): row r's token i sits at h[where[r, i]] for i < used[r], as a separate causal forward of
+    row r gives it.
+    """
+    dev = ids.device
+    shared, shared_src, own_src, own_pack, own_len, where = pack_layout(ids.cpu().numpy(), used.cpu().numpy(),
+                                                                        packs)
+    t = lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
+    flat = ids.reshape(-1)
+    P, S = shared_src.shape
+    kv = _SharedKV()
+    h = _run(model, flat[t(shared_src)], torch.arange(S, device=dev), None, kv)          # (P, S, C)
+    outs = [h.reshape(P * S, -1)]
+    if own_src.size:
+        Ro, W = own_src.shape
+        s = t(shared)[t(own_pack)]                                                        # (Ro,) shared lengths
+        cols = torch.arange(max(S, W), device=dev)
+        pos = (s[:, None] + cols[None, :W]).clamp(max=model.cfg.max_seq_len - 1)         # (Ro, W)
+        see_shared = (cols[None, None, :S] < s[:, None, None]).expand(Ro, W, S)          # (Ro, W, S)
+        see_own = torch.ones(W, W, dtype=torch.bool, device=dev).tril()[None].expand(Ro, W, W)
+        allowed = torch.cat([see_shared, see_own], 2)                                     # (Ro, W, S + W)
+        bias = torch.zeros(allowed.shape, device=dev).masked_fill(~allowed, float("-inf"))[:, None]
+        kv.rows = t(own_pack)
+        outs.append(_run(model, flat[t(own_src)], pos, bias, kv).reshape(Ro * W, -1))   # (Ro * W, C)
+    return torch.cat(outs), t(where)
