@@ -53,7 +53,8 @@ and reused by later calls while no parameter changed (`_Decoder.weights_key`: id
 in-place version of every parameter), so a model that keeps training between calls is always sampled
 with its current weights.
 
-`Engine(compile=True)` (opt-in: bench, RL rollouts) runs each decode step through torch.compile
+`Engine(compile=True)` (opt-in: bench) runs each decode step of n=1 runs through torch.compile (n > 1
+decodes eagerly through a GroupCache)
 (`_Decoder.step`): the KV cache length is rounded up to a multiple of 64 and attention over the
 columns in use is an opaque op, so a run's steps share one static graph (a new batch size or cache
 length recompiles; after the first such change dynamo makes those sizes dynamic). The first call
