@@ -53,16 +53,15 @@ and reused by later calls while no parameter changed (`_Decoder.weights_key`: id
 in-place version of every parameter), so a model that keeps training between calls is always sampled
 with its current weights.
 
-`Engine(compile=True)` (opt-in: bench) runs each decode step of n=1 runs through torch.compile (n > 1
-decodes eagerly through a GroupCache)
-(`_Decoder.step`): the KV cache length is rounded up to a multiple of 64 and attention over the
-columns in use is an opaque op, so a run's steps share one static graph (a new batch size or cache
-length recompiles; after the first such change dynamo makes those sizes dynamic). The first call
-compiles (~4 s warm inductor cache, 15-30 s cold on a busy CPU); any compile error warns once and
-decodes eagerly. On the bench: 1.9-2.3x transformers (1.8-2x eager); with bf16 matmuls (`--fastest`)
-2.3-3.1x transformers' faster precision. A compiled bf16 step (~1.2-1.5 ms) is ~0.55 ms of packed
-matmuls, ~0.4 ms of attention over the fp32 cache (a bf16 cache is slower: SDPA's CPU kernel and bmm
-both lose more than the halved bytes save), ~0.2 ms of wrapper and custom-op Python, ~0.07 ms of this loop.
+`Engine(compile=True)` (opt-in: bench) runs each decode step of one-sample runs (n = 1) through torch.compile
+(`_Decoder.step`; n > 1 decodes eagerly through a GroupCache): the KV cache length is rounded up to a multiple
+of 64 and attention over the columns in use is an opaque op, so a run's steps share one static graph (a new
+batch size or cache length recompiles; after the first such change dynamo makes those sizes dynamic). The
+first call compiles (~4 s warm inductor cache, 15-30 s cold on a busy CPU); any compile error warns once and
+decodes eagerly. On the bench: 1.9-2.3x transformers (1.8-2x eager); with bf16 matmuls (`--fastest`) 2.3-3.1x
+transformers' faster precision. A compiled bf16 step (~1.2-1.5 ms) is ~0.55 ms of packed matmuls, ~0.4 ms of
+attention over the fp32 cache (a bf16 cache is slower: SDPA's CPU kernel and bmm both lose more than the
+halved bytes save), ~0.2 ms of wrapper and custom-op Python, ~0.07 ms of this loop.
 """
 
 from __future__ import annotations
@@ -311,7 +310,7 @@ class Engine:
         generator so that it never leaks into a streaming caller's code between tokens.
         """
         total = max(len(p) for p in prompts) + max(r.budget for r in rows)
-        if self.compile:  # cache lengths in steps of 64: runs of similar lengths share a compiled step
+        if self.compile and n == 1:  # cache lengths in steps of 64: runs of similar lengths share a compiled step
             total = -(-total // 64) * 64
         stop = set(params.stop_ids)
         with torch.inference_mode():

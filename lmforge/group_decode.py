@@ -56,30 +56,36 @@ class GroupCache:
     def attend(self, li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, col: int) -> torch.Tensor:
         """Layer li's attention for one new token per row at cache column `col` (>= L, the same for all):
         q (R, H, 1, D), k/v (R, Hkv, 1, D), written into the rows' own columns -> (R, H, 1, D)."""
+        assert q.shape[2] == 1, "GroupCache.attend takes one new token per row"
         c = col - self.L
         self.k[li][:, :, c] = k[:, :, 0]
         self.v[li][:, :, c] = v[:, :, 0]
         ko, vo = self.k[li][:, :, :c + 1], self.v[li][:, :, :c + 1]               # (R, Hkv, c+1, D)
         kp, vp = self.prefix_k[li], self.prefix_v[li]                            # (P, Hkv, L, D)
         R, H, _, D = q.shape
-        if kp.shape[1] != H:  # grouped-query: kv head h // (H / Hkv) serves query head h
-            r = H // kp.shape[1]
-            kp, vp, ko, vo = (t.repeat_interleave(r, 1) for t in (kp, vp, ko, vo))
+        Hkv = kp.shape[1]
+        r = H // Hkv  # grouped-query: kv head h serves query heads h*r .. h*r+r-1 (r = 1 without GQA)
         P, n, L, grid = self.P, self.n, self.L, self.P * self.n
-        q = q * D ** -0.5
-        qf = q[:, :, 0]                                                          # (R, H, D)
+        dt = q.dtype
+        # scores and softmax in fp32 (as SDPA's kernels accumulate) whatever the cache's dtype
+        qs = (q[:, :, 0] * D ** -0.5).float()                                    # (R, H, D)
+        qf = qs
         if self.slots is not None:
             qf = qf.new_zeros(grid, H, D).index_copy_(0, self.slots, qf)
-        sp = qf.view(P, n, H, D).transpose(1, 2) @ kp.transpose(-1, -2) + self.prefix_bias  # (P, H, n, L)
-        sp = sp.transpose(1, 2).reshape(grid, H, L)
+        # a prompt's n x r queries per kv head meet its keys as one matmul: (P, Hkv, n*r, D) @ (P, Hkv, D, L)
+        qg = qf.view(P, n, Hkv, r, D).permute(0, 2, 1, 3, 4).reshape(P, Hkv, n * r, D)
+        sp = qg @ kp.float().transpose(-1, -2) + self.prefix_bias                # (P, Hkv, n*r, L)
+        sp = sp.view(P, Hkv, n, r, L).permute(0, 2, 1, 3, 4).reshape(grid, H, L)
         if self.slots is not None:
             sp = sp.index_select(0, self.slots)                                  # (R, H, L)
-        so = (q @ ko.transpose(-1, -2))[:, :, 0]                                 # (R, H, c+1)
+        so = (qs.view(R, Hkv, r, D) @ ko.float().transpose(-1, -2)).view(R, H, c + 1)               # (R, H, c+1)
         p = torch.cat([sp, so], -1).softmax(-1)                                  # one softmax over both
         pp = p[..., :L]
         if self.slots is not None:
             pp = pp.new_zeros(grid, H, L).index_copy_(0, self.slots, pp)
-        yp = (pp.view(P, n, H, L).transpose(1, 2) @ vp).transpose(1, 2).reshape(grid, H, D)
+        pg = pp.view(P, n, Hkv, r, L).permute(0, 2, 1, 3, 4).reshape(P, Hkv, n * r, L)
+        yp = (pg @ vp.float()).view(P, Hkv, n, r, D).permute(0, 2, 1, 3, 4).reshape(grid, H, D)
         if self.slots is not None:
             yp = yp.index_select(0, self.slots)                                  # (R, H, D)
-        return yp[:, :, None] + p[..., None, L:] @ vo                            # (R, H, 1, D)
+        yo = (p[..., L:].reshape(R, Hkv, r, c + 1) @ vo.float()).view(R, H, D)  # (R, H, D)
+        return (yp + yo)[:, :, None].to(dt)                                      # (R, H, 1, D)

@@ -44,8 +44,8 @@ class RolloutBatch:
 def token_logps(model, ids: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """(B, T) log p(target) under softmax(logits / temperature); 0 where the target is ignored.
 
-    Consecutive rows with the same prompt (a group's samples) run as one packed row, the prompt once
-    (`lmforge.model.shared_prefix`; same numbers to float rounding)."""
+    Consecutive rows with the same prompt (a group's samples) run as one pack, the prompt once
+    (`lmforge.model.shared_prefix.pack_rows`; same numbers to float rounding)."""
     from lmforge.model.shared_prefix import pack_rows, supports
     from lmforge.model.transformer import Transformer
 

@@ -8,7 +8,7 @@ import lmforge.engine as engine_mod
 import lmforge.fast_decode as fast_decode
 from lmforge.engine import Completion, Engine, SamplingParams, generate
 from lmforge.model.config import ModelConfig
-from lmforge.model.transformer import Transformer
+from lmforge.model.transformer import KVCache, Transformer
 from lmforge.tokenizer import END_OF_TURN, END_TOOL_CALL, END_TOOL_OUTPUT, TOOL_CALL, TOOL_OUTPUT
 from lmforge.tools import TOOLS
 
@@ -192,6 +192,7 @@ def test_samples_from_the_group_cache_equal_copied_cache_rows(kw, monkeypatch):
         counts = torch.bincount(torch.tensor([t for s in group for c in s for t in c.ids[1:]]), minlength=VOCAB)
         stop = tuple(counts.topk(10).indices.tolist())
     assert kept and any(p < 6 for _, p in kept)  # rows left, and then prompts with no row left
+    assert any(r < 4 * p for r, p in kept)  # and prompts decoding with only some of their rows
 
 
 def test_max_seq_len_is_respected():
@@ -348,7 +349,8 @@ def test_tool_forcing_is_per_sample(tok, monkeypatch):
 
 @pytest.mark.parametrize("kw", [VARIANTS[0], VARIANTS[1]])
 def test_compiled_decoding_matches_eager(kw, monkeypatch):
-    """Same tokens as the eager fast path: padded and unpadded runs, n samples, rows leaving the batch."""
+    """Same tokens as the eager fast path: padded and unpadded runs, rows leaving the batch (the compiled
+    step then runs a smaller batch), streaming; n > 1 decodes eagerly through a GroupCache either way."""
     monkeypatch.setattr(fast_decode, "_COMPILE_FAILED", [])  # a failure would fall back to eager: record it
     model = tiny(**kw)
     prompts = prompts_of([5, 9, 2, 7])
@@ -359,6 +361,12 @@ def test_compiled_decoding_matches_eager(kw, monkeypatch):
     free = ids(eager.generate(prompts, GREEDY))
     params = SamplingParams(max_new_tokens=12, temperature=0.0, stop_ids=(free[0][1],))
     assert comp.generate(prompts, params, n=2) == eager.generate(prompts, params, n=2)
+    kept = []
+    real_keep = KVCache.keep_rows
+    monkeypatch.setattr(KVCache, "keep_rows", lambda self, keep: (kept.append(len(keep)), real_keep(self, keep)))
+    early = SamplingParams(max_new_tokens=12, temperature=0.0, stop_ids=(free[0][1], free[1][1]))
+    assert comp.generate(prompts, early) == eager.generate(prompts, early)
+    assert kept and all(k < len(prompts) for k in kept)  # rows left the batch, in both runs
     sampled = SamplingParams(max_new_tokens=10, temperature=1.0, top_k=8, seed=3)
     assert comp.generate(prompts, sampled, n=2) == eager.generate(prompts, sampled, n=2)
     assert list(comp.stream(prompts[0], sampled)) == comp.generate(prompts[:1], sampled)[0][0].ids

@@ -154,7 +154,7 @@ def test_token_logps_slices_the_head_like_the_full_forward(toy_data):
 def test_token_logps_of_a_group_packed_equal_each_row_alone(kw, toy_data):
     """A group's samples (consecutive rows, same prompt) run as one packed row, the prompt once: each
     row's log-probs and the gradient equal those of the row run by itself (rows of different lengths,
-    a forced token inside a completion, two groups side by side)."""
+    a forced token inside a completion, two groups side by side, a group of one reply, a pair)."""
     from lmforge.rl import prompt_packs
 
     _, tok = toy_data
@@ -174,6 +174,13 @@ def test_token_logps_of_a_group_packed_equal_each_row_alone(kw, toy_data):
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
     for a, b in zip(g_alone, g_packed, strict=True):  # atol: summation order (test_preference_train)
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    # a group whose samples are one reply (nothing of their own past the shared part), and a pair
+    # (packs of two run as one masked row)
+    same, same_targets = ids.clone(), targets.clone()
+    same[4:], same_targets[4:] = ids[4], targets[4]
+    for x, t in ((same, same_targets), (ids[:2], targets[:2])):
+        rows = torch.cat([token_logps(model, x[r:r + 1], t[r:r + 1], 0.7) for r in range(len(x))])
+        torch.testing.assert_close(token_logps(model, x, t, 0.7), rows, atol=1e-5, rtol=1e-5)
 
 
 def test_one_update_per_batch_skips_the_old_logp_forward(toy_data):

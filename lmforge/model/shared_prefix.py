@@ -141,8 +141,8 @@ def pack_rows(model, ids: torch.Tensor, used: torch.Tensor, packs: list[list[int
 
     Packs of at most two rows (preference pairs) run in one pass instead, each pack one masked row
     (`_one_row_per_pack`): with two short replies the wasted attention costs less than a second
-    pass's ops. Measured on the demo's DPO stage (bf16, 2 cores): 28.8 s one row per pack, 40.5 s two
-    passes; on GRPO groups of 8 the other way round (bench/grpo_step.py shapes: 414 ms two passes,
+    pass's ops. Measured on the demo's DPO stage (bf16, 2 cores): 25.8-28.8 s one row per pack, 40.5 s
+    two passes; on GRPO groups of 8 the other way round (bench/grpo_step.py shapes: 414 ms two passes,
     761 ms one row, 570 ms separate rows, forward + backward).
 
     ids (R, T) tokens, used (R,) how many leading tokens of each row matter, packs: row indices run
