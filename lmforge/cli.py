@@ -1,6 +1,6 @@
 """`lmforge <command>`: the command line.
 
-    lmforge run RECIPE [key=value ...] [--dry-run] [--fresh]    run a recipe's stages
+    lmforge run RECIPE [key=value ...] [--dry-run] [--fresh] [--redo-changed]   run a recipe's stages
     lmforge demo [key=value ...]                                run recipes/demo.yaml
     lmforge <stage> RECIPE [key=value ...] [--resume] [--fresh] run a recipe up to that stage
     lmforge tokenizer train --input FILE... --out DIR           train a BPE tokenizer on any corpus
@@ -56,7 +56,8 @@ def _pipeline_command(args, until: str | None) -> int:
         from lmforge.train.distributed import barrier
 
         barrier(info)
-        run_pipeline(cfg, until=until, info=info, resume=args.resume or args.command in ("run", "demo"))
+        run_pipeline(cfg, until=until, info=info, resume=args.resume or args.command in ("run", "demo"),
+                     redo_changed=args.redo_changed)
     finally:
         cleanup(info)
     return 0
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
         p.add_argument("--fresh", action="store_true",
                        help="delete this stage's and later stages' outputs (run/demo: the whole run) first")
+        p.add_argument("--redo-changed", action="store_true",
+                       help="redo complete stages whose recipe section changed since they ran, and every "
+                            "later stage (without it, a change is only noted)")
 
     pipeline_args(sub.add_parser("run", help="run every stage of a recipe"))
     demo = sub.add_parser("demo", help="run recipes/demo.yaml (the whole pipeline on toyworld)")

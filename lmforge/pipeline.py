@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,13 +69,20 @@ def stages_up_to(cfg, until: str | None) -> list[str]:
     return names[: names.index(until) + 1]
 
 
-def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, resume: bool = True) -> dict:
-    """Run the recipe's stages in order (up to `until`), skipping complete ones."""
+def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, resume: bool = True,
+                 redo_changed: bool = False) -> dict:
+    """Run the recipe's stages in order (up to `until`), skipping complete ones.
+
+    redo_changed: a complete stage whose recipe section (or an input's) changed since it ran is
+    redone, and so is every later stage, since their results were built on it; otherwise the change
+    is only noted.
+    """
     from lmforge.config import dump_yaml
     from lmforge.stages import STAGES
 
     ctx = RunContext(cfg=cfg, info=info or DistInfo(), resume=resume)
     names = stages_up_to(cfg, until)
+    redo = False  # a stage was redone: every later one is too
     if ctx.info.is_main:
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(ctx.run_dir / "config.yaml", dump_yaml(cfg))
@@ -86,13 +94,20 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
         if missing:
             raise LmforgeError(f"stage '{name}' needs {', '.join(missing)} first; add it to stages")
         if ctx.is_complete(name):
-            ctx.log(f"[{name}] complete, skipping ({ctx.stage_dir(name)})")
             changed = config_changes(read_json(ctx.stage_dir(name) / "stage.json").get("config", {}),
                                      stage_config(cfg, stage))
-            if changed:
-                ctx.log(f"[{name}] note: the recipe changed since this stage ran ({'; '.join(changed[:3])}); "
-                        f"its results are kept; use --fresh to redo it")
-            continue
+            why = f"the recipe changed since this stage ran ({'; '.join(changed[:3])})" if changed else ""
+            if not (redo or (redo_changed and changed)):
+                ctx.log(f"[{name}] complete, skipping ({ctx.stage_dir(name)})")
+                if changed:
+                    ctx.log(f"[{name}] note: {why}; its results are kept; use --redo-changed (or --fresh) to "
+                            f"redo it")
+                continue
+            ctx.log(f"[{name}] redoing: {why or 'an earlier stage was redone'}")
+            if ctx.info.is_main:
+                shutil.rmtree(ctx.stage_dir(name))
+            barrier(ctx.info)
+            redo = True
         ctx.log(f"[{name}] {stage.description}")
         t0 = time.time()
         metrics = None
@@ -107,6 +122,7 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
                         "config": stage_config(cfg, stage)})
             ctx.log(f"[{name}] done in {seconds:.1f}s")
         barrier(ctx.info)
+        redo = redo or redo_changed  # what was built on this stage's old outputs is stale now
     summary = write_summary(ctx)
     if ctx.info.is_main:
         print(format_summary(summary))

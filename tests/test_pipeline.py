@@ -48,7 +48,22 @@ def test_run_writes_every_stage_and_a_summary_then_skips(tmp_path, capsys):
     assert run(tmp_path, "train.lr=0.001") == 0
     out = capsys.readouterr().out
     assert "[pretrain] note: the recipe changed since this stage ran (train.lr: " in out and "-> 0.001)" in out
-    assert "[tokenizer] note" not in out
+    assert "[tokenizer] note" not in out and "use --redo-changed (or --fresh) to redo it" in out
+    # --redo-changed redoes the changed stage and every later one, and keeps the earlier ones
+    before = (tmp_path / "t/eval_base/stage.json").read_text()
+    assert run(tmp_path, "train.lr=0.001", "--redo-changed") == 0
+    out = capsys.readouterr().out
+    assert "[tokenizer] complete, skipping" in out and "[pretrain] redoing: the recipe changed" in out
+    assert "[eval_base] redoing: " in out
+    assert json.loads((tmp_path / "t/pretrain/stage.json").read_text())["config"]["train.lr"] == 0.001
+    assert (tmp_path / "t/eval_base/stage.json").read_text() != before
+    assert run(tmp_path, "train.lr=0.001", "--redo-changed") == 0  # nothing changed now: nothing redone
+    assert capsys.readouterr().out.count("complete, skipping") == 4
+    # a later stage whose own inputs did not change is redone all the same (eval_base reads no curate.*)
+    assert run(tmp_path, "train.lr=0.001", "curate.language.min_score=0.7", "--redo-changed") == 0
+    out = capsys.readouterr().out
+    assert "[tokenizer] redoing: the recipe changed" in out
+    assert "[eval_base] redoing: an earlier stage was redone" in out
     # --fresh on a stage redoes it and every later stage, and keeps earlier ones
     assert run(tmp_path, "--fresh", command="pretrain") == 0
     out = capsys.readouterr().out
