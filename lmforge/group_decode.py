@@ -69,23 +69,31 @@ class GroupCache:
         dt = q.dtype
         # scores and softmax in fp32 (as SDPA's kernels accumulate) whatever the cache's dtype
         qs = (q[:, :, 0] * D ** -0.5).float()                                    # (R, H, D)
-        qf = qs
-        if self.slots is not None:
-            qf = qf.new_zeros(grid, H, D).index_copy_(0, self.slots, qf)
+        qf = qs if self.slots is None else qs.new_zeros(grid, H, D).index_copy_(0, self.slots, qs)
         # a prompt's n x r queries per kv head meet its keys as one matmul: (P, Hkv, n*r, D) @ (P, Hkv, D, L)
-        qg = qf.view(P, n, Hkv, r, D).permute(0, 2, 1, 3, 4).reshape(P, Hkv, n * r, D)
-        sp = qg @ kp.float().transpose(-1, -2) + self.prefix_bias                # (P, Hkv, n*r, L)
-        sp = sp.view(P, Hkv, n, r, L).permute(0, 2, 1, 3, 4).reshape(grid, H, L)
+        sp = _by_prompt(qf, P, Hkv) @ kp.float().transpose(-1, -2) + self.prefix_bias  # (P, Hkv, n*r, L)
+        sp = _by_row(sp, n, H)                                                   # (grid, H, L)
         if self.slots is not None:
             sp = sp.index_select(0, self.slots)                                  # (R, H, L)
-        so = (qs.view(R, Hkv, r, D) @ ko.float().transpose(-1, -2)).view(R, H, c + 1)               # (R, H, c+1)
+        so = (qs.view(R, Hkv, r, D) @ ko.float().transpose(-1, -2)).view(R, H, c + 1)  # (R, H, c+1)
         p = torch.cat([sp, so], -1).softmax(-1)                                  # one softmax over both
         pp = p[..., :L]
         if self.slots is not None:
             pp = pp.new_zeros(grid, H, L).index_copy_(0, self.slots, pp)
-        pg = pp.view(P, n, Hkv, r, L).permute(0, 2, 1, 3, 4).reshape(P, Hkv, n * r, L)
-        yp = (pg @ vp.float()).view(P, Hkv, n, r, D).permute(0, 2, 1, 3, 4).reshape(grid, H, D)
+        yp = _by_row(_by_prompt(pp, P, Hkv) @ vp.float(), n, H)                  # (grid, H, D)
         if self.slots is not None:
             yp = yp.index_select(0, self.slots)                                  # (R, H, D)
         yo = (p[..., L:].reshape(R, Hkv, r, c + 1) @ vo.float()).view(R, H, D)  # (R, H, D)
         return (yp + yo)[:, :, None].to(dt)                                      # (R, H, 1, D)
+
+
+def _by_prompt(t: torch.Tensor, P: int, Hkv: int) -> torch.Tensor:
+    """(P * n, Hkv * r, X), rows grouped by prompt and heads by kv head -> (P, Hkv, n * r, X)."""
+    X = t.shape[-1]
+    return t.view(P, -1, Hkv, t.shape[1] // Hkv, X).transpose(1, 2).reshape(P, Hkv, -1, X)
+
+
+def _by_row(t: torch.Tensor, n: int, H: int) -> torch.Tensor:
+    """The inverse of `_by_prompt`: (P, Hkv, n * r, X) -> (P * n, H, X)."""
+    P, Hkv, _, X = t.shape
+    return t.view(P, Hkv, n, H // Hkv, X).transpose(1, 2).reshape(P * n, H, X)

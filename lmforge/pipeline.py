@@ -107,7 +107,6 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
             if ctx.info.is_main:
                 shutil.rmtree(ctx.stage_dir(name))
             barrier(ctx.info)
-            redo = True
         ctx.log(f"[{name}] {stage.description}")
         t0 = time.time()
         metrics = None
