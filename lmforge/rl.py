@@ -104,22 +104,22 @@ def malformed(ids: list[int], end_of_turn: int, tool_call: int, end_tool_call: i
 
 
 def rows_from_rollouts(prompts: list[list[int]], completions, pad_id: int):
-    """(ids (B, T), targets (B, T), engine log-probs aligned with targets (B, T))."""
+    """(ids (B, T), targets (B, T), engine log-probs aligned with targets (B, T)).
+
+    Built as Python lists and converted once: a tensor write per token costs ~5 us, ~40 ms for 64 rows
+    of 64 tokens (a GRPO rollout batch)."""
     seqs = [p + c.ids for p, c in zip(prompts, completions, strict=True)]
     T = max(len(s) for s in seqs) - 1
-    B = len(seqs)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
-    eng = torch.zeros(B, T)
-    for b, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-        s = seqs[b]
-        ids[b, :len(s) - 1] = torch.tensor(s[:-1])
-        for k, (tok, sampled) in enumerate(zip(c.ids, c.mask, strict=True)):
-            if sampled:
-                targets[b, len(p) + k - 1] = tok
-                if c.logprobs:
-                    eng[b, len(p) + k - 1] = c.logprobs[k]
-    return ids, targets, eng
+    ids, targets, eng = [], [], []
+    for p, c, s in zip(prompts, completions, seqs, strict=True):
+        ids.append(s[:-1] + [pad_id] * (T - len(s) + 1))
+        # the target of column len(p) - 1 + k is reply token k, trained only where the model sampled it
+        tgt = [IGNORE_INDEX] * (len(p) - 1) + [t if m else IGNORE_INDEX for t, m in zip(c.ids, c.mask, strict=True)]
+        lps = [lp if m else 0.0 for lp, m in zip(c.logprobs, c.mask, strict=True)] if c.logprobs else [0.0] * len(c.ids)
+        targets.append(tgt + [IGNORE_INDEX] * (T - len(tgt)))
+        eng.append([0.0] * (len(p) - 1) + lps + [0.0] * (T - len(tgt)))
+    return (torch.tensor(ids, dtype=torch.long), torch.tensor(targets, dtype=torch.long),
+            torch.tensor(eng, dtype=torch.float32))
 
 
 class RolloutSource:
