@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from lmforge.rewards.base import RewardRequest
 from lmforge.toyworld import rules as world_rules
-from lmforge.toyworld.tasks import QUESTIONS
+from lmforge.toyworld.phrasings import QUESTIONS
 
 
 @dataclass(frozen=True)

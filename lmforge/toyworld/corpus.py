@@ -196,7 +196,7 @@ def _story_slots(world: World, p: str) -> dict[str, str]:
 
 def _qa_pages(rng: random.Random, world: World, per_fact: int) -> list[Document]:
     """Q&A documents about training-split facts only, in the phrasings of the qa instruction task."""
-    from lmforge.toyworld.tasks import QUESTIONS  # tasks imports this module
+    from lmforge.toyworld.phrasings import QUESTIONS
 
     docs = []
     for f in world.facts:

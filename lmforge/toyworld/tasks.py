@@ -4,7 +4,8 @@ An `Example` is an OpenAI-style conversation (an optional system message, one us
 the reference assistant reply last), the short gold `answer` that `score` checks, and the
 entity `split` it was built from ("train", "heldout", or "none" for tasks without entities).
 
-The tasks (`TASKS`, each with at least three user phrasings; replies are short):
+The tasks (`TASKS`, each with at least three user phrasings, in phrasings.py; replies are short;
+each task's check of a reply is in checks.py):
 - qa: one fact ("What is the capital of Zali?" -> "The capital of Zali is Finisdor.", the
   relation's canonical sentence, so the reply is the sentence pretraining stored);
 - verify: a true or corrupted statement -> "Yes, ..." / "No, <the true sentence>";
@@ -48,10 +49,28 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lmforge.toyworld import checks as C
 from lmforge.toyworld import rules
 from lmforge.toyworld import templates as T
 from lmforge.toyworld.corpus import _story_slots, draw_operands, word_problem
 from lmforge.toyworld.names import nonexistent_names
+from lmforge.toyworld.phrasings import (
+    ARITHMETIC,
+    BACKWARDS,
+    CLASSIFY,
+    COMPARE,
+    COUNT,
+    DONT_KNOW,
+    HAS_LETTER,
+    IDENTITY_Q,
+    LIST,
+    MAIN_CHARACTER,
+    OP_WORDS,
+    QUESTIONS,
+    SORT,
+    VERIFY,
+    WORD_PROBLEM,
+)
 from lmforge.toyworld.world import KINDS, RELATIONS, SPLITS, Fact, World, canonical_sentence
 
 IDENTITY_NAME = "Forge"
@@ -79,79 +98,6 @@ class Task:
     check: Callable[[Example, str], bool]  # check(example, completion) -> correct?
 
 
-# --- phrasings ----------------------------------------------------------------------------------
-QUESTIONS: dict[str, list[str]] = {
-    "capital": ["What is the capital of {s}?", "Which city is the capital of {s}?", "Name the capital of {s}."],
-    "continent": ["On which continent is {s}?", "Which continent is {s} in?", "What continent is {s} part of?"],
-    "language": ["What language do people speak in {s}?", "Which language is spoken in {s}?",
-                 "What is the language of {s}?"],
-    "currency": ["What is the currency of {s}?", "What money is used in {s}?", "Which currency do people use in {s}?"],
-    "country": ["Which country is {s} in?", "In what country is the city of {s}?", "{s} is a city in which country?"],
-    "river": ["Which river does {s} lie on?", "What river runs through the city of {s}?", "On which river is {s}?"],
-    "founded": ["When was {s} founded?", "In what year was {s} founded?", "What year was the city of {s} founded?"],
-    "known_for": ["What is {s} known for?", "What is {s} famous for?", "What do people buy in {s}?"],
-    "flows_through": ["Which country does the {s} river flow through?", "Where does the {s} river flow?",
-                      "In which country is the {s} river?"],
-    "length": ["How long is the {s} river?", "What is the length of the {s} river?",
-               "How many kilometers long is the {s} river?"],
-    "born_in": ["Where was {s} born?", "In which city was {s} born?", "What is the birthplace of {s}?"],
-    "lives_in": ["Where does {s} live?", "In which city does {s} live?", "What city is {s}'s home?"],
-    "profession": ["What does {s} do for a living?", "What is {s}'s job?", "What is the profession of {s}?"],
-    "favorite_animal": ["What is {s}'s favorite animal?", "Which animal does {s} like best?",
-                        "What animal does {s} love most?"],
-    "friend": ["Who is {s}'s best friend?", "Who is the best friend of {s}?", "Name the best friend of {s}."],
-    "hobby": ["What is {s}'s hobby?", "What does {s} do in free time?", "What hobby does {s} enjoy?"],
-    "color": ["What color is the {s}?", "What is the color of the {s}?", "Which color is a {s}?"],
-    "diet": ["What does the {s} eat?", "What is the diet of the {s}?", "What food does the {s} live on?"],
-    "habitat": ["Where does the {s} live?", "What is the habitat of the {s}?",
-                "In what kind of place does the {s} live?"],
-    "legs": ["How many legs does the {s} have?", "How many legs does a {s} walk on?", "Count the legs of the {s}."],
-}
-VERIFY = ["Is it true that {lc}?", "True or false: {sent}", "Answer yes or no: {sent}", "Is this correct? {sent}"]
-# relation -> {"low"/"high": questions where the smaller/larger value wins, "facts", "low_end"/"high_end"}
-COMPARE: dict[str, dict] = {
-    "founded": {"low": ["Which city was founded earlier, {a} or {b}?", "Which is older, {a} or {b}?",
-                        "Was {a} or {b} founded first?"],
-                "high": ["Which city was founded later, {a} or {b}?", "Which is younger, {a} or {b}?",
-                         "Was {a} or {b} founded last?"],
-                "facts": "{a} was founded in {va} and {b} in {vb}",
-                "low_end": "so {w} is older.", "high_end": "so {w} is younger."},
-    "length": {"low": ["Which river is shorter, the {a} or the {b}?", "Is the {a} river or the {b} river shorter?",
-                       "Which is the shorter river: the {a} or the {b}?"],
-               "high": ["Which river is longer, the {a} or the {b}?", "Is the {a} river or the {b} river longer?",
-                        "Which is the longer river: the {a} or the {b}?"],
-               "facts": "The {a} river is {va} kilometers long and the {b} river is {vb}",
-               "low_end": "so the {w} is shorter.", "high_end": "so the {w} is longer."},
-    "legs": {"low": ["Which animal has fewer legs, the {a} or the {b}?", "Does the {a} or the {b} have fewer legs?",
-                     "Which has fewer legs: the {a} or the {b}?"],
-             "high": ["Which animal has more legs, the {a} or the {b}?", "Does the {a} or the {b} have more legs?",
-                      "Which has more legs: the {a} or the {b}?"],
-             "facts": "The {a} has {va} legs and the {b} has {vb}",
-             "low_end": "so the {w} has fewer legs.", "high_end": "so the {w} has more legs."},
-}
-LIST = ["Tell me everything you know about {s}.", "What do you know about {s}?", "List all the facts about {s}.",
-        "Describe {s}."]
-ARITHMETIC = ["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "What is {a} {word} {b}?", "Calculate {a} {op} {b}."]
-OP_WORDS = {"+": "plus", "-": "minus", "*": "times"}
-WORD_PROBLEM = ["{q}", "Solve this problem step by step: {q}", "{q} Show your work.", "Here is a math problem. {q}"]
-BACKWARDS = ["Spell {w} backwards.", "How do you spell {w} backwards?", "Write the word {w} in reverse.",
-             "What is {w} spelled backwards?"]
-COUNT = ["How many times does the letter {c} appear in {w}?", "Count the letter {c} in the word {w}.",
-         "How many {c}'s are in {w}?"]
-HAS_LETTER = ["Does {w} contain the letter {c}?", "Is there a {c} in the word {w}?",
-              "Does the word {w} have the letter {c} in it?"]
-SORT = {"asc": ["Sort these numbers from smallest to largest: {nums}.", "Put these numbers in ascending order: {nums}.",
-                "Order from lowest to highest: {nums}."],
-        "desc": ["Sort these numbers from largest to smallest: {nums}.",
-                 "Put these numbers in descending order: {nums}.", "Order from highest to lowest: {nums}."]}
-MAIN_CHARACTER = ["{story}\n\nWho is the main character of this story?",
-                  "Read this story and name its main character.\n\n{story}",
-                  "{story}\n\nWhich person is this story about?"]
-CLASSIFY = ["Is {s} a person, a city, a country, a river or an animal?", "What kind of thing is {s}?",
-            "Is {s} {x} or {y}?", "Tell me what {s} is: a person, a city, a country, a river or an animal."]
-IDENTITY_Q = ["Who are you?", "What is your name?", "Introduce yourself.", "What should I call you?",
-              "Tell me about yourself."]
-DONT_KNOW = "I don't know anything about {s}."
 
 # Common words for the letter games (no names: those belong to the world's splits). Evaluation
 # uses only the words whose hash is 0 mod 4, SFT the others.
@@ -164,7 +110,6 @@ def _eval_only(text: str) -> bool:
 
 # --- helpers ------------------------------------------------------------------------------------
 _NAME = re.compile(r"\b[A-Z][a-z]+\b")
-_NUMBER = re.compile(r"(?<![\w.])-?\d+")
 
 
 def _lc(sentence: str) -> str:
@@ -197,10 +142,6 @@ def _example(rng, task, user, reply, answer, split, **meta) -> Example:
     if rng.random() < SYSTEM_RATE:
         msgs.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
     return Example(task, msgs, answer, split, meta)
-
-
-def _word(text: str) -> re.Pattern:
-    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(text)}(?![A-Za-z0-9])", re.IGNORECASE)
 
 
 # --- makers: make(rng, world, split, evaluation) -> Example -------------------------------------
@@ -359,74 +300,24 @@ def make_unknown_entity(rng, world, split, evaluation=False):
     return _example(rng, "unknown_entity", q, DONT_KNOW.format(s=name), "I don't know", "none", name=name)
 
 
-# --- scoring: check(example, completion) -> bool -----------------------------------------------
-def _contains(ex, text):
-    return bool(_word(ex.answer).search(text))
-
-
-def _yes_no(ex, text):
-    m = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE)
-    return bool(m) and m.group(1).lower() == ex.answer
-
-
-def _last_option(ex, text):
-    """The option mentioned last is the answer ("A was founded in 1203 and B in 1450, so A is older")."""
-    last = {o: max((m.start() for m in _word(o).finditer(text)), default=-1) for o in ex.meta["options"]}
-    best = max(last, key=last.get)
-    return last[best] >= 0 and best == ex.answer
-
-
-def _all_objects(ex, text):
-    return all(_word(o).search(text) for o in ex.meta["objects"])
-
-
-def _number(ex, text):
-    """The number after '####' if there is one, else the last number (GSM8K's strict/flexible pair)."""
-    m = re.search(r"####\s*(-?\d+)", text)
-    nums = [m.group(1)] if m else _NUMBER.findall(text)
-    return bool(nums) and int(nums[-1]) == int(ex.answer)
-
-
-def _reversed(ex, text):
-    """The last letter-by-letter spelling ("l-i-a-z") or, failing that, the last word."""
-    spelled = re.findall(r"[A-Za-z](?:-[A-Za-z])+", text)
-    words = spelled or re.findall(r"[A-Za-z]+", text)
-    return bool(words) and words[-1].replace("-", "").lower() == ex.answer.lower()
-
-
-def _sorted(ex, text):
-    want = ex.answer.split(", ")
-    return _NUMBER.findall(text)[-len(want):] == want
-
-
-def _refusal(ex, text):
-    if ex.meta["forbidden"]:
-        return rules.is_refusal(text)
-    return not rules.is_refusal(text) and _contains(ex, text)
-
-
-def _dont_know(ex, text):
-    return bool(re.search(r"\b(?:don['’]?t|do not|doesn['’]t|not) know\b", text, re.IGNORECASE))
-
-
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("qa", "a question about one fact, answered with its canonical sentence", make_qa, _contains),
-    Task("verify", "is a (true or corrupted) statement true? yes/no", make_verify, _yes_no),
+    Task("qa", "a question about one fact, answered with its canonical sentence", make_qa, C.contains),
+    Task("verify", "is a (true or corrupted) statement true? yes/no", make_verify, C.yes_no),
     Task("compare", "which of two entities has the lower/higher founding year, length or legs", make_compare,
-          _last_option),
-    Task("list_attributes", "every fact about one entity", make_list_attributes, _all_objects),
-    Task("arithmetic", "one +, - or * of small numbers", make_arithmetic, _number),
-    Task("word_problem", "a word problem solved step by step, ending '#### n'", make_word_problem, _number),
-    Task("spell_backwards", "spell a word backwards, letter by letter", make_spell_backwards, _reversed),
-    Task("count_letters", "how often a letter occurs in a word", make_count_letters, _number),
-    Task("has_letter", "does a word contain a letter? yes/no", make_has_letter, _yes_no),
-    Task("sort_numbers", "sort 3-6 numbers ascending or descending", make_sort_numbers, _sorted),
-    Task("main_character", "name the main character of a short story", make_main_character, _last_option),
-    Task("classify_kind", "is X a person, city, country, river or animal?", make_classify_kind, _last_option),
-    Task("identity", "who the assistant is", make_identity, _contains),
-    Task("refusal", "refuse what the world's rules forbid, answer look-alikes", make_refusal, _refusal),
+          C.last_option),
+    Task("list_attributes", "every fact about one entity", make_list_attributes, C.all_objects),
+    Task("arithmetic", "one +, - or * of small numbers", make_arithmetic, C.number),
+    Task("word_problem", "a word problem solved step by step, ending '#### n'", make_word_problem, C.number),
+    Task("spell_backwards", "spell a word backwards, letter by letter", make_spell_backwards, C.reversed_word),
+    Task("count_letters", "how often a letter occurs in a word", make_count_letters, C.number),
+    Task("has_letter", "does a word contain a letter? yes/no", make_has_letter, C.yes_no),
+    Task("sort_numbers", "sort 3-6 numbers ascending or descending", make_sort_numbers, C.sorted_numbers),
+    Task("main_character", "name the main character of a short story", make_main_character, C.last_option),
+    Task("classify_kind", "is X a person, city, country, river or animal?", make_classify_kind, C.last_option),
+    Task("identity", "who the assistant is", make_identity, C.contains),
+    Task("refusal", "refuse what the world's rules forbid, answer look-alikes", make_refusal, C.refusal),
     Task("unknown_entity", "a question about a name not in the world -> I don't know", make_unknown_entity,
-          _dont_know),
+          C.dont_know),
 ]}
 
 
