@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from lmforge.errors import LmforgeError
 from lmforge.toyworld import templates as T
+from lmforge.toyworld.phrasings import QUESTIONS
 from lmforge.toyworld.world import World, canonical_sentence
 
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
@@ -196,8 +197,6 @@ def _story_slots(world: World, p: str) -> dict[str, str]:
 
 def _qa_pages(rng: random.Random, world: World, per_fact: int) -> list[Document]:
     """Q&A documents about training-split facts only, in the phrasings of the qa instruction task."""
-    from lmforge.toyworld.phrasings import QUESTIONS
-
     docs = []
     for f in world.facts:
         if world.split[f.subject] != "train":
