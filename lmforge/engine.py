@@ -35,33 +35,23 @@ model sampled, 0 for forced ones, so training can leave tool outputs out of the 
 tokens are only checked on sampled tokens. Without a tokenizer, tool calls are not executed.
 
 Speed: decode steps do not go through `Transformer.forward`, which rebuilds RoPE tables and
-masks on every call; `_Decoder` runs the same layers with what does not change across steps
-prepared once per call: a RoPE table, the padding mask, and on CPU the linear weights fused
-(q|k|v, gate|up) and pre-packed for oneDNN, about twice as fast as the default MKL matmul at
-decode shapes (a handful of rows). Configurations it does not cover (ALiBi, sliding window)
-decode through `Transformer.forward`, as does `Engine(fast=False)`, the reference path the
-tests compare against. bench/generate_throughput.py (d_model 256 x 4 layers, 8 prompts, 128
-new tokens, 2 shared CPU cores) measures about 1.8-2x the tokens/s of transformers' `generate`
-with identical greedy output; a step then spends about half its time in the fp32 matmuls
-(every weight read from memory once per step), a sixth in attention over the cache, and the
-rest in ~100 small ops. bf16 weights are opt-in (`Engine(bf16=True)`, for RL rollouts of a bf16-autocast
-trainer): the packed matmuls take about 0.6x the fp32 time, but greedy outputs drift from fp32's.
-On one pinned core (OMP_NUM_THREADS=1) the bench measures 1.6-1.7x eager, 1.7-1.9x compiled; at
-64 rows (GRPO rollouts) attention over the cache (SDPA's flash kernel, ~1.6 ms a layer) is the largest cost.
+masks on every call; `lmforge.fast_decode._Decoder` runs the same layers with what does not change
+across steps prepared once per call: a RoPE table, the padding mask, and on CPU the linear weights
+fused (q|k|v, gate|up) and pre-packed for oneDNN (about twice as fast as the default matmul at a
+handful of rows). Configurations it does not cover (ALiBi, sliding window) decode through
+`Transformer.forward`, as does `Engine(fast=False)`, the reference path the tests compare against.
 The packed weights are copies made at the start of a generate/stream call (tens of milliseconds)
-and reused by later calls while no parameter changed (`_Decoder.weights_key`: identity, storage and
-in-place version of every parameter), so a model that keeps training between calls is always sampled
-with its current weights.
+and reused while no parameter changed (`_Decoder.weights_key`: identity, storage and in-place
+version of every parameter), so a model that keeps training between calls is always sampled with
+its current weights. `Engine(bf16=True)` (RL rollouts of a bf16-autocast trainer) packs bf16
+weights; the KV cache and attention stay in the model's dtype, and greedy outputs drift from fp32's.
 
-`Engine(compile=True)` (opt-in: bench) runs each decode step of one-sample runs (n = 1) through torch.compile
-(`_Decoder.step`; n > 1 decodes eagerly through a GroupCache): the KV cache length is rounded up to a multiple
-of 64 and attention over the columns in use is an opaque op, so a run's steps share one static graph (a new
-batch size or cache length recompiles; after the first such change dynamo makes those sizes dynamic). The
-first call compiles (~4 s warm inductor cache, 15-30 s cold on a busy CPU); any compile error warns once and
-decodes eagerly. On the bench: 1.9-2.3x transformers (1.8-2x eager); with bf16 matmuls (`--fastest`) 2.3-3.1x
-transformers' faster precision. A compiled bf16 step (~1.2-1.5 ms) is ~0.55 ms of packed matmuls, ~0.4 ms of
-attention over the fp32 cache (a bf16 cache is slower: SDPA's CPU kernel and bmm both lose more than the
-halved bytes save), ~0.2 ms of wrapper and custom-op Python, ~0.07 ms of this loop.
+`Engine(compile=True)` (opt-in: bench) runs each decode step of one-sample runs (n = 1) through
+torch.compile (`_Decoder.step`; n > 1 decodes eagerly through a GroupCache): the KV cache length is
+rounded up to a multiple of 64 and attention over the columns in use is an opaque op, so a run's
+steps share one static graph. The first call compiles (a few seconds warm, 15-30 s cold on a busy
+CPU); any compile error warns once and decodes eagerly. Measured speeds against transformers, and
+where a step's time goes, are in docs/model.md and bench/README.md.
 """
 
 from __future__ import annotations
