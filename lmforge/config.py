@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import FieldError, LmforgeError
 
 
 def _type_name(tp) -> str:
@@ -112,6 +112,8 @@ def build(cls, raw: dict, prefix: str = "", source: str = ""):
         kwargs[key] = _convert(value, hints[key], f"{prefix}{key}", source)
     try:
         return cls(**kwargs)
+    except FieldError as e:  # a bad value: named with this section's path (sft.train.steps)
+        raise LmforgeError(f"{source}{prefix}{e.field}: {e.what}") from None
     except LmforgeError as e:
         raise LmforgeError(f"{source}{e}") from None
 
@@ -127,6 +129,16 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _yaml_value(text: str, key: str, source: str):
+    """An override's value as YAML (`3e-4`, `true`, `[a, b]`, `{path: x.jsonl}`); '' stays ''."""
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise LmforgeError(f"{source}{key}: invalid YAML value {text!r} ({getattr(e, 'problem', None) or e})") from None
+
+
 def _set_dotted(raw: dict, cls, dotted: str, value_text: str, source: str) -> None:
     """Apply `a.b.c=value` to the raw dict, checking each key against the dataclass tree."""
     parts = dotted.split(".")
@@ -139,7 +151,7 @@ def _set_dotted(raw: dict, cls, dotted: str, value_text: str, source: str) -> No
                 raise _unknown_key(tp, part, prefix, source)
             tp = hints[part]
             if last:
-                node[part] = yaml.safe_load(value_text) if value_text != "" else ""
+                node[part] = _yaml_value(value_text, dotted, source)
                 return
             if not isinstance(node.get(part), (dict, list)):
                 node[part] = {} if dataclasses.is_dataclass(tp) else (node.get(part) or [])
@@ -149,7 +161,7 @@ def _set_dotted(raw: dict, cls, dotted: str, value_text: str, source: str) -> No
                 raise LmforgeError(f"{source}{prefix.rstrip('.')}: no list item {part!r} to override")
             tp = typing.get_args(tp)[0]
             if last:
-                node[int(part)] = yaml.safe_load(value_text)
+                node[int(part)] = _yaml_value(value_text, dotted, source)
                 return
             node = node[int(part)]
         else:
