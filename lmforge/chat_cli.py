@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+from lmforge.errors import LmforgeError
+
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt), /help, /quit"
 
 
@@ -24,7 +26,7 @@ class ChatSession:
         self.engine = Engine(model, tok, tools=TOOLS)
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                      top_p=top_p, stop_ids=(tok.special[END_OF_TURN], tok.eos_id), seed=seed)
-        self.system = system
+        self.system = system.strip()  # a blank system prompt is no system prompt
         self.history: list[dict] = []
         self.turn = 0
 
@@ -86,11 +88,25 @@ class ChatSession:
         return text + self.tok.decode(run, skip_special=True)
 
 
+def check_sampling_flags(args) -> None:
+    """The sampling flags, checked before a model is loaded: a one-line error naming the flag."""
+    checks = (("--temperature", args.temperature, lambda v: 0 <= v < float("inf"), "a number >= 0 (0: greedy)"),
+              ("--top-k", args.top_k, lambda v: v >= 0, "an integer >= 0 (0: off)"),
+              ("--top-p", args.top_p, lambda v: 0 < v <= 1, "a number > 0 and <= 1 (1: off)"),
+              ("--max-new-tokens", args.max_new_tokens, lambda v: v >= 1, "a positive integer"))
+    for flag, value, ok, expected in checks:
+        if not ok(value):
+            raise LmforgeError(f"{flag}: expected {expected}, got {value}")
+
+
 def run_chat(args) -> int:
     from lmforge.model.io import load_model
     from lmforge.tokenizer import Tokenizer
     from lmforge.train.distributed import DistInfo, resolve_device
 
+    check_sampling_flags(args)
+    if args.prompt is not None and not args.prompt.strip():
+        raise LmforgeError("-p: the prompt is empty")
     device = resolve_device(args.device, DistInfo())
     model = load_model(args.checkpoint, device).eval()
     tok = Tokenizer.load(args.checkpoint)

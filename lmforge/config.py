@@ -289,6 +289,9 @@ class RunConfig:
     def __post_init__(self):
         from lmforge.stages import STAGES
 
+        if not self.name.strip() or self.name.strip() in (".", ".."):  # the run would write into out_dir itself
+            raise FieldError("name", f"expected a run name (the run writes into out_dir/name/), got {self.name!r}")
+
         for s in self.stages:
             if s not in STAGES:
                 close = difflib.get_close_matches(s, list(STAGES), n=1)

@@ -83,8 +83,11 @@ class SamplingParams:
                                     # the model's distribution at `temperature`, before top-k/top-p cuts
 
     def __post_init__(self):
-        if self.max_new_tokens < 0 or self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"invalid sampling parameters: {self}")
+        ok = {"max_new_tokens": self.max_new_tokens >= 0, "top_k": self.top_k >= 0,
+              "temperature": 0 <= self.temperature < float("inf"), "top_p": 0 < self.top_p <= 1}
+        for name in (k for k, good in ok.items() if not good):
+            raise ValueError(f"SamplingParams.{name}: out of range, got {getattr(self, name)} (expected "
+                             f"max_new_tokens, top_k >= 0; temperature >= 0 and finite; 0 < top_p <= 1)")
 
 
 @dataclass

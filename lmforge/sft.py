@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lmforge.data.chat_sources import ChatSourceConfig
+from lmforge.errors import fraction, non_negative
 from lmforge.losses import IGNORE_INDEX
 from lmforge.model.lora import LoRAConfig
 from lmforge.train.config import TrainConfig
@@ -50,6 +51,11 @@ class SFTConfig:
     hasty_fraction: float = 0.0
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=_sft_train_defaults)
+
+    def __post_init__(self):
+        non_negative(self, "n_per_task", "val_examples")
+        fraction(self, "replay_fraction", closed_top=False)
+        fraction(self, "hasty_fraction")
 
 
 @dataclass

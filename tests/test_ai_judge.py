@@ -181,10 +181,14 @@ def test_unreachable_endpoint_fails_fast_with_one_line():
 
 
 def test_api_key_comes_from_the_named_variable(server, monkeypatch):
-    judge = AIJudge.http(server, "judge", api_key_env="LMFORGE_TEST_JUDGE_KEY", both_orders=False)
     monkeypatch.delenv("LMFORGE_TEST_JUDGE_KEY", raising=False)
     with pytest.raises(LmforgeError, match="environment variable LMFORGE_TEST_JUDGE_KEY is not set"):
-        judge.compare(CONV, GOOD, BAD)
+        AIJudge.http(server, "judge", api_key_env="LMFORGE_TEST_JUDGE_KEY")  # at once, before any sampling
+    monkeypatch.setenv("LMFORGE_TEST_JUDGE_KEY", "sk-test-secret")
+    judge = AIJudge.http(server, "judge", api_key_env="LMFORGE_TEST_JUDGE_KEY", both_orders=False)
+    monkeypatch.delenv("LMFORGE_TEST_JUDGE_KEY")
+    with pytest.raises(LmforgeError, match="environment variable LMFORGE_TEST_JUDGE_KEY is not set"):
+        judge.compare(CONV, GOOD, BAD)  # read for each request, never stored
     monkeypatch.setenv("LMFORGE_TEST_JUDGE_KEY", "sk-test-secret")
     assert 0 <= judge.compare(CONV, GOOD, BAD) <= 1  # the local server ignores the key
 
@@ -228,6 +232,10 @@ def test_constitution_from_a_file(tmp_path):
         load_constitution(tmp_path / "empty.txt")
     with pytest.raises(LmforgeError, match="cannot read the constitution"):
         AIJudgeConfig(backend="http", base_url="http://x", model="m", constitution=str(tmp_path / "no.txt")).build()
-    with pytest.raises(LmforgeError, match="ai_judge.backend"):
-        AIJudgeConfig(backend="grpc").build()
+    with pytest.raises(LmforgeError, match="^backend: expected one of local, http, got 'grpc'$"):
+        AIJudgeConfig(backend="grpc")
+    with pytest.raises(LmforgeError, match=r"^timeout: expected a number of seconds > 0, got -1$"):
+        AIJudgeConfig(backend="http", base_url="http://x", model="m", timeout=-1)
+    with pytest.raises(LmforgeError, match="^model: required for the http backend$"):
+        AIJudgeConfig(backend="http", base_url="http://x")
     assert json.dumps(judge.compare_prompt(CONV, GOOD, BAD))  # plain JSON: what the HTTP backend sends

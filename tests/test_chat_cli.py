@@ -2,6 +2,7 @@
 
 import io
 
+import pytest
 import torch
 
 from lmforge.chat import render_prompt
@@ -45,3 +46,24 @@ def test_one_message_longer_than_the_window_is_cut_from_the_left(toy_data):
     s.history.append({"role": "user", "content": "word " * 300})
     ids = s.prompt_ids()
     assert len(ids) == 96 - 16 and ids[0] == tok.bos_id
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--temperature", "-1"], "--temperature: expected a number >= 0 (0: greedy), got -1.0"),
+    (["--temperature", "nan"], "--temperature: expected a number >= 0 (0: greedy), got nan"),
+    (["--top-p", "0"], "--top-p: expected a number > 0 and <= 1 (1: off), got 0.0"),
+    (["--top-k", "-1"], "--top-k: expected an integer >= 0 (0: off), got -1"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens: expected a positive integer, got -5"),
+    (["-p", "  "], "-p: the prompt is empty"),
+])
+def test_bad_chat_flags_are_one_line_errors_before_loading(tmp_path, capsys, flags, message):
+    from lmforge.cli import main
+
+    # the checkpoint does not exist: the flags are checked first
+    assert main(["chat", str(tmp_path / "no-such-checkpoint"), *flags]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_a_blank_system_prompt_is_no_system_prompt(toy_data):
+    _, tok = toy_data
+    assert session(tok, system="   ").messages() == []

@@ -47,6 +47,31 @@ def test_list_of_sources_override():
     ("train.schedule=linear", "train.schedule: expected one of cosine, wsd, constant, got 'linear'"),
     ("train.dtype=fp16", "train.dtype: expected one of auto, bf16, fp32, got 'fp16'"),
     ("lr", "override 'lr': expected key=value (e.g. train.lr=3e-4)"),
+    # a check in a shared dataclass (TrainConfig, LoRAConfig) names the section it was built for
+    ("sft.train.steps=0", "override: sft.train.steps: expected a positive integer, got 0"),
+    ("sft.train.eval_every=0", "override: sft.train.eval_every: expected a positive integer, got 0"),
+    ("grpo.train.lr=-1", "override: grpo.train.lr: expected a number >= 0, got -1"),
+    ("train.warmup_steps=-5", "override: train.warmup_steps: expected a number >= 0, got -5"),
+    ("train.beta2=1", "override: train.beta2: expected a number >= 0 and < 1, got 1"),
+    ("model.d_model=100", "override: model.d_model: must be divisible by n_head (3), got 100"),
+    ("sft.val_examples=-3", "override: sft.val_examples: expected a number >= 0, got -3"),
+    ("grpo.temperature=-1", "override: grpo.temperature: expected a number > 0 (a group's samples must differ), "
+                            "got -1"),
+    ("grpo.task=bogus", "override: grpo.task: expected one of "),
+    ("grpo.updates_per_batch=0", "override: grpo.updates_per_batch: expected a positive integer, got 0"),
+    ("grpo.clip_high=0.1", "override: grpo.clip_high: expected a number >= clip_low (0.2), got 0.1"),
+    ("ppo.minibatches=64", "override: ppo.minibatches: expected at most prompts_per_step (32): a minibatch needs "
+                           "a rollout, got 64"),
+    ("ppo.tasks={bogus: 1}", "override: ppo.tasks.bogus: not a toyworld task (tasks: "),
+    ("ppo.tasks={qa: x}", "override: ppo.tasks.qa: expected a weight > 0, got 'x'"),
+    ("rlaif.val_fraction=1.5", "override: rlaif.val_fraction: expected a number >= 0 and < 1, got 1.5"),
+    ("rlaif.temperature=0", "override: rlaif.temperature: expected a number > 0 (a prompt's two answers must "
+                            "differ), got 0"),
+    ("rlaif.judge.timeout=-1", "override: rlaif.judge.timeout: expected a number of seconds > 0, got -1"),
+    ("pairs.samples=1", "override: pairs.samples: expected at least 2 answers per prompt (a pair), got 1"),
+    ("bon.split=test", "override: bon.split: expected one of heldout, train, got 'test'"),
+    ("name=", "override: name: expected a run name (the run writes into out_dir/name/), got ''"),
+    ("sft.sources=[{path: a.jsonl", "override: sft.sources: invalid YAML value '[{path: a.jsonl'"),
 ])
 def test_bad_overrides_give_one_line_errors(override, message):
     with pytest.raises(LmforgeError) as e:

@@ -248,8 +248,10 @@ def test_bad_arguments():
         Engine(model).generate([[]], GREEDY)
     with pytest.raises(ValueError):
         Engine(model).generate([[1]], GREEDY, n=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^SamplingParams.top_p: out of range, got 0.0 \(expected"):
         SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match=r"^SamplingParams.temperature: out of range, got nan"):
+        SamplingParams(temperature=float("nan"))
     assert Engine(model).generate([], GREEDY) == []
     assert Engine(model).generate([[1, 2]], SamplingParams(max_new_tokens=0)) == [[Completion([], [], "length")]]
 

@@ -193,6 +193,18 @@ def test_alignment_stages_run_and_report(tmp_path):
     assert len(rft) == 6 and json.loads(rft[0])["messages"][-1]["role"] == "assistant"
 
 
+def test_rlaif_with_nothing_to_judge_fails_and_writes_no_pairs(tmp_path, monkeypatch, capsys):
+    """Every answer pair identical: a one-line error, no train.jsonl / stage.json that look complete."""
+    import lmforge.stages.pairs as pairs_mod
+
+    monkeypatch.setattr(pairs_mod, "sample_answers", lambda model, tok, prompts, n, **kw: [["ok"] * n for _ in prompts])
+    assert tiny_alignment_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft,rlaif]") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: rlaif: all 12 answer pairs are identical or empty: nothing to judge (raise rlaif.temperature or "
+        "rlaif.max_new_tokens)")
+    assert not (tmp_path / "a/rlaif/train.jsonl").exists() and not (tmp_path / "a/rlaif/stage.json").exists()
+
+
 def test_ppo_stage_runs_and_reports(tmp_path):
     """SFT -> pairs -> rm -> ppo -> eval_ppo at tiny sizes: PPO trains policy and value together."""
     assert tiny_alignment_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft,pairs,rm,ppo,eval_ppo]",

@@ -127,4 +127,16 @@ def test_bad_task_counts_are_one_line_errors(tmp_path, capsys):
 
 def test_bad_hasty_fraction_is_a_one_line_error(tmp_path, capsys):
     assert tiny_sft_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft]", "sft.hasty_fraction=2") == 2
-    assert capsys.readouterr().err.strip().endswith("sft.hasty_fraction: expected a number in [0, 1], got 2.0")
+    assert capsys.readouterr().err == "error: override: sft.hasty_fraction: expected a number between 0 and 1, got 2.0\n"
+
+
+def test_sources_that_are_all_validation_copies_are_a_one_line_error(tmp_path, capsys):
+    """30 copies of one conversation: validation holds it out, so every copy leaves training."""
+    conv = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}
+    (tmp_path / "dup.jsonl").write_text((json.dumps(conv) + "\n") * 30)
+    assert tiny_sft_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft]", "sft.hasty_fraction=0",
+                        f"sft.sources=[{{path: {tmp_path / 'dup.jsonl'}}}]") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: sft.sources: all 30 conversations are copies of the 3 held out for validation; nothing is left to "
+        "train on (add distinct conversations, or set sft.val_examples=0)")
+    assert not (tmp_path / "s/sft/stage.json").exists()

@@ -41,23 +41,24 @@ class ModelConfig:
         self.resolve()
 
     def resolve(self) -> ModelConfig:
-        from lmforge.errors import LmforgeError
+        from lmforge.errors import FieldError, non_negative, one_of, positive
 
         for field, allowed in CHOICES.items():
-            if getattr(self, field) not in allowed:
-                raise LmforgeError(f"model.{field}: expected one of {', '.join(allowed)}, "
-                                   f"got {getattr(self, field)!r}")
+            one_of(self, field, allowed)
+        non_negative(self, "vocab_size", "n_kv_head", "ffn_hidden", "depth", "sliding_window", "init_std")
+        if self.depth == 0:
+            positive(self, "n_layer", "d_model", "n_head")
+        positive(self, "max_seq_len")
         if self.depth > 0:
             self.n_layer, self.d_model, self.n_head = depth_preset(self.depth)
         if self.n_kv_head == 0:
             self.n_kv_head = self.n_head
         if self.d_model % self.n_head:
-            raise LmforgeError(f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+            raise FieldError("d_model", f"must be divisible by n_head ({self.n_head}), got {self.d_model}")
         if self.n_head % self.n_kv_head:
-            raise LmforgeError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head "
-                               f"({self.n_kv_head})")
+            raise FieldError("n_head", f"must be divisible by n_kv_head ({self.n_kv_head}), got {self.n_head}")
         if self.position == "rope" and self.head_dim % 2:
-            raise LmforgeError(f"model: RoPE needs an even head dimension, got {self.head_dim}")
+            raise FieldError("d_model", f"RoPE needs an even head dimension (d_model / n_head), got {self.head_dim}")
         if self.ffn_hidden == 0:
             if self.mlp == "swiglu":  # keep parameter count equal to a 4*d non-gated MLP
                 self.ffn_hidden = int(math.ceil(8 * self.d_model / 3 / 64) * 64)

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import FieldError, LmforgeError, check_fields, non_negative, one_of, positive
 from lmforge.rewards.base import RewardRequest
 
 CONSTITUTION = """\
@@ -172,6 +172,7 @@ class HTTPBackend:
         self.logprobs, self.top_logprobs = method == "logprobs", top_logprobs
         self.max_tokens, self.workers = max_tokens, workers
         self._client = None
+        self._headers()  # an unset key variable fails now, not at the first request after all the sampling
 
     def _headers(self) -> dict:
         if not self.api_key_env:
@@ -362,19 +363,24 @@ class AIJudgeConfig:
     constitution: str = ""        # a text file with the principles; "": CONSTITUTION
     both_orders: bool = True
 
+    def __post_init__(self):
+        one_of(self, "backend", ("local", "http"))
+        one_of(self, "method", ("logprobs", "text"))
+        check_fields(self, ["timeout"], lambda v: v > 0, "a number of seconds > 0")
+        positive(self, "tries", "top_logprobs", "workers")
+        non_negative(self, "backoff")
+        if self.backend == "http":
+            for key in ("base_url", "model"):
+                if not getattr(self, key):
+                    raise FieldError(key, "required for the http backend")
+
     def build(self) -> AIJudge:
-        if self.method not in ("logprobs", "text"):
-            raise LmforgeError(f"ai_judge.method: expected logprobs or text, got {self.method!r}")
         kw = {"both_orders": self.both_orders,
               "constitution": load_constitution(self.constitution) if self.constitution else CONSTITUTION}
         if self.backend == "local":
             if not self.checkpoint:
-                raise LmforgeError("ai_judge.checkpoint: required for the local backend (a checkpoint directory)")
+                raise LmforgeError("AI judge: the local backend needs a checkpoint directory (checkpoint)")
             return AIJudge.local(self.checkpoint, device=self.device, method=self.method, **kw)
-        if self.backend == "http":
-            if not self.base_url or not self.model:
-                raise LmforgeError("ai_judge: the http backend needs base_url and model")
-            return AIJudge.http(self.base_url, self.model, api_key_env=self.api_key_env or None, timeout=self.timeout,
-                                tries=self.tries, backoff=self.backoff, method=self.method,
-                                top_logprobs=self.top_logprobs, workers=self.workers, **kw)
-        raise LmforgeError(f"ai_judge.backend: expected local or http, got {self.backend!r}")
+        return AIJudge.http(self.base_url, self.model, api_key_env=self.api_key_env or None, timeout=self.timeout,
+                            tries=self.tries, backoff=self.backoff, method=self.method,
+                            top_logprobs=self.top_logprobs, workers=self.workers, **kw)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, non_negative, one_of, positive
 from lmforge.pipeline import Stage
 from lmforge.utils import write_json
 
@@ -31,11 +31,10 @@ class BoNConfig:
     max_new_tokens: int = 64
 
     def __post_init__(self):
-        if self.n < 1:
-            raise LmforgeError(f"bon.n: expected a positive number of samples, got {self.n}")
-        for key in ("split", "prompt_entities"):
-            if getattr(self, key) not in ("heldout", "train"):
-                raise LmforgeError(f"bon.{key}: expected heldout or train, got {getattr(self, key)!r}")
+        positive(self, "n", "n_prompts", "max_new_tokens")
+        non_negative(self, "temperature", "top_k")
+        one_of(self, "split", ("heldout", "train"))
+        one_of(self, "prompt_entities", ("heldout", "train"))
 
 
 def reward_source(ctx, ref: str, key: str, device):

@@ -71,3 +71,23 @@ def model_dir(ctx, init: str, key: str) -> Path:
     if not (p / "model_config.json").exists():
         raise LmforgeError(f"{key}: {init!r} is neither a stage of this recipe nor a checkpoint directory")
     return p
+
+
+def check_task(obj, field: str) -> None:
+    """A config field naming one toyworld task type."""
+    from lmforge.errors import one_of
+    from lmforge.toyworld.tasks import TASKS
+
+    one_of(obj, field, list(TASKS))
+
+
+def check_task_mix(obj, field: str) -> None:
+    """A config field {task: weight} of toyworld task types with positive weights ({} means the default)."""
+    from lmforge.errors import FieldError
+    from lmforge.toyworld.tasks import TASKS
+
+    for task, weight in getattr(obj, field).items():
+        if task not in TASKS:
+            raise FieldError(f"{field}.{task}", f"not a toyworld task (tasks: {', '.join(TASKS)})")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise FieldError(f"{field}.{task}", f"expected a weight > 0, got {weight!r}")

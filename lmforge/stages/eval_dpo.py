@@ -26,10 +26,9 @@ class AlignEvalConfig:
     max_new_tokens: int = 64
 
     def __post_init__(self):
-        if self.prompt_entities not in ("heldout", "train"):
-            from lmforge.errors import LmforgeError
+        from lmforge.errors import one_of
 
-            raise LmforgeError(f"prompt_entities: expected heldout or train, got {self.prompt_entities!r}")
+        one_of(self, "prompt_entities", ("heldout", "train"))
 
 
 def greedy_answers(model, tok, prompts, max_new_tokens: int) -> list[str]:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import FieldError, LmforgeError, check_fields, non_negative, one_of, positive
 from lmforge.pipeline import Stage
-from lmforge.stages.common import resume_step
+from lmforge.stages.common import check_task, resume_step
 from lmforge.train.config import TrainConfig
 
 
@@ -56,12 +56,17 @@ class GRPOConfig:
     train: TrainConfig = field(default_factory=_grpo_train_defaults)
 
     def __post_init__(self):
-        for key, ok in (("baseline", ("mean", "rloo")), ("scale", ("group", "batch", "none")),
-                        ("aggregation", ("token_mean", "seq_mean", "fixed_length"))):
-            if getattr(self, key) not in ok:
-                raise LmforgeError(f"grpo.{key}: expected one of {', '.join(ok)}, got {getattr(self, key)!r}")
+        one_of(self, "baseline", ("mean", "rloo"))
+        one_of(self, "scale", ("group", "batch", "none"))
+        one_of(self, "aggregation", ("token_mean", "seq_mean", "fixed_length"))
+        check_task(self, "task")
+        positive(self, "n_prompts", "prompts_per_step", "max_new_tokens", "updates_per_batch", "eval_examples")
         if self.group_size < 2:
-            raise LmforgeError(f"grpo.group_size: a group needs at least 2 samples, got {self.group_size}")
+            raise FieldError("group_size", f"a group needs at least 2 samples, got {self.group_size}")
+        check_fields(self, ["temperature"], lambda v: v > 0, "a number > 0 (a group's samples must differ)")
+        check_fields(self, ["clip_low"], lambda v: 0 < v < 1, "a number between 0 and 1")
+        check_fields(self, ["clip_high"], lambda v: v >= self.clip_low, f"a number >= clip_low ({self.clip_low})")
+        non_negative(self, "beta", "eval_samples", "format_reward", "length_penalty", "malformed_penalty")
 
 
 class GRPOModule:

@@ -17,7 +17,9 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
+from lmforge.errors import check_fields, fraction, non_negative, positive
 from lmforge.pipeline import Stage
+from lmforge.stages.common import check_task_mix
 from lmforge.utils import atomic_write_text
 
 
@@ -35,6 +37,13 @@ class PairsConfig:
     min_margin: float = 1.0           # judge-score gap below which a pair is dropped: answers that differ
                                       # only by a hair (two wrong answers, one a bit longer) are label noise
     val_fraction: float = 0.1         # pairs kept out of training to measure reward-model accuracy
+
+    def __post_init__(self):
+        positive(self, "n_prompts", "max_new_tokens")
+        check_fields(self, ["samples"], lambda v: v >= 2, "at least 2 answers per prompt (a pair)")
+        non_negative(self, "temperature", "top_k", "min_margin")
+        fraction(self, "val_fraction", closed_top=False)
+        check_task_mix(self, "tasks")
 
 
 def sample_answers(model, tok, prompts: list[list[dict]], n: int, *, temperature: float, top_k: int,

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, check_fields, fraction, non_negative, positive
 from lmforge.losses import IGNORE_INDEX
 from lmforge.pipeline import Stage
-from lmforge.stages.common import resume_step
+from lmforge.stages.common import check_task_mix, resume_step
 from lmforge.train.config import TrainConfig
 
 
@@ -51,6 +51,15 @@ class PPOConfig:
     length_penalty: float = 1.0       # subtracted from the score of completions cut at max_new_tokens
     tasks: dict[str, float] = field(default_factory=dict)   # prompt mix; empty: pairs.tasks or the default
     train: TrainConfig = field(default_factory=_ppo_train_defaults)
+
+    def __post_init__(self):
+        positive(self, "prompts_per_step", "n_prompts", "max_new_tokens", "ppo_epochs", "minibatches")
+        check_fields(self, ["minibatches"], lambda v: v <= self.prompts_per_step,
+                     f"at most prompts_per_step ({self.prompts_per_step}): a minibatch needs a rollout")
+        check_fields(self, ["temperature"], lambda v: v > 0, "a number > 0")
+        non_negative(self, "kl_coef", "kl_target", "clip", "value_clip", "value_coef", "length_penalty")
+        fraction(self, "gamma", "lam")
+        check_task_mix(self, "tasks")
 
 
 class PolicyAndValue(nn.Module):

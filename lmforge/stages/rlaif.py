@@ -15,8 +15,10 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
+from lmforge.errors import LmforgeError, check_fields, fraction, positive
 from lmforge.pipeline import Stage
 from lmforge.rewards.ai_judge import AIJudgeConfig
+from lmforge.stages.common import check_task_mix
 
 
 @dataclass
@@ -28,6 +30,12 @@ class RLAIFConfig:
     max_new_tokens: int = 64
     tasks: dict[str, float] = field(default_factory=dict)  # task mix; empty: pairs.tasks, else the default
     val_fraction: float = 0.1
+
+    def __post_init__(self):
+        positive(self, "n_prompts", "max_new_tokens")
+        check_fields(self, ["temperature"], lambda v: v > 0, "a number > 0 (a prompt's two answers must differ)")
+        fraction(self, "val_fraction", closed_top=False)
+        check_task_mix(self, "tasks")
 
 
 def run(ctx) -> dict:
@@ -46,14 +54,17 @@ def run(ctx) -> dict:
     examples = preference_prompts(world, rc.n_prompts, seed=ctx.cfg.seed + 60_000, split="train",
                                   tasks=rc.tasks or ctx.cfg.pairs.tasks or None)
     prompts = [e.messages[:-1] for e in examples]
-    answers = sample_answers(model, tok, prompts, 2, temperature=rc.temperature, top_k=0,
-                             max_new_tokens=rc.max_new_tokens, seed=ctx.cfg.seed + 2)
     jc = rc.judge
     if jc.backend == "local":
         ckpt = str(model_dir(ctx, jc.checkpoint or rc.policy, "rlaif.judge.checkpoint"))
         jc = AIJudgeConfig(**{**jc.__dict__, "checkpoint": ckpt})
-    judge = jc.build()
+    judge = jc.build()  # before sampling: a judge that cannot be built fails in seconds, not after minutes
+    answers = sample_answers(model, tok, prompts, 2, temperature=rc.temperature, top_k=0,
+                             max_new_tokens=rc.max_new_tokens, seed=ctx.cfg.seed + 2)
     keep = [i for i, (a, b) in enumerate(answers) if a.strip() and b.strip() and a != b]
+    if not keep:
+        raise LmforgeError(f"rlaif: all {len(examples)} answer pairs are identical or empty: nothing to judge "
+                           f"(raise rlaif.temperature or rlaif.max_new_tokens)")
     ctx.log(f"[rlaif] judging {len(keep)} answer pairs ({len(examples) - len(keep)} identical or empty) with "
             f"the {jc.backend} AI judge")
     probs = judge.compare_batch([(prompts[i], answers[i][0], answers[i][1]) for i in keep])
@@ -68,7 +79,7 @@ def run(ctx) -> dict:
         pairs.append({"prompt": prompts[i], "chosen": chosen, "rejected": rejected, "judge_prob": round(p, 4),
                       "task": examples[i].task})
     random.Random(ctx.cfg.seed).shuffle(pairs)
-    n_val = int(round(len(pairs) * rc.val_fraction))
+    n_val = min(int(round(len(pairs) * rc.val_fraction)), len(pairs) - 1)  # at least one pair to train on
     write_jsonl(out / "val.jsonl", pairs[:n_val])
     write_jsonl(out / "train.jsonl", pairs[n_val:])
     return {"prompts": len(examples), "pairs": len(pairs), "train_pairs": len(pairs) - n_val, "val_pairs": n_val,

@@ -38,12 +38,21 @@ def conversations(ctx) -> tuple[list, list, dict]:
                                "sft.sources: set it to 0")
 
         convs, stats = mix(sc.sources, seed=ctx.cfg.seed)
+        skipped = sum(row["skipped"] for row in stats["sources"])
+        if skipped:  # skip_invalid: say how many records were dropped, and the first one's reason
+            first = next(row for row in stats["sources"] if row["skipped"])
+            ctx.log(f"[sft] skipped {skipped} invalid records (skip_invalid); first, in {first['path']}: "
+                    f"{first.get('first_skipped', '?')}")
         n_val = min(sc.val_examples, len(convs) // 10)
         val = convs[:n_val]
         # upsampled sources repeat conversations: keep every copy of a validation one out of training
         held = {json.dumps(c, sort_keys=True) for c in val}
         train = [c for c in convs[n_val:] if json.dumps(c, sort_keys=True) not in held]
-        return train, val, {"sources": len(sc.sources)}
+        if not train:
+            raise LmforgeError(f"sft.sources: all {len(convs)} conversations are copies of the {n_val} held out "
+                               f"for validation; nothing is left to train on (add distinct conversations, or set "
+                               f"sft.val_examples=0)")
+        return train, val, {"sources": len(sc.sources), "skipped_records": skipped}
     from lmforge.stages.common import load_world
     from lmforge.toyworld.demonstrators import with_hasty_writer
     from lmforge.toyworld.tasks import sft_examples

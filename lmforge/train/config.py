@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import fraction, non_negative, one_of, positive
 
 
 @functools.cache
@@ -57,20 +57,20 @@ class TrainConfig:
     eval_batches: int = 8           # micro-batches of validation data per evaluation
     sample_every: int = 0           # log sample generations every N steps; 0: only at the end
     ckpt_every: int = 200           # checkpoint every N steps (and at the end)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2       # 0 keeps all
     tensorboard: bool = True
     progress: bool = True
 
     def __post_init__(self):
-        allowed = {"schedule": ("cosine", "wsd", "constant"), "dtype": ("auto", "bf16", "fp32"),
-                   "device": ("auto", "cpu", "cuda"), "parallel": ("ddp", "fsdp2")}
-        for field, options in allowed.items():
-            if getattr(self, field) not in options:
-                raise LmforgeError(f"train.{field}: expected one of {', '.join(options)}, "
-                                   f"got {getattr(self, field)!r}")
-        for field in ("steps", "micro_batch_size", "grad_accum", "seq_len"):
-            if getattr(self, field) < 1:
-                raise LmforgeError(f"train.{field}: expected a positive integer, got {getattr(self, field)}")
+        for field, options in (("schedule", ("cosine", "wsd", "constant")), ("dtype", ("auto", "bf16", "fp32")),
+                               ("device", ("auto", "cpu", "cuda")), ("parallel", ("ddp", "fsdp2"))):
+            one_of(self, field, options)
+        positive(self, "steps", "micro_batch_size", "grad_accum", "seq_len", "log_every", "eval_every",
+                 "eval_batches", "ckpt_every")
+        non_negative(self, "keep_checkpoints", "batch_tokens", "lr", "warmup_steps", "weight_decay", "grad_clip",
+                     "sample_every")  # (a NaN fails every one of these checks too)
+        fraction(self, "min_lr_ratio", "decay_fraction")
+        fraction(self, "beta1", "beta2", closed_top=False)
 
     def use_bf16(self, device: torch.device | str) -> bool:
         """Whether to train (and run the stage's own forwards) under bf16 autocast on `device`."""
