@@ -128,11 +128,8 @@ def _token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float)
     return torch.log_softmax(scaled, -1).gather(1, ids[:, None]).squeeze(1).tolist()
 
 
-# ---------------------------------------------------------------------------------------------
-# Per-row state and the run loop.
-
 @dataclass
-class _Row:
+class _Row:  # one sample's state in the run loop
     budget: int                                   # most new tokens this row may get
     ids: list[int] = field(default_factory=list)
     mask: list[int] = field(default_factory=list)
