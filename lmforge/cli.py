@@ -93,13 +93,26 @@ def _export(args) -> int:
 
 
 def _merge(args) -> int:
-    from lmforge.model.io import load_model, save_model
+    from lmforge.model.io import check_output_dir, load_model, save_model, staged_dir
     from lmforge.model.lora import load_adapter, merge_lora
 
+    check_output_dir(args.out, args.base, args.adapter)
     model = merge_lora(load_adapter(load_model(args.base), args.adapter))
-    save_model(model, args.out, args.base)
+    with staged_dir(args.out, "model_config.json") as out:
+        save_model(model, out, args.base)
     print(f"wrote {args.out} (base {args.base} + adapter {args.adapter}, merged)")
     return 0
+
+
+def _check_model_flags(args) -> None:
+    """--device (chat, serve, eval) and --port (serve), named as the flags they are."""
+    from lmforge.train.distributed import resolve_device
+
+    if args.command == "eval" and (args.list or not args.checkpoint):
+        return
+    resolve_device(args.device, flag="--device")
+    if args.command == "serve" and not 0 <= args.port <= 65535:
+        raise LmforgeError(f"--port {args.port}: expected a port number from 0 to 65535")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args.command in ("chat", "serve", "eval"):
+            _check_model_flags(args)
         if args.command == "tokenizer":
             return _tokenizer_train(args)
         if args.command == "export":

@@ -151,11 +151,12 @@ class ChatService:
     @classmethod
     def load(cls, ckpt_dir: str | os.PathLike, *, model_name: str | None = None, device: str = "cpu",
              max_top_logprobs: int = 20) -> "ChatService":
-        from lmforge.model.io import load_model
-        from lmforge.tokenizer import Tokenizer
+        from lmforge.model.io import load_checkpoint
+        from lmforge.train.distributed import resolve_device
 
         name = model_name or Path(ckpt_dir).resolve().name
-        return cls(load_model(ckpt_dir, device), Tokenizer.load(ckpt_dir), name, max_top_logprobs=max_top_logprobs)
+        model, tok = load_checkpoint(ckpt_dir, resolve_device(device))
+        return cls(model, tok, name, max_top_logprobs=max_top_logprobs)
 
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
@@ -303,5 +304,26 @@ def serve(ckpt_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000
     """Serve `ckpt_dir` until interrupted (blocking)."""
     import uvicorn
 
+    check_port(host, port)  # before the model loads, and instead of uvicorn's multi-line log and exit 3
     app = create_app(ckpt_dir, model_name=model_name, device=device, max_top_logprobs=max_top_logprobs)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind `host:port` once, as uvicorn will, so a port in use or a bad host is a one-line error."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, OverflowError) as e:
+        raise LmforgeError(f"--host {host} --port {port}: cannot listen there ({e})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closing connection is no conflict
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise LmforgeError(f"port {port} on {host} is in use") from None
+            raise LmforgeError(f"cannot listen on {host} port {port} ({e.strerror})") from None

@@ -1,5 +1,7 @@
 """LoRA: starts at the base model, trains only adapters, merges exactly, loads in peft."""
 
+import re
+
 import pytest
 import torch
 
@@ -69,6 +71,29 @@ def test_peft_loads_the_adapter_on_the_exported_model(toy_data, tmp_path):
         assert (peft_model(x).logits - model(x)).abs().max().item() < 1e-4
 
 
-def test_bad_lora_config():
-    with pytest.raises(LmforgeError, match="lora.targets: unknown module 'qproj'"):
-        LoRAConfig(targets=["qproj"])
+@pytest.mark.parametrize("kwargs,message", [
+    ({"targets": ["qproj"]}, "targets: unknown module 'qproj' (choose from q_proj, k_proj, v_proj, o_proj, "
+                             "gate_proj, up_proj, down_proj, lm_head)"),
+    ({"r": 0}, "r: expected a positive integer, got 0"),
+    ({"alpha": -1.0}, "alpha: expected a number > 0, got -1.0"),
+    ({"dropout": 1.0}, "dropout: expected a number >= 0 and < 1, got 1.0"),
+])
+def test_bad_lora_config(kwargs, message):
+    with pytest.raises(LmforgeError) as e:
+        LoRAConfig(**kwargs)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("override,message", [
+    ("sft.lora.dropout=2", "sft.lora.dropout: expected a number >= 0 and < 1, got 2.0"),
+    ("dpo.lora.r=0", "dpo.lora.r: expected a positive integer, got 0"),
+    ("sft.lora.targets=qkv", "sft.lora.targets: unknown module 'qkv'"),
+])
+def test_bad_lora_config_is_named_by_its_section(override, message):
+    from pathlib import Path
+
+    from lmforge.config import load_run_config
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+    with pytest.raises(LmforgeError, match=re.escape(message)):
+        load_run_config(recipe, [override])

@@ -92,10 +92,12 @@ def test_depth_preset_and_bad_choices():
     assert depth_preset(4) == (4, 256, 4)
     cfg = ModelConfig(vocab_size=10, depth=6)
     assert (cfg.n_layer, cfg.d_model, cfg.n_head) == (6, 384, 6)
-    with pytest.raises(LmforgeError, match="model.mlp: expected one of swiglu, gelu, relu2, got 'silu'"):
+    with pytest.raises(LmforgeError, match="^mlp: expected one of swiglu, gelu, relu2, got 'silu'$"):
         ModelConfig(mlp="silu")
-    with pytest.raises(LmforgeError, match=r"model.n_head \(4\) must be divisible by model.n_kv_head \(3\)"):
+    with pytest.raises(LmforgeError, match=r"^n_head: must be divisible by n_kv_head \(3\), got 4$"):
         ModelConfig(n_head=4, d_model=64, n_kv_head=3)
+    with pytest.raises(LmforgeError, match=r"^n_layer: expected a positive integer, got 0$"):
+        ModelConfig(n_layer=0)
 
 
 @pytest.mark.parametrize("kw", VARIANTS[:4])

@@ -127,7 +127,8 @@ def test_bad_task_counts_are_one_line_errors(tmp_path, capsys):
 
 def test_bad_hasty_fraction_is_a_one_line_error(tmp_path, capsys):
     assert tiny_sft_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft]", "sft.hasty_fraction=2") == 2
-    assert capsys.readouterr().err == "error: override: sft.hasty_fraction: expected a number between 0 and 1, got 2.0\n"
+    err = capsys.readouterr().err
+    assert err == "error: override: sft.hasty_fraction: expected a number between 0 and 1, got 2.0\n"
 
 
 def test_sources_that_are_all_validation_copies_are_a_one_line_error(tmp_path, capsys):

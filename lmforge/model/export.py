@@ -14,9 +14,11 @@ from pathlib import Path
 
 from lmforge.chat import write_chat_template
 from lmforge.errors import LmforgeError
-from lmforge.model.io import load_model, state_dict_for_saving
+from lmforge.model.io import check_output_dir, load_checkpoint, read_json_object, staged_dir, state_dict_for_saving
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils import atomic_write_bytes, write_json
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def llama_config(cfg, tok: Tokenizer) -> dict:
@@ -48,7 +50,8 @@ def llama_config(cfg, tok: Tokenizer) -> dict:
 def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     from safetensors.torch import save
 
-    model = load_model(ckpt_dir)
+    check_output_dir(out_dir, ckpt_dir)
+    model, tok = load_checkpoint(ckpt_dir)
     cfg = model.cfg
     if not cfg.llama_compatible:
         raise LmforgeError(
@@ -57,17 +60,19 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
             f"sliding_window=0, mask=causal); this model has norm={cfg.norm}, "
             f"norm_position={cfg.norm_position}, position={cfg.position}, mlp={cfg.mlp}, "
             f"qk_norm={cfg.qk_norm}, sliding_window={cfg.sliding_window}, mask={cfg.mask}")
-    tok = Tokenizer.load(ckpt_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(Path(ckpt_dir) / name, out / name)
-    write_chat_template(out)  # apply_chat_template then yields the ids lmforge trains on
-    atomic_write_bytes(out / "model.safetensors", save(state_dict_for_saving(model), metadata={"format": "pt"}))
-    write_json(out / "generation_config.json", {
-        "bos_token_id": tok.bos_id,
-        "eos_token_id": [tok.eos_id, tok.special["<|end_of_turn|>"]],
-        "pad_token_id": tok.pad_id,
-    })
-    write_json(out / "config.json", llama_config(cfg, tok))  # last: marks the export complete
-    return out
+    for name in TOKENIZER_FILES:
+        if not (Path(ckpt_dir) / name).is_file():
+            raise LmforgeError(f"{ckpt_dir}: no {name} (export copies the tokenizer files next to the model)")
+    read_json_object(Path(ckpt_dir) / "tokenizer_config.json")  # the chat template is added to it below
+    with staged_dir(out_dir, "config.json") as out:
+        for name in TOKENIZER_FILES:
+            shutil.copyfile(Path(ckpt_dir) / name, out / name)
+        write_chat_template(out)  # apply_chat_template then yields the ids lmforge trains on
+        atomic_write_bytes(out / "model.safetensors", save(state_dict_for_saving(model), metadata={"format": "pt"}))
+        write_json(out / "generation_config.json", {
+            "bos_token_id": tok.bos_id,
+            "eos_token_id": [tok.eos_id, tok.special["<|end_of_turn|>"]],
+            "pad_token_id": tok.pad_id,
+        })
+        write_json(out / "config.json", llama_config(cfg, tok))  # last: marks the export complete
+    return Path(out_dir)

@@ -14,7 +14,6 @@ parameters keep their Hugging Face names (`...q_proj.weight`) and the adapters a
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import FieldError, LmforgeError, check_fields, fraction, positive
 from lmforge.utils import atomic_write_bytes, write_json
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -39,12 +38,12 @@ class LoRAConfig:
     targets: list[str] = field(default_factory=lambda: list(ALL_LINEAR))  # module names (last component)
 
     def __post_init__(self):
-        if self.r < 1:
-            raise LmforgeError(f"lora.r: expected a positive rank, got {self.r}")
+        positive(self, "r")
+        check_fields(self, ["alpha"], lambda v: v > 0, "a number > 0")
+        fraction(self, "dropout", closed_top=False)
         bad = [t for t in self.targets if t not in ALL_LINEAR + ["lm_head"]]
         if bad:
-            raise LmforgeError(f"lora.targets: unknown module {bad[0]!r} "
-                               f"(choose from {', '.join(ALL_LINEAR)}, lm_head)")
+            raise FieldError("targets", f"unknown module {bad[0]!r} (choose from {', '.join(ALL_LINEAR)}, lm_head)")
 
 
 class LoRALinear(nn.Linear):
@@ -150,23 +149,69 @@ def save_adapter(model: nn.Module, cfg: LoRAConfig, out_dir: str | os.PathLike, 
     return out
 
 
+# adapter_config.json's names for LoRAConfig's fields
+PEFT_FIELDS = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules"}
+
+
+def read_adapter_config(adapter_dir: str | os.PathLike) -> LoRAConfig:
+    """The LoRAConfig of a PEFT adapter directory; any problem is one line naming adapter_config.json."""
+    from lmforge.model.io import read_json_object
+
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.is_file():
+        raise LmforgeError(f"{adapter_dir}: not a LoRA adapter directory (no adapter_config.json)")
+    raw = read_json_object(path)
+
+    def get(key, kinds, expected, default=None):
+        value = raw.get(key, default)
+        if value is None:
+            raise LmforgeError(f"{path}: missing {key!r}")
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise LmforgeError(f"{path}: {key}: expected {expected}, got {value!r}")
+        return value
+
+    targets = get("target_modules", list, "a list of module names")
+    if not all(isinstance(t, str) for t in targets):
+        raise LmforgeError(f"{path}: target_modules: expected a list of module names, got {targets!r}")
+    try:
+        return LoRAConfig(enabled=True, r=get("r", int, "an integer"),
+                          alpha=float(get("lora_alpha", (int, float), "a number")),
+                          dropout=float(get("lora_dropout", (int, float), "a number", 0.0)), targets=targets)
+    except FieldError as e:
+        raise LmforgeError(f"{path}: {PEFT_FIELDS[e.field]}: {e.what}") from None
+
+
 def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
     """Add the adapters of a PEFT-format directory to `model` (in place)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     d = Path(adapter_dir)
-    cfg_path = d / "adapter_config.json"
-    if not cfg_path.exists():
-        raise LmforgeError(f"{d}: not a LoRA adapter directory (no adapter_config.json)")
-    raw = json.loads(cfg_path.read_text())
-    cfg = LoRAConfig(enabled=True, r=int(raw["r"]), alpha=float(raw["lora_alpha"]),
-                     dropout=float(raw.get("lora_dropout", 0.0)), targets=list(raw["target_modules"]))
+    cfg = read_adapter_config(d)
+    weights = d / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise LmforgeError(f"{d}: no adapter_model.safetensors")
+    try:
+        sd = load_file(str(weights))
+    except SafetensorError as e:
+        raise LmforgeError(f"{weights}: cannot read (truncated or not safetensors: {str(e).splitlines()[0]})") \
+            from None
     apply_lora(model, cfg)
-    sd = load_file(str(d / "adapter_model.safetensors"))
     layers = dict(lora_layers(model))
+    unset = {f"{name}.{which}" for name in layers for which in ("lora_A", "lora_B")}
     for key, t in sd.items():
-        name, which = key[len(PEFT_PREFIX):].rsplit(".", 2)[0], key.rsplit(".", 2)[1]
-        if name not in layers:
+        rest = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else ""
+        name, _, which = rest.removesuffix(".weight").rpartition(".")
+        if not rest.endswith(".weight") or which not in ("lora_A", "lora_B") or name not in layers:
             raise LmforgeError(f"{d}: adapter weight {key} has no matching layer in the model")
-        getattr(layers[name], which).weight.data.copy_(t)
+        target = getattr(layers[name], which).weight
+        if t.shape != target.shape:  # copy_ would fail with an unnamed RuntimeError
+            raise LmforgeError(f"{d}: adapter does not fit this base model ({key}: adapter {tuple(t.shape)}, "
+                               f"model {tuple(target.shape)}); was it trained on another base?")
+        with torch.no_grad():
+            target.copy_(t)
+        unset.discard(f"{name}.{which}")
+    if unset:  # a layer left with its random init would silently change the merged model
+        raise LmforgeError(f"{d}: adapter has no weights for {len(unset)} of the model's LoRA layers "
+                           f"(e.g. {min(unset)}); was it trained on another base?")
     return model

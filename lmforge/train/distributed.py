@@ -45,12 +45,28 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank=rank, local_rank=local, world_size=world)
 
 
-def resolve_device(choice: str, info: DistInfo) -> torch.device:
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda":
-        return torch.device("cuda", info.local_rank)
-    return torch.device("cpu")
+def resolve_device(choice: str, info: DistInfo | None = None, *, flag: str = "device") -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a torch.device; `cuda` is this process's GPU under torchrun.
+
+    An unknown name or a GPU this machine lacks is a one-line LmforgeError naming `flag` (the
+    option or config field the choice came from) instead of a torch error at the first tensor move.
+    """
+    from lmforge.errors import LmforgeError
+
+    name = str(choice).strip()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    kind, colon, index = name.partition(":")
+    if kind != "cuda" or (colon and not index.isdigit()):
+        raise LmforgeError(f"{flag} {choice}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise LmforgeError(f"{flag} {choice}: CUDA is not available on this machine (use cpu)")
+    i = int(index) if colon else (info or DistInfo()).local_rank
+    if i >= torch.cuda.device_count():
+        raise LmforgeError(f"{flag} {choice}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device("cuda", i)
 
 
 def parallelize(model: torch.nn.Module, info: DistInfo, mode: str, device: torch.device) -> torch.nn.Module:
