@@ -100,16 +100,15 @@ def check_sampling_flags(args) -> None:
 
 
 def run_chat(args) -> int:
-    from lmforge.model.io import load_model
-    from lmforge.tokenizer import Tokenizer
+    from lmforge.model.io import load_checkpoint
     from lmforge.train.distributed import DistInfo, resolve_device
 
     check_sampling_flags(args)
     if args.prompt is not None and not args.prompt.strip():
         raise LmforgeError("-p: the prompt is empty")
     device = resolve_device(args.device, DistInfo())
-    model = load_model(args.checkpoint, device).eval()
-    tok = Tokenizer.load(args.checkpoint)
+    model, tok = load_checkpoint(args.checkpoint, device)  # checked to belong together
+    model.eval()
     session = ChatSession(model, tok, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           max_new_tokens=args.max_new_tokens, system=args.system, seed=args.seed)
     if args.prompt is not None:
