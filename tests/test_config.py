@@ -57,7 +57,8 @@ def test_list_of_sources_override():
     ("sft.val_examples=-3", "override: sft.val_examples: expected a number >= 0, got -3"),
     ("grpo.temperature=-1", "override: grpo.temperature: expected a number > 0 (a group's samples must differ), "
                             "got -1"),
-    ("grpo.task=bogus", "override: grpo.task: expected one of "),
+    ("grpo.task=qa", "override: grpo.task: expected one of word_problem, arithmetic, count_letters (the "
+                     "verifiable-math reward checks a numeric answer), got 'qa'"),
     ("grpo.updates_per_batch=0", "override: grpo.updates_per_batch: expected a positive integer, got 0"),
     ("grpo.clip_high=0.1", "override: grpo.clip_high: expected a number >= clip_low (0.2), got 0.1"),
     ("ppo.minibatches=64", "override: ppo.minibatches: expected at most prompts_per_step (32): a minibatch needs "

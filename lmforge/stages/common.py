@@ -73,14 +73,6 @@ def model_dir(ctx, init: str, key: str) -> Path:
     return p
 
 
-def check_task(obj, field: str) -> None:
-    """A config field naming one toyworld task type."""
-    from lmforge.errors import one_of
-    from lmforge.toyworld.tasks import TASKS
-
-    one_of(obj, field, list(TASKS))
-
-
 def check_task_mix(obj, field: str) -> None:
     """A config field {task: weight} of toyworld task types with positive weights ({} means the default)."""
     from lmforge.errors import FieldError

@@ -20,8 +20,10 @@ import torch
 
 from lmforge.errors import FieldError, LmforgeError, check_fields, non_negative, one_of, positive
 from lmforge.pipeline import Stage
-from lmforge.stages.common import check_task, resume_step
+from lmforge.stages.common import resume_step
 from lmforge.train.config import TrainConfig
+
+NUMERIC_TASKS = ("word_problem", "arithmetic", "count_letters")  # toyworld tasks whose answer is a number
 
 
 def _grpo_train_defaults() -> TrainConfig:
@@ -59,7 +61,8 @@ class GRPOConfig:
         one_of(self, "baseline", ("mean", "rloo"))
         one_of(self, "scale", ("group", "batch", "none"))
         one_of(self, "aggregation", ("token_mean", "seq_mean", "fixed_length"))
-        check_task(self, "task")
+        check_fields(self, ["task"], lambda v: v in NUMERIC_TASKS,
+                     f"one of {', '.join(NUMERIC_TASKS)} (the verifiable-math reward checks a numeric answer)")
         positive(self, "n_prompts", "prompts_per_step", "max_new_tokens", "updates_per_batch", "eval_examples")
         if self.group_size < 2:
             raise FieldError("group_size", f"a group needs at least 2 samples, got {self.group_size}")
