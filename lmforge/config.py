@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -289,8 +290,10 @@ class RunConfig:
     def __post_init__(self):
         from lmforge.stages import STAGES
 
-        if not self.name.strip() or self.name.strip() in (".", ".."):  # the run would write into out_dir itself
-            raise FieldError("name", f"expected a run name (the run writes into out_dir/name/), got {self.name!r}")
+        # one plain path component: `name=../..` or an absolute path would point --fresh at other directories
+        if not re.fullmatch(r"[\w.+=-]+", self.name) or set(self.name) == {"."}:
+            raise FieldError("name", f"expected a run name of letters, digits and . _ - + = (the run writes into "
+                                     f"out_dir/name/), got {self.name!r}")
 
         for s in self.stages:
             if s not in STAGES:

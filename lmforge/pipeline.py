@@ -53,7 +53,23 @@ class RunContext:
         p = self.stage_dir(name) / "stage.json"
         if not p.exists():
             raise LmforgeError(f"{p.parent}: stage '{name}' has not been run (no stage.json)")
-        return read_json(p)["metrics"]
+        return self.record(name)["metrics"]
+
+    def record(self, name: str) -> dict:
+        """A complete stage's stage.json, checked: a damaged one is a one-line error naming it."""
+        p = self.stage_dir(name) / "stage.json"
+        try:
+            rec = read_json(p)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LmforgeError(f"{p}: damaged ({e}); delete the stage directory (or use --fresh) to redo it") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
+            raise LmforgeError(f"{p}: damaged (expected an object with 'metrics'); delete the stage directory (or "
+                               f"use --fresh) to redo it")
+        return rec
+
+    def finished(self, name: str) -> float:
+        """When a complete stage finished (stage.json's `finished`; runs made before it was recorded: its mtime)."""
+        return self.record(name).get("finished") or (self.stage_dir(name) / "stage.json").stat().st_mtime
 
     def log(self, msg: str) -> None:
         if self.info.is_main:
@@ -62,6 +78,8 @@ class RunContext:
 
 def stages_up_to(cfg, until: str | None) -> list[str]:
     names = list(cfg.stages)
+    if not names:
+        raise LmforgeError("stages: the recipe lists no stages")
     if until is None:
         return names
     if until not in names:
@@ -80,8 +98,16 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
     from lmforge.config import dump_yaml
     from lmforge.stages import STAGES
 
+    if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
+        raise LmforgeError(f"out_dir: {cfg.out_dir} is a file, not a directory")
+    if (Path(cfg.out_dir) / cfg.name).exists() and not (Path(cfg.out_dir) / cfg.name).is_dir():
+        raise LmforgeError(f"name: {Path(cfg.out_dir) / cfg.name} is a file, not a run directory")
     ctx = RunContext(cfg=cfg, info=info or DistInfo(), resume=resume)
     names = stages_up_to(cfg, until)
+    for i, name in enumerate(names):  # before any work: a stage's inputs come from complete or earlier stages
+        missing = [r for r in STAGES[name].requires if not ctx.is_complete(r) and r not in names[:i]]
+        if missing:
+            raise LmforgeError(f"stage '{name}' needs {', '.join(missing)} first; add it to stages, before '{name}'")
     redo = False  # a stage was redone: every later one is too
     if ctx.info.is_main:
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
@@ -90,13 +116,15 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
         _precision_notes(ctx, [n for n in names if not ctx.is_complete(n)])
     for name in names:
         stage = STAGES[name]
-        missing = [r for r in stage.requires if not ctx.is_complete(r) and r not in names]
-        if missing:
-            raise LmforgeError(f"stage '{name}' needs {', '.join(missing)} first; add it to stages")
         if ctx.is_complete(name):
-            changed = config_changes(read_json(ctx.stage_dir(name) / "stage.json").get("config", {}),
-                                     stage_config(cfg, stage))
-            why = f"the recipe changed since this stage ran ({'; '.join(changed[:3])})" if changed else ""
+            edits = config_changes(ctx.record(name).get("config", {}), stage_config(cfg, stage))
+            # an earlier stage redone after this one ran (by `lmforge <earlier> --redo-changed`, or --fresh):
+            # this one was built on outputs that are gone
+            newer = [e for e in cfg.stages[:cfg.stages.index(name)]
+                     if ctx.is_complete(e) and ctx.finished(e) > ctx.finished(name)]
+            why = "; ".join(([f"the recipe changed since this stage ran ({'; '.join(edits[:3])})"] if edits else [])
+                            + ([f"{', '.join(newer)} ran again after it"] if newer else []))
+            changed = edits or newer
             if not (redo or (redo_changed and changed)):
                 ctx.log(f"[{name}] complete, skipping ({ctx.stage_dir(name)})")
                 if changed:
@@ -118,7 +146,7 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
             seconds = time.time() - t0
             write_json(ctx.stage_dir(name) / "stage.json",
                        {"stage": name, "seconds": round(seconds, 2), "metrics": metrics or {},
-                        "config": stage_config(cfg, stage)})
+                        "config": stage_config(cfg, stage), "finished": time.time()})
             ctx.log(f"[{name}] done in {seconds:.1f}s")
         barrier(ctx.info)
         redo = redo or redo_changed  # what was built on this stage's old outputs is stale now
@@ -191,10 +219,9 @@ def _write_hardware(run_dir: Path) -> None:
 def write_summary(ctx: RunContext) -> dict:
     summary = {}
     for name in ctx.cfg.stages:
-        p = ctx.stage_dir(name) / "stage.json"
-        if p.exists():
-            rec = read_json(p)
-            summary[name] = {**rec["metrics"], "seconds": rec["seconds"]}
+        if ctx.is_complete(name):
+            rec = ctx.record(name)
+            summary[name] = {**rec["metrics"], "seconds": rec.get("seconds", float("nan"))}
     if ctx.info.is_main:
         write_json(ctx.run_dir / "summary.json", summary)
     return summary

@@ -71,7 +71,12 @@ def test_list_of_sources_override():
     ("rlaif.judge.timeout=-1", "override: rlaif.judge.timeout: expected a number of seconds > 0, got -1"),
     ("pairs.samples=1", "override: pairs.samples: expected at least 2 answers per prompt (a pair), got 1"),
     ("bon.split=test", "override: bon.split: expected one of heldout, train, got 'test'"),
-    ("name=", "override: name: expected a run name (the run writes into out_dir/name/), got ''"),
+    ("name=", "override: name: expected a run name of letters, digits and . _ - + = (the run writes into "
+              "out_dir/name/), got ''"),
+    ("name=../..", "override: name: expected a run name of letters, digits and . _ - + = (the run writes "
+                   "into out_dir/name/), got '../..'"),
+    ("name=/tmp/x", "got '/tmp/x'"),
+    ("name=a b", "got 'a b'"),
     ("sft.sources=[{path: a.jsonl", "override: sft.sources: invalid YAML value '[{path: a.jsonl'"),
 ])
 def test_bad_overrides_give_one_line_errors(override, message):

@@ -63,7 +63,16 @@ def test_run_writes_every_stage_and_a_summary_then_skips(tmp_path, capsys):
     assert run(tmp_path, "train.lr=0.001", "curate.language.min_score=0.7", "--redo-changed") == 0
     out = capsys.readouterr().out
     assert "[tokenizer] redoing: the recipe changed" in out
-    assert "[eval_base] redoing: an earlier stage was redone" in out
+    assert "[eval_base] redoing: tokenizer, pretrain ran again after it" in out
+    # a stage redone on its own (`lmforge pretrain --redo-changed`) leaves the later ones stale: noticed
+    assert run(tmp_path, "train.lr=0.002", "curate.language.min_score=0.7", "--redo-changed",
+               command="pretrain") == 0
+    capsys.readouterr()
+    assert run(tmp_path, "train.lr=0.002", "curate.language.min_score=0.7") == 0
+    assert "; pretrain ran again after it; its results are kept" in capsys.readouterr().out
+    assert run(tmp_path, "train.lr=0.002", "curate.language.min_score=0.7", "--redo-changed") == 0
+    out = capsys.readouterr().out
+    assert "[pretrain] complete, skipping" in out and "pretrain ran again after it" in out
     # --fresh on a stage redoes it and every later stage, and keeps earlier ones
     assert run(tmp_path, "--fresh", command="pretrain") == 0
     out = capsys.readouterr().out
@@ -79,6 +88,29 @@ def test_stage_command_refuses_to_clobber_checkpoints(tmp_path, capsys):
     assert run(tmp_path, "stages=[toyworld,tokenizer,pretrain]", "train.steps=6", "--resume",
                command="pretrain") == 0
     assert "resuming from step 3" in capsys.readouterr().out
+
+
+def test_recipe_errors_come_before_any_work(tmp_path, capsys):
+    assert run(tmp_path, "stages=[toyworld,pretrain]") == 2  # no tokenizer: refused before toyworld runs
+    assert capsys.readouterr().err == "error: stage 'pretrain' needs tokenizer first; add it to stages, before " \
+                                      "'pretrain'\n"
+    assert not (tmp_path / "t/toyworld").exists()
+    assert run(tmp_path, "stages=[toyworld]", "--fresh", command="pretrain") == 2  # nothing deleted either
+    assert capsys.readouterr().err == "error: stage 'pretrain' is not in this recipe's stages (toyworld)\n"
+    assert run(tmp_path, "stages=[]") == 2
+    assert capsys.readouterr().err == "error: stages: the recipe lists no stages\n"
+    (tmp_path / "afile").write_text("x")
+    assert main(["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path / 'afile'}", "name=t", *TINY]) == 2
+    assert capsys.readouterr().err == f"error: out_dir: {tmp_path / 'afile'} is a file, not a directory\n"
+
+
+def test_a_damaged_stage_record_is_a_one_line_error(tmp_path, capsys):
+    assert run(tmp_path, "stages=[toyworld]") == 0
+    (tmp_path / "t/toyworld/stage.json").write_text("{}")
+    capsys.readouterr()
+    assert run(tmp_path, "stages=[toyworld]") == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path}/t/toyworld/stage.json: damaged (expected an object with "
+                                       f"'metrics'); delete the stage directory (or use --fresh) to redo it\n")
 
 
 def test_bad_data_source_is_one_line_and_leaves_no_complete_stage(tmp_path, capsys):
