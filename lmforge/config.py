@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from lmforge.errors import FieldError, LmforgeError
+from lmforge.errors import FieldError, LmforgeError, check_fields, non_negative, positive
 
 
 def _type_name(tp) -> str:
@@ -254,12 +254,20 @@ class DataConfig:
     # attending across them teaches a model that names in its context are not the ones to repeat.
     doc_mask: bool = False
 
+    def __post_init__(self):
+        check_fields(self, ["val_fraction"], lambda v: 0 < v < 1,
+                     "a number > 0 and < 1 (pretraining measures its validation loss on that share)")
+
 
 @dataclasses.dataclass
 class EvalConfig:
     max_new_tokens: int = 8         # greedy tokens generated per cloze / arithmetic probe
     cloze_limit: int = 0            # probes per split (0: all)
     arithmetic_probes: int = 200
+
+    def __post_init__(self):
+        positive(self, "max_new_tokens", "arithmetic_probes")
+        non_negative(self, "cloze_limit")
 
 
 @dataclasses.dataclass

@@ -71,6 +71,9 @@ def test_list_of_sources_override():
     ("rlaif.judge.timeout=-1", "override: rlaif.judge.timeout: expected a number of seconds > 0, got -1"),
     ("pairs.samples=1", "override: pairs.samples: expected at least 2 answers per prompt (a pair), got 1"),
     ("bon.split=test", "override: bon.split: expected one of heldout, train, got 'test'"),
+    ("data.val_fraction=0", "override: data.val_fraction: expected a number > 0 and < 1 (pretraining measures "
+                            "its validation loss on that share), got 0"),
+    ("eval.max_new_tokens=0", "override: eval.max_new_tokens: expected a positive integer, got 0"),
     ("name=", "override: name: expected a run name of letters, digits and . _ - + = (the run writes into "
               "out_dir/name/), got ''"),
     ("name=../..", "override: name: expected a run name of letters, digits and . _ - + = (the run writes "

@@ -339,3 +339,16 @@ def test_packed_dataset_batches(tok, tmp_path):
     with pytest.raises(LmforgeError, match="no split 'test'"):
         PackedDataset(tmp_path, "test", seq_len)
     json.loads((tmp_path / "meta.json").read_text())  # plain JSON, readable by other tools
+
+
+def test_shards_made_with_other_settings_are_not_current(tok, tmp_path):
+    """A failed or earlier run's shards are reused only when tokenizer, seed, split and source all match."""
+    from lmforge.data.shards import shards_are_current
+
+    made = {"seed": 0, "val_fraction": 0.2, "source": "corpus.jsonl:100:1"}
+    prepare_shards(_corpus(20), tok, tmp_path, progress=False, **made)
+    assert shards_are_current(tmp_path, tok, **made)
+    for key, other in (("seed", 1), ("val_fraction", 0.1), ("source", "corpus.jsonl:101:2")):
+        assert not shards_are_current(tmp_path, tok, **{**made, key: other}), key
+    (tmp_path / "meta.json").write_text("{not json")
+    assert not shards_are_current(tmp_path, tok, **made)  # damaged: remade

@@ -138,8 +138,10 @@ class _SplitWriter:
 
 def prepare_shards(docs: Iterable[str], tokenizer: Tokenizer, out_dir, *, val_fraction: float = 0.05,
                    seed: int = 0, shard_tokens: int = 50_000_000, batch_docs: int = 1024,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, source: str = "") -> dict:
     """Tokenize `docs` (in parallel, `batch_docs` at a time) into shards under `out_dir`; return meta.
+
+    `source` describes where the documents came from (kept in meta.json for `shards_are_current`).
 
     Memory stays bounded by one shard per split plus one batch: tokens go from the tokenizer's
     lists straight into numpy arrays, and a shard is written as soon as the next doc would overflow it.
@@ -212,6 +214,7 @@ def prepare_shards(docs: Iterable[str], tokenizer: Tokenizer, out_dir, *, val_fr
         "seed": seed,
         "val_fraction": val_fraction,
         "shard_tokens": shard_tokens,
+        "source": source,
         "splits": splits,
     }
     write_json(out / "meta.json", meta)
@@ -224,12 +227,19 @@ def tokenizer_fingerprint(tokenizer) -> str | None:
     return hashlib.sha256(to_str().encode()).hexdigest() if to_str else None
 
 
-def shards_are_current(out_dir, tokenizer) -> bool:
-    """True when `out_dir` holds complete shards made with this very tokenizer."""
+def shards_are_current(out_dir, tokenizer, **made_with) -> bool:
+    """True when `out_dir` holds complete shards made with this very tokenizer and with the same
+    `made_with` settings as recorded in meta.json (seed, val_fraction, source): shards left by a run
+    with other data or another split are remade, never reused."""
     meta_path = Path(out_dir) / "meta.json"
     if not meta_path.exists():
         return False
-    return json.loads(meta_path.read_text()).get("tokenizer_sha256") == tokenizer_fingerprint(tokenizer)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False  # damaged: remake
+    return meta.get("tokenizer_sha256") == tokenizer_fingerprint(tokenizer) and \
+        all(meta.get(k) == v for k, v in made_with.items())
 
 
 def load_meta(out_dir) -> dict:

@@ -33,6 +33,19 @@ def pretraining_documents(ctx) -> Iterator[str]:
             yield json.loads(line)["text"]
 
 
+def documents_source(ctx) -> str:
+    """What `pretraining_documents` reads, as a string that changes when the documents may have: the
+    curated or toyworld file's size and modification time, or the data.sources settings."""
+    import dataclasses
+
+    if "curate" in ctx.cfg.stages or not ctx.cfg.data.sources:
+        path = ctx.stage_dir("curate") / "documents.jsonl" if "curate" in ctx.cfg.stages \
+            else ctx.stage_dir("toyworld") / "corpus.jsonl"
+        st = path.stat() if path.exists() else None
+        return f"{path.name}:{st.st_size}:{st.st_mtime_ns}" if st else str(path)
+    return json.dumps([dataclasses.asdict(s) for s in ctx.cfg.data.sources], sort_keys=True)
+
+
 def tokenizer_dir(ctx) -> Path:
     """The run's tokenizer: trained (or copied from tokenizer.path) by the `tokenizer` stage."""
     return ctx.stage_dir("tokenizer")

@@ -15,7 +15,7 @@ import statistics
 import torch
 
 from lmforge.pipeline import Stage
-from lmforge.stages.common import pretraining_documents, resume_step, tokenizer_dir
+from lmforge.stages.common import documents_source, pretraining_documents, resume_step, tokenizer_dir
 from lmforge.train.distributed import barrier, resolve_device
 from lmforge.train.metrics import read_metrics
 
@@ -65,9 +65,9 @@ def run(ctx) -> dict:
     out = ctx.stage_dir("pretrain")
     tok = Tokenizer.load(tokenizer_dir(ctx))
     data_dir = out / "data"
-    if info.is_main and not shards_are_current(data_dir, tok):
-        prepare_shards(pretraining_documents(ctx), tok, data_dir, val_fraction=cfg.data.val_fraction,
-                       seed=cfg.seed, progress=tc.progress)
+    made_with = {"seed": cfg.seed, "val_fraction": cfg.data.val_fraction, "source": documents_source(ctx)}
+    if info.is_main and not shards_are_current(data_dir, tok, **made_with):
+        prepare_shards(pretraining_documents(ctx), tok, data_dir, progress=tc.progress, **made_with)
     barrier(info)
     train_ds = PackedDataset(data_dir, "train", tc.seq_len)
     val_ds = PackedDataset(data_dir, "val", tc.seq_len)
