@@ -74,6 +74,11 @@ def test_list_of_sources_override():
     ("data.val_fraction=0", "override: data.val_fraction: expected a number > 0 and < 1 (pretraining measures "
                             "its validation loss on that share), got 0"),
     ("eval.max_new_tokens=0", "override: eval.max_new_tokens: expected a positive integer, got 0"),
+    ("dpo.beta=-1", "override: dpo.beta: expected a number >= 0, got -1"),
+    ("dpo.loss=bogus", "override: dpo.loss: expected one of dpo, cdpo, ipo, hinge, kto, orpo, simpo, got 'bogus'"),
+    ("rm.sources=[{pth: x}]", "override: unknown key 'rm.sources.0.pth' (did you mean 'rm.sources.0.path'?)"),
+    ("eval_dpo.tasks={nope: 1}", "override: eval_dpo.tasks.nope: not a toyworld task"),
+    ("eval_sft.per_task=-2", "override: eval_sft.per_task: expected a positive integer, got -2"),
     ("name=", "override: name: expected a run name of letters, digits and . _ - + = (the run writes into "
               "out_dir/name/), got ''"),
     ("name=../..", "override: name: expected a run name of letters, digits and . _ - + = (the run writes "

@@ -205,6 +205,17 @@ def test_rlaif_with_nothing_to_judge_fails_and_writes_no_pairs(tmp_path, monkeyp
     assert not (tmp_path / "a/rlaif/train.jsonl").exists() and not (tmp_path / "a/rlaif/stage.json").exists()
 
 
+def test_pairs_with_no_pair_fails_and_writes_nothing_complete(tmp_path, monkeypatch, capsys):
+    import lmforge.stages.pairs as pairs_mod
+
+    monkeypatch.setattr(pairs_mod, "sample_answers", lambda model, tok, prompts, n, **kw: [["ok"] * n for _ in prompts])
+    assert tiny_alignment_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft,pairs]") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: pairs: none of 40 prompts gave two answers the judge tells apart by "
+                          "pairs.min_margin (0.0) (40 ties") and err.endswith("or lower pairs.min_margin")
+    assert not (tmp_path / "a/pairs/train.jsonl").exists() and not (tmp_path / "a/pairs/stage.json").exists()
+
+
 def test_ppo_stage_runs_and_reports(tmp_path):
     """SFT -> pairs -> rm -> ppo -> eval_ppo at tiny sizes: PPO trains policy and value together."""
     assert tiny_alignment_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft,pairs,rm,ppo,eval_ppo]",

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmforge.errors import LmforgeError
+from lmforge.data.preference_sources import PreferenceSourceConfig
+from lmforge.errors import LmforgeError, check_fields, fraction, non_negative, one_of
 from lmforge.model.lora import LoRAConfig
 from lmforge.pipeline import Stage
 from lmforge.stages.common import resume_step
@@ -38,10 +39,18 @@ class DPOConfig:
     label_smoothing: float = 0.1       # cdpo only: assumed share of flipped labels
     gamma: float = 0.5                 # simpo only: target reward margin
     orpo_lambda: float = 0.1           # orpo only: weight of the odds-ratio term
-    sources: list = field(default_factory=list)   # list[PreferenceSourceConfig]; empty: the `pairs` stage
+    sources: list[PreferenceSourceConfig] = field(default_factory=list)  # empty: the `pairs` stage
     val_fraction: float = 0.1
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=_dpo_train_defaults)
+
+    def __post_init__(self):
+        from lmforge.losses.preference import PREFERENCE_LOSSES
+
+        one_of(self, "loss", list(PREFERENCE_LOSSES))
+        non_negative(self, "beta", "gamma", "orpo_lambda")  # beta 0: the loss's own default
+        check_fields(self, ["label_smoothing"], lambda v: 0 <= v < 0.5, "a number >= 0 and < 0.5")
+        fraction(self, "val_fraction", closed_top=False)
 
 
 def loss_params(dc: DPOConfig) -> dict:

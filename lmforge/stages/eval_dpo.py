@@ -26,9 +26,12 @@ class AlignEvalConfig:
     max_new_tokens: int = 64
 
     def __post_init__(self):
-        from lmforge.errors import one_of
+        from lmforge.errors import one_of, positive
+        from lmforge.stages.common import check_task_mix
 
         one_of(self, "prompt_entities", ("heldout", "train"))
+        positive(self, "n_prompts", "qa_examples", "max_new_tokens")
+        check_task_mix(self, "tasks")
 
 
 def greedy_answers(model, tok, prompts, max_new_tokens: int) -> list[str]:

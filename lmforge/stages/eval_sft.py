@@ -20,6 +20,11 @@ class ChatEvalConfig:
     per_task: int = 30              # examples per task type for (b) and (c)
     max_new_tokens: int = 64
 
+    def __post_init__(self):
+        from lmforge.errors import positive
+
+        positive(self, "qa_examples", "per_task", "max_new_tokens")
+
 
 def suites(world, ec: ChatEvalConfig, seed: int) -> dict:
     from lmforge.toyworld.tasks import HELDOUT_TASKS, TASKS, eval_examples

@@ -17,7 +17,7 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
-from lmforge.errors import check_fields, fraction, non_negative, positive
+from lmforge.errors import LmforgeError, check_fields, fraction, non_negative, positive
 from lmforge.pipeline import Stage
 from lmforge.stages.common import check_task_mix
 from lmforge.utils import atomic_write_text
@@ -92,7 +92,14 @@ def run(ctx) -> dict:
     # validation takes whole prompts: pairs of one prompt share answers, so splitting them would leak
     prompts_with_pairs = sorted({p.get("prompt_index", i) for i, p in enumerate(pairs)})
     random.Random(ctx.cfg.seed).shuffle(prompts_with_pairs)
-    val_prompts = set(prompts_with_pairs[:int(round(len(prompts_with_pairs) * pc.val_fraction))])
+    if not prompts_with_pairs:
+        raise LmforgeError(f"pairs: none of {len(examples)} prompts gave two answers the judge tells apart by "
+                           f"pairs.min_margin ({pc.min_margin}) ({labeled.ties} ties, {len(close)} closer, "
+                           f"{len(labeled) - len(pairs) - len(close)} with an empty answer); raise pairs.temperature "
+                           f"or pairs.samples, or lower pairs.min_margin")
+    # at least one prompt's pairs stay for training
+    n_val = min(int(round(len(prompts_with_pairs) * pc.val_fraction)), len(prompts_with_pairs) - 1)
+    val_prompts = set(prompts_with_pairs[:n_val])
     for i, p in enumerate(pairs):
         p["prompt_index"] = p.get("prompt_index", i)
     val = [p for p in pairs if p["prompt_index"] in val_prompts]

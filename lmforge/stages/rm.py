@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmforge.errors import LmforgeError
+from lmforge.data.preference_sources import PreferenceSourceConfig
+from lmforge.errors import LmforgeError, fraction, non_negative
 from lmforge.pipeline import Stage
 from lmforge.stages.common import resume_step
 from lmforge.train.config import TrainConfig
@@ -30,10 +31,14 @@ def _rm_train_defaults() -> TrainConfig:
 @dataclass
 class RMConfig:
     init: str = "sft"                 # backbone: a stage of this run or a checkpoint dir
-    sources: list = field(default_factory=list)  # list[PreferenceSourceConfig]; empty: the `pairs` stage
+    sources: list[PreferenceSourceConfig] = field(default_factory=list)  # empty: the `pairs` stage
     val_fraction: float = 0.1         # of `sources` pairs, held out for accuracy (pairs stage: its val.jsonl)
     margin: float = 0.0               # Bradley-Terry margin (Llama 2 uses larger margins for clearer preferences)
     train: TrainConfig = field(default_factory=_rm_train_defaults)
+
+    def __post_init__(self):
+        fraction(self, "val_fraction", closed_top=False)
+        non_negative(self, "margin")
 
 
 def preference_data(ctx, sources: list, val_fraction: float, key: str) -> tuple[list, list]:
