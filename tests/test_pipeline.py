@@ -163,3 +163,14 @@ def test_precision_notes_name_the_stages_that_train_slowly(monkeypatch, capsys):
         assert ("has no native bf16: pretrain, grpo train in fp32 (train.dtype auto)" in out) is expect
         assert ("and sft force train.dtype bf16: emulated" in out) is expect
         assert "dpo" not in out
+
+
+def test_a_damaged_corpus_file_is_a_one_line_error(tmp_path, capsys):
+    assert run(tmp_path, "stages=[toyworld]") == 0
+    corpus = tmp_path / "t/toyworld/corpus.jsonl"
+    lines = corpus.read_bytes().splitlines(keepends=True)
+    corpus.write_bytes(b"".join(lines[:2]) + b'{"text": "cut off\n')
+    capsys.readouterr()
+    assert run(tmp_path, "stages=[toyworld,tokenizer]") == 2
+    assert capsys.readouterr().err == (f"error: {corpus}:3: damaged (expected a JSON object with 'text'); redo the "
+                                       f"stage that wrote it (--fresh)\n")

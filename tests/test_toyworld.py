@@ -160,11 +160,13 @@ def test_small_config_and_validation():
     assert w.problems() == []
     assert len(w.entities) == 4 + 4 + 4 + 6 + 3
     assert pretraining_corpus(w, CorpusConfig(n_stories=5, n_arithmetic_docs=2, n_word_problems=9))
-    for bad in (WorldConfig(n_rivers=3), WorldConfig(n_people=181), WorldConfig(n_animals=0)):
-        with pytest.raises(LmforgeError):
-            generate_world(0, bad)
-    with pytest.raises(LmforgeError):
-        pretraining_corpus(w, CorpusConfig(paraphrases_per_fact=0))
+    for bad, msg in ((dict(n_rivers=3), "n_rivers: must be >= n_countries (24)"),
+                     (dict(n_people=181), "n_people: must be even and >= 4"),
+                     (dict(n_animals=0), "n_animals: must be a positive integer, got 0")):
+        with pytest.raises(LmforgeError, match=f"^{re.escape(msg)}"):  # at construction: a recipe fails before any work
+            WorldConfig(**bad)
+    with pytest.raises(LmforgeError, match="^paraphrases_per_fact: must be >= 1"):
+        CorpusConfig(paraphrases_per_fact=0)
 
 
 # --- split -----------------------------------------------------------------------------------
@@ -240,10 +242,10 @@ def test_canonical_per_fact_repeats_the_canonical_sentence(world):
                                                n_arithmetic_docs=0, n_word_problems=0))
     facts_docs = [d for d in one if d.kind == "facts"]
     assert len(facts_docs) == 2 * len(world.entities) and all("\n" not in d.text for d in facts_docs)
-    for bad in (CorpusConfig(canonical_per_fact=0), CorpusConfig(paraphrases_per_fact=2, canonical_per_fact=3),
-                CorpusConfig(paragraphs_per_doc=-1)):
-        with pytest.raises(LmforgeError):
-            pretraining_corpus(world, bad)
+    for bad in (dict(canonical_per_fact=0), dict(paraphrases_per_fact=2, canonical_per_fact=3),
+                dict(paragraphs_per_doc=-1)):
+        with pytest.raises(LmforgeError, match=f"^{next(iter(bad)) if len(bad) == 1 else 'canonical_per_fact'}: "):
+            CorpusConfig(**bad)
 
 
 def test_qa_pages_ask_about_training_entities_only(world):
@@ -284,8 +286,8 @@ def test_sentences_per_note_makes_short_mixed_documents(world):
                                                                    n_arithmetic_docs=0, n_word_problems=0))
              if d.kind == "facts"]
     assert len(pairs) == -(-3 * len(world.facts) // 2)
-    with pytest.raises(LmforgeError, match="sentences_per_note must be >= 0"):
-        pretraining_corpus(world, CorpusConfig(sentences_per_note=-1))
+    with pytest.raises(LmforgeError, match="^sentences_per_note: must be >= 0, got -1$"):
+        CorpusConfig(sentences_per_note=-1)
 
 
 def test_corpus_composition_and_size(world, docs):

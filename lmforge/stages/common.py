@@ -18,9 +18,7 @@ def pretraining_documents(ctx) -> Iterator[str]:
         path = ctx.stage_dir("curate") / "documents.jsonl"
         if not path.exists():
             raise LmforgeError(f"{path}: missing; the curate stage has not run")
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                yield json.loads(line)["text"]
+        yield from read_texts(path)
         return
     if ctx.cfg.data.sources:
         yield from iter_many(ctx.cfg.data.sources)
@@ -28,9 +26,7 @@ def pretraining_documents(ctx) -> Iterator[str]:
     path = ctx.stage_dir("toyworld") / "corpus.jsonl"
     if not path.exists():
         raise LmforgeError(f"{path}: missing; add the 'toyworld' stage or set data.sources")
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)["text"]
+    yield from read_texts(path)
 
 
 def documents_source(ctx) -> str:
@@ -44,6 +40,18 @@ def documents_source(ctx) -> str:
         st = path.stat() if path.exists() else None
         return f"{path.name}:{st.st_size}:{st.st_mtime_ns}" if st else str(path)
     return json.dumps([dataclasses.asdict(s) for s in ctx.cfg.data.sources], sort_keys=True)
+
+
+def read_texts(path: Path) -> Iterator[str]:
+    """The "text" of each line of a JSONL file a stage wrote, as written (not stripped); a damaged line
+    (an interrupted copy, a hand edit) is a one-line error naming the file and line."""
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                yield json.loads(line.decode("utf-8"))["text"]
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                raise LmforgeError(f"{path}:{lineno}: damaged (expected a JSON object with 'text'); redo the "
+                                   f"stage that wrote it (--fresh)") from None
 
 
 def tokenizer_dir(ctx) -> Path:

@@ -22,8 +22,9 @@ def _toyworld_corpus(ctx) -> list[str]:
     path = ctx.stage_dir("toyworld") / "corpus.jsonl"
     if not path.exists():
         raise LmforgeError(f"{path}: missing; add the 'toyworld' stage before 'curate' or set curate.sources")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f]
+    from lmforge.stages.common import read_texts
+
+    return list(read_texts(path))
 
 
 def eval_items(ctx) -> list[tuple[str, str]]:

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import FieldError
 from lmforge.toyworld import templates as T
 from lmforge.toyworld.phrasings import QUESTIONS
 from lmforge.toyworld.world import World, canonical_sentence
@@ -86,26 +86,23 @@ class CorpusConfig:
     n_word_problems: int = 720        # 80 of each of the 9 kinds
     seed: int = 0
 
+    def __post_init__(self):
+        self.validate()
+
     def validate(self) -> None:
         if self.paraphrases_per_fact < 1:
-            raise LmforgeError("corpus config: paraphrases_per_fact must be >= 1 (the canonical sentence "
-                               f"of every fact must appear), got {self.paraphrases_per_fact}")
-        if self.encyclopedia_per_entity < 1:
-            raise LmforgeError("corpus config: encyclopedia_per_entity must be >= 1, "
-                               f"got {self.encyclopedia_per_entity}")
+            raise FieldError("paraphrases_per_fact", "must be >= 1 (the canonical sentence of every fact must "
+                             f"appear), got {self.paraphrases_per_fact}")
+        for key in ("encyclopedia_per_entity", "arithmetic_lines_per_doc"):
+            if getattr(self, key) < 1:
+                raise FieldError(key, f"must be >= 1, got {getattr(self, key)}")
         for key in ("n_stories", "n_arithmetic_docs", "n_word_problems", "qa_per_train_fact",
-                    "spelling_per_entity"):
+                    "spelling_per_entity", "paragraphs_per_doc", "sentences_per_note"):
             if getattr(self, key) < 0:
-                raise LmforgeError(f"corpus config: {key} must be >= 0, got {getattr(self, key)}")
+                raise FieldError(key, f"must be >= 0, got {getattr(self, key)}")
         if not 1 <= self.canonical_per_fact <= self.paraphrases_per_fact:
-            raise LmforgeError("corpus config: canonical_per_fact must be in 1..paraphrases_per_fact "
-                               f"({self.paraphrases_per_fact}), got {self.canonical_per_fact}")
-        if self.paragraphs_per_doc < 0:
-            raise LmforgeError(f"corpus config: paragraphs_per_doc must be >= 0, got {self.paragraphs_per_doc}")
-        if self.sentences_per_note < 0:
-            raise LmforgeError(f"corpus config: sentences_per_note must be >= 0, got {self.sentences_per_note}")
-        if self.arithmetic_lines_per_doc < 1:
-            raise LmforgeError("corpus config: arithmetic_lines_per_doc must be >= 1")
+            raise FieldError("canonical_per_fact", "must be in 1..paraphrases_per_fact "
+                             f"({self.paraphrases_per_fact}), got {self.canonical_per_fact}")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import FieldError, LmforgeError
 from lmforge.toyworld import templates as T
 from lmforge.toyworld.names import NameGenerator
 
@@ -90,18 +90,22 @@ class WorldConfig:
     n_continents: int = 4      # invented names, shared by countries
     n_languages: int = 8       # invented names, shared by countries; currencies are one per country
 
+    def __post_init__(self):
+        self.validate()
+
     def validate(self) -> None:
-        def need(ok: bool, msg: str) -> None:
+        def need(ok: bool, key: str, msg: str) -> None:
             if not ok:
-                raise LmforgeError(f"toyworld config: {msg}")
+                raise FieldError(key, msg)
         for key, value in asdict(self).items():
-            need(isinstance(value, int) and value >= 1, f"{key} must be a positive integer, got {value!r}")
-        need(self.n_rivers >= self.n_countries, f"n_rivers ({self.n_rivers}) must be >= n_countries "
-             f"({self.n_countries}): every city lies on a river of its own country")
-        need(self.n_people >= 4 and self.n_people % 2 == 0,
-             f"n_people must be even and >= 4 (friends are pairs in each split), got {self.n_people}")
-        need(self.n_continents <= self.n_countries and self.n_languages <= self.n_countries,
-             "n_continents and n_languages must be <= n_countries (each one is used by some country)")
+            need(isinstance(value, int) and value >= 1, key, f"must be a positive integer, got {value!r}")
+        need(self.n_rivers >= self.n_countries, "n_rivers", f"must be >= n_countries ({self.n_countries}): every "
+             f"city lies on a river of its own country; got {self.n_rivers}")
+        need(self.n_people >= 4 and self.n_people % 2 == 0, "n_people",
+             f"must be even and >= 4 (friends are pairs in each split), got {self.n_people}")
+        for key in ("n_continents", "n_languages"):
+            need(getattr(self, key) <= self.n_countries, key, f"must be <= n_countries ({self.n_countries}): each "
+                 f"one is used by some country; got {getattr(self, key)}")
 
 
 @dataclass
