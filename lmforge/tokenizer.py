@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import FieldError, LmforgeError
 
 # Special tokens; chat/tool markers are reserved now so that every later stage
 # (SFT, tool use, RL) can rely on them without retraining the tokenizer.
@@ -46,6 +46,10 @@ class TokenizerConfig:
     # Characters of training text to use at most (BPE needs far less than a full corpus).
     max_chars: int = 200_000_000
     path: str = ""  # use an existing tokenizer.json instead of training one
+
+    def __post_init__(self):
+        # the recipe's values are checked when it loads, not after the corpus has been read
+        check_training_args(self.vocab_size, self.min_frequency, self.max_chars, FieldError)
 
 
 def _build_empty():
@@ -75,14 +79,40 @@ def _limit(texts: Iterable[str], max_chars: int) -> Iterator[str]:
         yield t
 
 
+def check_training_args(vocab_size: int, min_frequency: int, max_chars: int, error=None) -> None:
+    """`error(field, what)` builds the exception: FieldError in the config (the loader adds the
+    section's path), else a LmforgeError naming tokenizer.<field>."""
+    error = error or (lambda name, what: LmforgeError(f"tokenizer.{name}: {what}"))
+    least = 256 + len(SPECIAL_TOKENS)
+    # the Rust trainer takes unsigned integers: a negative one is an OverflowError, not a message
+    checks = (("vocab_size", vocab_size, least, f"at least {least} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)"),
+              ("min_frequency", min_frequency, 0, "an integer >= 0"),
+              ("max_chars", max_chars, 1, "a positive number of characters"))
+    for name, value, lo, what in checks:
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise error(name, f"expected {what}, got {value!r}")
+    if vocab_size >= 2**32:
+        raise error("vocab_size", f"expected less than 2**32, got {vocab_size}")
+
+
+def check_output_dir(out_dir: str | os.PathLike) -> None:
+    """The output must be a directory or creatable as one: the nearest existing path is a directory."""
+    out = Path(out_dir)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "exists and is not a directory" if p == out else f"{p} is a file, not a directory"
+                raise LmforgeError(f"{out}: {what}; give a directory for tokenizer.json")
+            return
+
+
 def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 4096,
                     min_frequency: int = 2, max_chars: int = 200_000_000) -> Tokenizer:
     """Train byte-level BPE on `texts` and save `tokenizer.json` + config into `out_dir`."""
     from tokenizers import pre_tokenizers, trainers
 
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise LmforgeError(f"tokenizer.vocab_size: expected at least {256 + len(SPECIAL_TOKENS)} "
-                           f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens), got {vocab_size}")
+    check_training_args(vocab_size, min_frequency, max_chars)
+    check_output_dir(out_dir)  # before training: the error would otherwise come after all the work
     tok = _build_empty()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -110,7 +140,11 @@ def save_tokenizer(tok, out_dir: str | os.PathLike) -> None:
     from lmforge.utils import atomic_write_text
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LmforgeError(f"{out}: cannot create the directory ({e.strerror})") from None
     atomic_write_text(out / "tokenizer.json", tok.to_str(pretty=False))
     cfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",

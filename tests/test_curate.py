@@ -304,7 +304,7 @@ def test_a_filter_removing_everything_warns_and_empty_output_fails(tmp_path):
 
 
 def test_config_errors_name_the_key(tmp_path):
-    with pytest.raises(LmforgeError, match=r"curate\.decontam\.ngram: must be >= 2, got 1"):
+    with pytest.raises(LmforgeError, match=r"curate\.decontam\.ngram: expected an integer >= 2, got 1"):
         curate_cfg("curate.decontam.ngram=1")
     with pytest.raises(LmforgeError, match=r"unknown key 'curate\.minhash\.band' \(did you mean '\S+\.bands'"):
         curate_cfg("curate.minhash.band=3")

@@ -66,3 +66,55 @@ def test_cli_tokenizer_train(tmp_path, capsys):
     assert main(["tokenizer", "train", "--input", str(bad), "--out", str(tmp_path / "u")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.jsonl:2" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("kw, expected", [
+    ({"min_frequency": -1}, "tokenizer.min_frequency: expected an integer >= 0, got -1"),
+    ({"max_chars": 0}, "tokenizer.max_chars: expected a positive number of characters, got 0"),
+    ({"vocab_size": -5}, "tokenizer.vocab_size: expected at least 267 (256 bytes + 11 special tokens), got -5"),
+])
+def test_bad_training_arguments(tmp_path, kw, expected):
+    """A negative min_frequency was an OverflowError from the Rust trainer; max_chars=0 said the corpus was empty."""
+    with pytest.raises(LmforgeError) as e:
+        train_tokenizer(TEXTS, tmp_path / "t", **{"vocab_size": 300, **kw})
+    assert str(e.value) == expected
+    assert not (tmp_path / "t").exists()
+
+
+def test_output_path_is_a_file_fails_before_training(tmp_path):
+    out = tmp_path / "tok"
+    out.write_text("not a directory")
+
+    def corpus():  # never read: the output is checked first
+        raise AssertionError("trained before the output path was checked")
+        yield
+
+    with pytest.raises(LmforgeError) as e:
+        train_tokenizer(corpus(), out, vocab_size=300)
+    assert str(e.value) == f"{out}: exists and is not a directory; give a directory for tokenizer.json"
+    with pytest.raises(LmforgeError) as e:
+        train_tokenizer(corpus(), out / "sub", vocab_size=300)
+    assert str(e.value) == f"{out / 'sub'}: {out} is a file, not a directory; give a directory for tokenizer.json"
+    assert out.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("tokenizer.min_frequency=-1", "tokenizer.min_frequency: expected an integer >= 0, got -1"),
+    ("tokenizer.max_chars=0", "tokenizer.max_chars: expected a positive number of characters, got 0"),
+    ("tokenizer.vocab_size=100", "tokenizer.vocab_size: expected at least 267 (256 bytes + 11 special tokens), "
+                                 "got 100"),
+])
+def test_recipe_values_are_checked_when_it_loads(override, expected):
+    from lmforge.config import load_run_config
+
+    with pytest.raises(LmforgeError) as e:
+        load_run_config("recipes/demo.yaml", [override])
+    assert str(e.value) == f"override: {expected}"
+
+
+def test_cli_bad_min_frequency(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some text\n")
+    assert main(["tokenizer", "train", "--input", str(corpus), "--out", str(tmp_path / "t"),
+                 "--min-frequency", "-1"]) == 2
+    assert capsys.readouterr().err == "error: tokenizer.min_frequency: expected an integer >= 0, got -1\n"

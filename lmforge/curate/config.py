@@ -11,13 +11,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lmforge.data.sources import SourceConfig
-from lmforge.errors import LmforgeError
+from lmforge.errors import FieldError, check_fields, fraction, non_negative, one_of, positive
 from lmforge.toyworld.noisy_web import NoisyWebConfig
 
+# multiprocessing's start methods (not get_all_start_methods(): that depends on the platform, and a
+# recipe should load the same everywhere)
+START_METHODS = ("fork", "spawn", "forkserver")
 
-def _ratio(section: str, key: str, value: float | None, hi: float = 1.0) -> None:
-    if value is not None and not 0.0 <= value <= hi:
-        raise LmforgeError(f"curate.{section}.{key}: expected a number in [0, {hi:g}], got {value}")
+
+def _optional(obj, fields, ok, expected: str) -> None:
+    """check_fields on the fields that are set: None switches a rule off."""
+    check_fields(obj, [f for f in fields if getattr(obj, f) is not None], ok, f"{expected}, or null (off)")
+
+
+def _optional_fraction(obj, *fields) -> None:
+    _optional(obj, fields, lambda v: 0 <= v <= 1, "a number between 0 and 1")
+
+
+def _optional_non_negative(obj, *fields) -> None:
+    _optional(obj, fields, lambda v: v >= 0, "a number >= 0")
+
+
+def _at_most(obj, low: str, high: str) -> None:
+    lo, hi = getattr(obj, low), getattr(obj, high)
+    if lo is not None and hi is not None and lo > hi:
+        raise FieldError(low, f"expected at most {high} ({hi}), got {lo}")
+
+
+def _off_or(obj, *fields, least: int = 0) -> None:
+    """C4's integer rules, where -1 switches the rule off."""
+    check_fields(obj, fields, lambda v: v == -1 or v >= least, f"-1 (off) or an integer >= {least}")
 
 
 @dataclass
@@ -41,6 +64,11 @@ class LanguageConfig:
     languages: list[str] = field(default_factory=lambda: ["en"])
     min_score: float = 0.65
 
+    def __post_init__(self):
+        fraction(self, "min_score")  # a fastText probability
+        if not self.languages:  # the filter would keep no document at all
+            raise FieldError("languages", "expected at least one language code (e.g. [en])")
+
 
 @dataclass
 class GopherQualityConfig:
@@ -57,6 +85,15 @@ class GopherQualityConfig:
     min_alpha_words_ratio: float | None = 0.8     # words holding a letter (datatrove: max_non_alpha_words_ratio)
     min_stop_words: int | None = 2
 
+    def __post_init__(self):
+        _optional_non_negative(self, "min_doc_words", "max_doc_words", "min_avg_word_length",
+                               "max_avg_word_length", "min_stop_words")
+        # '#' or '...' per word: above 1 is possible ("###"), so only the sign is checked
+        _optional_non_negative(self, "max_symbol_word_ratio")
+        _optional_fraction(self, "max_bullet_lines_ratio", "max_ellipsis_lines_ratio", "min_alpha_words_ratio")
+        _at_most(self, "min_doc_words", "max_doc_words")
+        _at_most(self, "min_avg_word_length", "max_avg_word_length")
+
 
 @dataclass
 class GopherRepetitionConfig:
@@ -72,11 +109,12 @@ class GopherRepetitionConfig:
                                                                     [9, 0.11], [10, 0.10]])
 
     def __post_init__(self):
+        _optional_fraction(self, "dup_line_frac", "dup_para_frac", "dup_line_char_frac", "dup_para_char_frac")
         for key in ("top_n_grams", "dup_n_grams"):
             for pair in getattr(self, key):
-                if len(pair) != 2 or pair[0] < 1 or int(pair[0]) != pair[0]:
-                    raise LmforgeError(f"curate.gopher_repetition.{key}: expected [n, fraction] pairs with n >= 1, "
-                                       f"got {pair}")
+                if len(pair) != 2 or pair[0] < 1 or int(pair[0]) != pair[0] or not 0 <= pair[1] <= 1:
+                    raise FieldError(key, f"expected [n, fraction] pairs with an integer n >= 1 and the fraction "
+                                          f"between 0 and 1, got {pair}")
 
 
 @dataclass
@@ -95,6 +133,10 @@ class C4Config:
     filter_curly_bracket: bool = True
     filter_policy: bool = True
 
+    def __post_init__(self):
+        _off_or(self, "min_num_sentences", "min_words_per_line")
+        _off_or(self, "max_word_length", least=1)  # 0 would delete every line that has a word
+
 
 @dataclass
 class FineWebConfig:
@@ -107,6 +149,12 @@ class FineWebConfig:
     short_line_length: int = 30
     char_duplicates_ratio: float = 0.01
     new_line_ratio: float = 0.3
+
+    def __post_init__(self):
+        fraction(self, "line_punct_thr", "char_duplicates_ratio")
+        # short_line_thr >= 1 switches the rule off (the recipes write 1.01); new_line_ratio counts newlines
+        # per word, which can pass 1: for both only the sign is checked
+        non_negative(self, "short_line_thr", "short_line_length", "new_line_ratio")
 
 
 @dataclass
@@ -130,9 +178,7 @@ class MinhashConfig:
     seed: int = 1
 
     def __post_init__(self):
-        for key in ("shingle_size", "bands", "rows"):
-            if getattr(self, key) < 1:
-                raise LmforgeError(f"curate.minhash.{key}: must be >= 1, got {getattr(self, key)}")
+        positive(self, "shingle_size", "bands", "rows")
 
 
 @dataclass
@@ -156,6 +202,9 @@ class BlocklistConfig:
     path: str = ""                   # word-list file; empty and no `words`: the step is skipped
     words: list[str] = field(default_factory=list)
     min_hits: int = 1                # drop a document with at least this many matches
+
+    def __post_init__(self):
+        positive(self, "min_hits")  # 0 would drop every document
 
 
 @dataclass
@@ -189,11 +238,11 @@ class DecontamConfig:
     toyworld_per_task: int = 200     # items per task and split (train and heldout)
 
     def __post_init__(self):
-        if self.ngram < 2:
-            raise LmforgeError(f"curate.decontam.ngram: must be >= 2, got {self.ngram}")
-        _ratio("decontam", "min_overlap", self.min_overlap)
+        check_fields(self, ["ngram"], lambda v: v >= 2, "an integer >= 2")
+        fraction(self, "min_overlap")
         if self.min_overlap == 0:
-            raise LmforgeError("curate.decontam.min_overlap: must be > 0 (0 would drop every document)")
+            raise FieldError("min_overlap", "must be > 0 (0 would drop every document)")
+        non_negative(self, "toyworld_per_task")
 
 
 @dataclass
@@ -205,8 +254,8 @@ class ExecutorConfig:
     start_method: str = "forkserver"  # multiprocessing start method when workers > 1
 
     def __post_init__(self):
-        if self.tasks < 1 or self.workers < 1:
-            raise LmforgeError(f"curate.executor: tasks and workers must be >= 1, got {self.tasks} and {self.workers}")
+        positive(self, "tasks", "workers")
+        one_of(self, "start_method", START_METHODS)
 
 
 @dataclass
@@ -228,3 +277,6 @@ class CurateConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     samples_per_filter: int = 20     # removed documents kept per step in removed_samples/
     keep_work: bool = False          # keep intermediate shards and signatures (work/); logs are always kept
+
+    def __post_init__(self):
+        non_negative(self, "samples_per_filter")

@@ -243,6 +243,26 @@ def summarize(task: Task, loaded: Loaded, output, elapsed: float, truncated: int
     return entry
 
 
+def check_flags(out: Path, *, out_given: bool, max_new_tokens: int | None, batch_size: int,
+                temperature: float) -> None:
+    """Flags checked before any data or model loads: otherwise a bad one surfaces as a traceback from
+    SamplingParams at the first generation, as a score of 0 from an empty budget, or as a failed write
+    after the whole run."""
+    if batch_size < 1:
+        raise LmforgeError(f"--batch-size must be positive, got {batch_size}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise LmforgeError(f"--max-new-tokens must be positive, got {max_new_tokens}")
+    if not 0 <= temperature < float("inf"):  # NaN fails too
+        raise LmforgeError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    for p in (out, *out.parents):  # the nearest existing path decides whether results.json can be written
+        if p.exists():
+            if not p.is_dir():
+                what = "exists and is not a directory" if p == out else f"{p} is a file, not a directory"
+                raise LmforgeError(f"--out {out}: {what}" if out_given else
+                                   f"{out}: {what}; give --out DIR for the results")
+            break
+
+
 def evaluate_checkpoint(checkpoint: str, task_specs: list[str], *, data: str | None = None, world: str | None = None,
                         num_fewshot: int | None = None, cot: bool | None = None, chat: bool = False,
                         limit: int | None = None, seed: int = 0, max_new_tokens: int | None = None,
@@ -259,8 +279,15 @@ def evaluate_checkpoint(checkpoint: str, task_specs: list[str], *, data: str | N
               "temperature": temperature, "device": device, "dtype": dtype, "log_samples": log_samples,
               "tools": tools}
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
+    out = Path(out_dir) if out_dir else Path(checkpoint) / "eval"
+    check_flags(out, out_given=bool(out_dir), max_new_tokens=max_new_tokens, batch_size=batch_size,
+                temperature=temperature)
     planned = plan(task_specs, data=data, world=world, num_fewshot=num_fewshot, cot=cot, chat=chat, limit=limit,
                    seed=seed, max_new_tokens=max_new_tokens)
+    for p in planned:  # the flag is checked above, so a bad value here came from NAME:max_new_tokens=N
+        if p.opts.max_new_tokens is not None and p.opts.max_new_tokens < 1:
+            raise LmforgeError(f"--tasks {p.task.name}: option 'max_new_tokens' must be positive, "
+                               f"got {p.opts.max_new_tokens}")
     loaded = [p.task.load(p.opts) for p in planned]  # every data error surfaces before the model loads
     for p, ld in zip(planned, loaded, strict=True):
         if not ld.docs:
@@ -287,7 +314,6 @@ def evaluate_checkpoint(checkpoint: str, task_specs: list[str], *, data: str | N
         stats = {m: mean_stderr(v) for m, v in pooled.items()}
         groups[group] = {"tasks": members, "n": sum(results[m]["n"] for m in members),
                          "metrics": {m: s[0] for m, s in stats.items()}, "stderr": {m: s[1] for m, s in stats.items()}}
-    out = Path(out_dir) if out_dir else Path(checkpoint) / "eval"
     report = {"checkpoint": str(Path(checkpoint).resolve()), "created": started.isoformat(timespec="seconds"),
               "elapsed_s": round(time.perf_counter() - t0, 3), "device": str(lm.device),
               "config": {**config, "tasks": [p.task.name for p in planned]},

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import torch
 
+from lmforge.errors import LmforgeError
 from lmforge.losses import IGNORE_INDEX, cross_entropy_sum
 from lmforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lmforge.train.config import TrainConfig
@@ -93,6 +94,7 @@ class Trainer:
     tokens_per_row: int = 0                  # for throughput/MFU (0: not a token-level stage)
     flops_per_token: float = 0.0
     history: list = field(default_factory=list)
+    config_key: str = ""                     # cfg's recipe section for messages ("sft.train"); "": from out_dir
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -124,8 +126,18 @@ class Trainer:
             return 0
         state = load_checkpoint(ckpt, self.wrapped if not self.cfg.compile else self.model,
                                 self.optimizer, tied=self.tied)
+        if state["step"] > self.cfg.steps:
+            # the loop would run no step and the stage would report cfg.steps for a longer-trained model
+            key = f"{self.config_key or self._default_config_key()}.steps"
+            raise LmforgeError(f"{ckpt}: the checkpoint is at step {state['step']}, past {key}={self.cfg.steps}; "
+                               f"set {key} to at least {state['step']} to continue it, or pass --fresh to start over")
         self.logger.truncate_after(state["step"])
         return state["step"]
+
+    def _default_config_key(self) -> str:
+        """The recipe section of cfg, from the stage directory's name: `train` for pretrain, else `<stage>.train`."""
+        name = self.out_dir.name
+        return "train" if name == "pretrain" else f"{name}.train"
 
     def save(self, step: int) -> None:
         save_checkpoint(self.ckpt_dir, step, self.model, self.optimizer, tied=self.tied,
