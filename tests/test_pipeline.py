@@ -88,6 +88,14 @@ def test_stage_command_refuses_to_clobber_checkpoints(tmp_path, capsys):
     assert run(tmp_path, "stages=[toyworld,tokenizer,pretrain]", "train.steps=6", "--resume",
                command="pretrain") == 0
     assert "resuming from step 3" in capsys.readouterr().out
+    # checkpoints without their `latest` pointer: none is known to be complete, and none is overwritten
+    (tmp_path / "t/pretrain/stage.json").unlink()
+    (tmp_path / "t/pretrain/checkpoints/latest").unlink()
+    assert run(tmp_path, "stages=[toyworld,tokenizer,pretrain]", "train.steps=6", "--resume",
+               command="pretrain") == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path}/t/pretrain/checkpoints: step_00000006 but no 'latest' "
+                                       f"pointer (a run stopped while saving, or it was deleted); pass --fresh to "
+                                       f"start over\n")
 
 
 def test_recipe_errors_come_before_any_work(tmp_path, capsys):

@@ -63,6 +63,10 @@ def resume_step(ctx, trainer, name: str) -> int:
     """Continue from the stage's latest checkpoint when asked to; refuse to overwrite one silently."""
     out = ctx.stage_dir(name)
     if not (out / "checkpoints" / "latest").exists():
+        steps = sorted((out / "checkpoints").glob("step_*"))
+        if steps:  # `latest` is written after a checkpoint is complete: without it, none is known to be
+            raise LmforgeError(f"{out / 'checkpoints'}: {steps[-1].name} but no 'latest' pointer (a run stopped "
+                               f"while saving, or it was deleted); pass --fresh to start over")
         return 0
     if not ctx.resume:
         raise LmforgeError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it "
