@@ -47,13 +47,13 @@ def _pipeline_command(args, until: str | None) -> int:
     from lmforge.pipeline import stages_up_to
 
     stages_up_to(cfg, until)  # a stage the recipe does not list is an error before anything is deleted
+    # RunConfig allows only a plain name; checked again here, on every rank, because --fresh deletes
+    if Path(cfg.name).name != cfg.name or cfg.name in (".", ".."):
+        raise LmforgeError(f"name: {cfg.name!r} is not a plain directory name; not deleting anything")
     info = init_distributed("cuda" if cfg.train.device != "cpu" and _cuda() else "cpu")
     try:
         if args.fresh and info.is_main:
             run_dir = Path(cfg.out_dir) / cfg.name
-            # RunConfig allows only a plain name; never delete anything that is not inside out_dir
-            if Path(cfg.out_dir).resolve() not in run_dir.resolve().parents:
-                raise LmforgeError(f"name: {cfg.name!r} does not name a directory inside out_dir; not deleting it")
             if until is None:
                 shutil.rmtree(run_dir, ignore_errors=True)
             else:  # the stage and every later one, whose results were built on it

@@ -7,6 +7,9 @@ everything else is a bug and keeps its traceback.
 """
 
 
+import math
+
+
 class LmforgeError(Exception):
     """An error caused by user input; the message is one line and self-explanatory."""
 
@@ -48,7 +51,12 @@ def positive(obj, *fields) -> None:
 
 
 def non_negative(obj, *fields) -> None:
-    check_fields(obj, fields, lambda v: v >= 0, "a number >= 0")
+    check_fields(obj, fields, lambda v: 0 <= v < math.inf, "a number >= 0")
+
+
+def above_zero(obj, *fields, why: str = "") -> None:
+    """Every field a finite number > 0 (temperatures, timeouts)."""
+    check_fields(obj, fields, lambda v: 0 < v < math.inf, f"a number > 0{f' ({why})' if why else ''}")
 
 
 def fraction(obj, *fields, closed_top: bool = True) -> None:

@@ -31,6 +31,8 @@ class Stage:
     distributed: bool = False             # runs on every rank (training); else on rank 0 only
     description: str = ""
     inputs: tuple[str, ...] = ()          # config sections its outputs depend on (to detect stale results)
+    measures_only: bool = False           # writes metrics no later stage reads (evaluations): redoing it
+                                          # leaves the later stages current
 
 
 @dataclass
@@ -76,6 +78,15 @@ class RunContext:
             print(msg, flush=True)
 
 
+def upstream_times(ctx: RunContext, name: str) -> dict[str, float]:
+    """When each earlier complete stage whose outputs later stages may read finished: recorded in a stage's
+    stage.json, so that a later run can tell one of them ran again since."""
+    from lmforge.stages import STAGES
+
+    before = ctx.cfg.stages[:ctx.cfg.stages.index(name)]
+    return {e: ctx.finished(e) for e in before if ctx.is_complete(e) and not STAGES[e].measures_only}
+
+
 def stages_up_to(cfg, until: str | None) -> list[str]:
     names = list(cfg.stages)
     if not names:
@@ -117,11 +128,11 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
     for name in names:
         stage = STAGES[name]
         if ctx.is_complete(name):
-            edits = config_changes(ctx.record(name).get("config", {}), stage_config(cfg, stage))
-            # an earlier stage redone after this one ran (by `lmforge <earlier> --redo-changed`, or --fresh):
-            # this one was built on outputs that are gone
-            newer = [e for e in cfg.stages[:cfg.stages.index(name)]
-                     if ctx.is_complete(e) and ctx.finished(e) > ctx.finished(name)]
+            rec = ctx.record(name)
+            edits = config_changes(rec.get("config", {}), stage_config(cfg, stage))
+            # an earlier stage that ran again since this one did (`lmforge <earlier> --redo-changed`, or
+            # --fresh): this one was built on outputs that are gone
+            newer = [e for e, t in rec.get("upstream", {}).items() if ctx.is_complete(e) and ctx.finished(e) != t]
             why = "; ".join(([f"the recipe changed since this stage ran ({'; '.join(edits[:3])})"] if edits else [])
                             + ([f"{', '.join(newer)} ran again after it"] if newer else []))
             changed = edits or newer
@@ -146,7 +157,8 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
             seconds = time.time() - t0
             write_json(ctx.stage_dir(name) / "stage.json",
                        {"stage": name, "seconds": round(seconds, 2), "metrics": metrics or {},
-                        "config": stage_config(cfg, stage), "finished": time.time()})
+                        "config": stage_config(cfg, stage), "finished": time.time(),
+                        "upstream": upstream_times(ctx, name)})
             ctx.log(f"[{name}] done in {seconds:.1f}s")
         barrier(ctx.info)
         redo = redo or redo_changed  # what was built on this stage's old outputs is stale now

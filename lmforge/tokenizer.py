@@ -96,14 +96,11 @@ def check_training_args(vocab_size: int, min_frequency: int, max_chars: int, err
 
 
 def check_output_dir(out_dir: str | os.PathLike) -> None:
-    """The output must be a directory or creatable as one: the nearest existing path is a directory."""
-    out = Path(out_dir)
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                what = "exists and is not a directory" if p == out else f"{p} is a file, not a directory"
-                raise LmforgeError(f"{out}: {what}; give a directory for tokenizer.json")
-            return
+    """The output must be a directory or creatable as one (checked before training, not after)."""
+    from lmforge.utils import not_a_dir
+
+    if why := not_a_dir(out_dir):
+        raise LmforgeError(f"{out_dir}: {why}; give a directory for tokenizer.json")
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 4096,

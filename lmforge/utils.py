@@ -42,6 +42,36 @@ def read_json(path: str | os.PathLike):
         return json.load(f)
 
 
+def not_a_dir(out: str | os.PathLike) -> str | None:
+    """Why `out` cannot be (or become) a directory, or None: the nearest existing path decides."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists():
+            if p.is_dir():
+                return None
+            return "exists and is not a directory" if p == out else f"{p} is a file, not a directory"
+    return None
+
+
+def read_safetensors(path: str | os.PathLike, missing: str) -> dict:
+    """The tensors of a safetensors file; a missing file raises LmforgeError(missing), an unreadable one
+    a one-line error naming it (safetensors' own errors are multi-line or unnamed)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from lmforge.errors import LmforgeError
+
+    if not Path(path).is_file():
+        raise LmforgeError(missing)
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise LmforgeError(f"{path}: cannot read (truncated or not safetensors: {first})") from None
+    except OSError as e:
+        raise LmforgeError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch

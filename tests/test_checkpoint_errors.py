@@ -210,6 +210,22 @@ def test_broken_adapter(ckpt, adapter, capsys, breakage, message):
     assert not (ckpt.parent / "merged").exists()
 
 
+def test_an_adapter_may_leave_layers_out_but_not_half_a_layer(ckpt, adapter):
+    """A layer the adapter does not cover keeps B = 0 (PEFT's layers_to_transform): no change there."""
+    from safetensors.torch import load_file, save_file
+
+    path = adapter / "adapter_model.safetensors"
+    sd = load_file(str(path))
+    v_keys = [k for k in sd if ".v_proj." in k]
+    save_file({k: t for k, t in sd.items() if k not in v_keys}, str(path))
+    model = load_adapter(load_model(ckpt), adapter)
+    assert not dict(lora_layers(model))["model.layers.0.self_attn.v_proj"].lora_B.weight.any()
+    save_file({k: t for k, t in sd.items() if k != next(k for k in v_keys if "lora_A" in k)}, str(path))
+    with pytest.raises(LmforgeError, match=rf"^{re.escape(str(adapter))}: adapter has lora_B but no lora_A for 1 "
+                                           r"layer\(s\) \(e\.g\. model\.layers\.0\.self_attn\.v_proj\)$"):
+        load_adapter(load_model(ckpt), adapter)
+
+
 def test_adapter_from_another_base(tmp_path, ckpt):
     model = tiny(50, d_model=32)
     cfg = LoRAConfig(r=2, targets=["q_proj"])
@@ -225,14 +241,17 @@ def test_adapter_from_another_base(tmp_path, ckpt):
 
 def test_devices(monkeypatch, ckpt, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(LmforgeError, match=r"^--device mps: MPS is not available on this machine \(use cpu\)$"):
+        resolve_device("mps", flag="--device")
     assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(LmforgeError, match=r"^--device tpu: expected auto, cpu, cuda or cuda:N$"):
+    with pytest.raises(LmforgeError, match=r"^--device tpu: expected auto, cpu, cuda, cuda:N or mps$"):
         resolve_device("tpu", flag="--device")
     with pytest.raises(LmforgeError, match=r"^device cuda: CUDA is not available on this machine \(use cpu\)$"):
         resolve_device("cuda")
     assert cli_error(capsys, "chat", ckpt, "-p", "hi", "--device", "tpu") == \
-        "--device tpu: expected auto, cpu, cuda or cuda:N"
+        "--device tpu: expected auto, cpu, cuda, cuda:N or mps"
     assert cli_error(capsys, "serve", ckpt, "--device", "cuda") == \
         "--device cuda: CUDA is not available on this machine (use cpu)"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -238,8 +238,9 @@ def shards_are_current(out_dir, tokenizer, **made_with) -> bool:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False  # damaged: remake
+    # a setting meta.json does not record (shards made before it was recorded) is not held against them
     return meta.get("tokenizer_sha256") == tokenizer_fingerprint(tokenizer) and \
-        all(meta.get(k) == v for k, v in made_with.items())
+        all(meta[k] == v for k, v in made_with.items() if k in meta)
 
 
 def load_meta(out_dir) -> dict:

@@ -254,13 +254,10 @@ def check_flags(out: Path, *, out_given: bool, max_new_tokens: int | None, batch
         raise LmforgeError(f"--max-new-tokens must be positive, got {max_new_tokens}")
     if not 0 <= temperature < float("inf"):  # NaN fails too
         raise LmforgeError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature}")
-    for p in (out, *out.parents):  # the nearest existing path decides whether results.json can be written
-        if p.exists():
-            if not p.is_dir():
-                what = "exists and is not a directory" if p == out else f"{p} is a file, not a directory"
-                raise LmforgeError(f"--out {out}: {what}" if out_given else
-                                   f"{out}: {what}; give --out DIR for the results")
-            break
+    from lmforge.utils import not_a_dir
+
+    if what := not_a_dir(out):  # results.json could not be written after the whole run
+        raise LmforgeError(f"--out {out}: {what}" if out_given else f"{out}: {what}; give --out DIR for the results")
 
 
 def evaluate_checkpoint(checkpoint: str, task_specs: list[str], *, data: str | None = None, world: str | None = None,

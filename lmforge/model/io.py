@@ -24,7 +24,7 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
-from lmforge.utils import atomic_write_bytes, read_json, write_json
+from lmforge.utils import atomic_write_bytes, read_json, read_safetensors, write_json
 
 if TYPE_CHECKING:
     from lmforge.tokenizer import Tokenizer
@@ -121,17 +121,9 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, device: str | torch.device = "c
 
 
 def _load_weights(ckpt_dir: str | os.PathLike, cfg: ModelConfig, device: str | torch.device) -> Transformer:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     weights = Path(ckpt_dir) / "model.safetensors"
-    if not weights.is_file():
-        raise LmforgeError(f"{ckpt_dir}: no model.safetensors")
-    try:
-        sd = load_file(str(weights))
-    except SafetensorError as e:
-        raise LmforgeError(f"{weights}: cannot read (truncated or not safetensors: {str(e).splitlines()[0]})") \
-            from None
+    sd = read_safetensors(weights, missing=f"{ckpt_dir}: no model.safetensors")
     model = Transformer(cfg)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for k, t in sd.items():  # load_state_dict would raise a multi-line RuntimeError listing every mismatch
@@ -166,18 +158,25 @@ def staged_dir(out: str | os.PathLike, marker: str) -> Iterator[Path]:
     """
     out = Path(out)
     check_output_dir(out)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    exists = out.is_dir()
+    # the temporary directory sits where the files end up (inside an existing `out`, which may be a link
+    # to another filesystem), so every move is a rename on one filesystem
+    base = out.resolve() if exists else out.parent
+    tmp = base / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         tmp.mkdir(parents=True)
     except OSError as e:
         raise LmforgeError(f"{out}: cannot create the output directory ({e.strerror})") from None
     try:
         yield tmp
-        if out.is_dir():
-            (out / marker).unlink(missing_ok=True)
-            for f in sorted(tmp.iterdir(), key=lambda f: f.name == marker):
-                os.replace(f, out / f.name)
-        else:
-            os.rename(tmp, out)
+        try:
+            if exists:
+                (out / marker).unlink(missing_ok=True)
+                for f in sorted(tmp.iterdir(), key=lambda f: f.name == marker):
+                    os.replace(f, out / f.name)
+            else:
+                os.rename(tmp, out)
+        except OSError as e:
+            raise LmforgeError(f"{out}: cannot move the new files into place ({e.strerror})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmforge.errors import FieldError, LmforgeError, check_fields, fraction, positive
-from lmforge.utils import atomic_write_bytes, write_json
+from lmforge.errors import FieldError, LmforgeError, above_zero, fraction, positive
+from lmforge.utils import atomic_write_bytes, read_safetensors, write_json
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PEFT_PREFIX = "base_model.model."
@@ -39,7 +39,7 @@ class LoRAConfig:
 
     def __post_init__(self):
         positive(self, "r")
-        check_fields(self, ["alpha"], lambda v: v > 0, "a number > 0")
+        above_zero(self, "alpha")
         fraction(self, "dropout", closed_top=False)
         bad = [t for t in self.targets if t not in ALL_LINEAR + ["lm_head"]]
         if bad:
@@ -183,19 +183,9 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> LoRAConfig:
 
 def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
     """Add the adapters of a PEFT-format directory to `model` (in place)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     d = Path(adapter_dir)
     cfg = read_adapter_config(d)
-    weights = d / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise LmforgeError(f"{d}: no adapter_model.safetensors")
-    try:
-        sd = load_file(str(weights))
-    except SafetensorError as e:
-        raise LmforgeError(f"{weights}: cannot read (truncated or not safetensors: {str(e).splitlines()[0]})") \
-            from None
+    sd = read_safetensors(d / "adapter_model.safetensors", missing=f"{d}: no adapter_model.safetensors")
     apply_lora(model, cfg)
     layers = dict(lora_layers(model))
     unset = {f"{name}.{which}" for name in layers for which in ("lora_A", "lora_B")}
@@ -211,7 +201,9 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
         with torch.no_grad():
             target.copy_(t)
         unset.discard(f"{name}.{which}")
-    if unset:  # a layer left with its random init would silently change the merged model
-        raise LmforgeError(f"{d}: adapter has no weights for {len(unset)} of the model's LoRA layers "
-                           f"(e.g. {min(unset)}); was it trained on another base?")
+    # a layer the adapter leaves out keeps B = 0 and changes nothing (PEFT's layers_to_transform); one
+    # with B but not A would multiply a loaded B by a random A
+    half = sorted(n for n in layers if f"{n}.lora_A" in unset and f"{n}.lora_B" not in unset)
+    if half:
+        raise LmforgeError(f"{d}: adapter has lora_B but no lora_A for {len(half)} layer(s) (e.g. {half[0]})")
     return model

@@ -366,7 +366,7 @@ class AIJudgeConfig:
     def __post_init__(self):
         one_of(self, "backend", ("local", "http"))
         one_of(self, "method", ("logprobs", "text"))
-        check_fields(self, ["timeout"], lambda v: v > 0, "a number of seconds > 0")
+        check_fields(self, ["timeout"], lambda v: 0 < v < math.inf, "a number of seconds > 0")
         positive(self, "tries", "top_logprobs", "workers")
         non_negative(self, "backoff")
         if self.backend == "http":

@@ -97,6 +97,6 @@ def run(ctx) -> dict:
     return metrics
 
 
-STAGE = Stage("bon", run, requires=("toyworld",),
+STAGE = Stage("bon", run, measures_only=True, requires=("toyworld",),
               description="best-of-n sampling scored by a reward model; writes rejection-sampling SFT data",
               inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "rm", "bon"))

@@ -31,7 +31,8 @@ def pretraining_documents(ctx) -> Iterator[str]:
 
 def documents_source(ctx) -> str:
     """What `pretraining_documents` reads, as a string that changes when the documents may have: the
-    curated or toyworld file's size and modification time, or the data.sources settings."""
+    curated or toyworld file's size and modification time, or the data.sources settings (and the size
+    and modification time of those that are local files)."""
     import dataclasses
 
     if "curate" in ctx.cfg.stages or not ctx.cfg.data.sources:
@@ -39,7 +40,9 @@ def documents_source(ctx) -> str:
             else ctx.stage_dir("toyworld") / "corpus.jsonl"
         st = path.stat() if path.exists() else None
         return f"{path.name}:{st.st_size}:{st.st_mtime_ns}" if st else str(path)
-    return json.dumps([dataclasses.asdict(s) for s in ctx.cfg.data.sources], sort_keys=True)
+    files = [Path(s.path) for s in ctx.cfg.data.sources if Path(s.path).is_file()]  # local files: their state too
+    return json.dumps([[dataclasses.asdict(s) for s in ctx.cfg.data.sources],
+                       [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]], sort_keys=True)
 
 
 def read_texts(path: Path) -> Iterator[str]:

@@ -52,5 +52,6 @@ def run(ctx) -> dict:
     return metrics
 
 
-STAGE = Stage("eval_base", run, requires=("pretrain",), description="evaluate the pretrained (base) model",
+STAGE = Stage("eval_base", run, measures_only=True, requires=("pretrain",),
+              description="evaluate the pretrained (base) model",
               inputs=("seed", "toyworld", "data", "tokenizer", "model", "train", "eval"))

@@ -92,6 +92,6 @@ def run(ctx) -> dict:
     return metrics
 
 
-STAGE = Stage("eval_dpo", run, requires=("sft", "dpo"),
+STAGE = Stage("eval_dpo", run, measures_only=True, requires=("sft", "dpo"),
               description="judge the DPO model against the SFT model; knowledge-QA alignment tax",
               inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "dpo", "eval_dpo"))

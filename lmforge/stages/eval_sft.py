@@ -62,6 +62,6 @@ def run(ctx) -> dict:
     return metrics
 
 
-STAGE = Stage("eval_sft", run, requires=("pretrain", "sft"),
+STAGE = Stage("eval_sft", run, measures_only=True, requires=("pretrain", "sft"),
               description="evaluate base vs SFT model in the chat format",
               inputs=("seed", "toyworld", "data", "tokenizer", "model", "train", "sft", "eval_sft"))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmforge.errors import FieldError, LmforgeError, check_fields, non_negative, one_of, positive
+from lmforge.errors import FieldError, LmforgeError, above_zero, check_fields, non_negative, one_of, positive
 from lmforge.pipeline import Stage
 from lmforge.stages.common import resume_step
 from lmforge.train.config import TrainConfig
@@ -66,7 +66,7 @@ class GRPOConfig:
         positive(self, "n_prompts", "prompts_per_step", "max_new_tokens", "updates_per_batch", "eval_examples")
         if self.group_size < 2:
             raise FieldError("group_size", f"a group needs at least 2 samples, got {self.group_size}")
-        check_fields(self, ["temperature"], lambda v: v > 0, "a number > 0 (a group's samples must differ)")
+        above_zero(self, "temperature", why="a group's samples must differ")
         check_fields(self, ["clip_low"], lambda v: 0 < v < 1, "a number between 0 and 1")
         check_fields(self, ["clip_high"], lambda v: v >= self.clip_low, f"a number >= clip_low ({self.clip_low})")
         non_negative(self, "beta", "eval_samples", "format_reward", "length_penalty", "malformed_penalty")

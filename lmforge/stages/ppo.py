@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lmforge.errors import LmforgeError, check_fields, fraction, non_negative, positive
+from lmforge.errors import LmforgeError, above_zero, check_fields, fraction, non_negative, positive
 from lmforge.losses import IGNORE_INDEX
 from lmforge.pipeline import Stage
 from lmforge.stages.common import check_task_mix, resume_step
@@ -56,7 +56,7 @@ class PPOConfig:
         positive(self, "prompts_per_step", "n_prompts", "max_new_tokens", "ppo_epochs", "minibatches")
         check_fields(self, ["minibatches"], lambda v: v <= self.prompts_per_step,
                      f"at most prompts_per_step ({self.prompts_per_step}): a minibatch needs a rollout")
-        check_fields(self, ["temperature"], lambda v: v > 0, "a number > 0")
+        above_zero(self, "temperature")
         non_negative(self, "kl_coef", "kl_target", "clip", "value_clip", "value_coef", "length_penalty")
         fraction(self, "gamma", "lam")
         check_task_mix(self, "tasks")
@@ -240,6 +240,6 @@ def run_eval(ctx) -> dict:
 STAGE = Stage("ppo", run, requires=("toyworld",),
               description="PPO against the reward model with a KL penalty to the SFT model (RLHF)",
               inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "rm", "ppo"))
-EVAL_STAGE = Stage("eval_ppo", run_eval, requires=("sft", "ppo"),
+EVAL_STAGE = Stage("eval_ppo", run_eval, measures_only=True, requires=("sft", "ppo"),
                    description="judge the PPO model against the SFT model; knowledge-QA alignment tax",
                    inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "rm", "ppo", "eval_dpo"))

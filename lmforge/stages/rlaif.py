@@ -15,7 +15,7 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
-from lmforge.errors import LmforgeError, check_fields, fraction, positive
+from lmforge.errors import LmforgeError, above_zero, fraction, positive
 from lmforge.pipeline import Stage
 from lmforge.rewards.ai_judge import AIJudgeConfig
 from lmforge.stages.common import check_task_mix
@@ -33,7 +33,7 @@ class RLAIFConfig:
 
     def __post_init__(self):
         positive(self, "n_prompts", "max_new_tokens")
-        check_fields(self, ["temperature"], lambda v: v > 0, "a number > 0 (a prompt's two answers must differ)")
+        above_zero(self, "temperature", why="a prompt's two answers must differ")
         fraction(self, "val_fraction", closed_top=False)
         check_task_mix(self, "tasks")
 

@@ -153,17 +153,9 @@ def _fqn(key: str) -> str:
 
 
 def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from lmforge.utils import read_safetensors
 
-    if not file.is_file():
-        raise LmforgeError(f"{file}: missing; the checkpoint is incomplete")
-    try:
-        return load_file(str(file))
-    except SafetensorError as e:
-        raise LmforgeError(f"{file}: cannot read (truncated or not safetensors: {_first_line(e)})") from None
-    except OSError as e:
-        raise LmforgeError(f"{file}: cannot read ({e.strerror})") from None
+    return read_safetensors(file, missing=f"{file}: missing; the checkpoint is incomplete")
 
 
 def _read_state(file: Path) -> dict:

@@ -46,7 +46,7 @@ def init_distributed(device_type: str) -> DistInfo:
 
 
 def resolve_device(choice: str, info: DistInfo | None = None, *, flag: str = "device") -> torch.device:
-    """auto | cpu | cuda | cuda:N -> a torch.device; `cuda` is this process's GPU under torchrun.
+    """auto | cpu | cuda | cuda:N | mps -> a torch.device; `cuda` is this process's GPU under torchrun.
 
     An unknown name or a GPU this machine lacks is a one-line LmforgeError naming `flag` (the
     option or config field the choice came from) instead of a torch error at the first tensor move.
@@ -58,9 +58,13 @@ def resolve_device(choice: str, info: DistInfo | None = None, *, flag: str = "de
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
+    if name == "mps":  # Apple GPUs: inference commands (chat, serve, eval) run there too
+        if not (torch.backends.mps.is_available()):
+            raise LmforgeError(f"{flag} {choice}: MPS is not available on this machine (use cpu)")
+        return torch.device("mps")
     kind, colon, index = name.partition(":")
     if kind != "cuda" or (colon and not index.isdigit()):
-        raise LmforgeError(f"{flag} {choice}: expected auto, cpu, cuda or cuda:N")
+        raise LmforgeError(f"{flag} {choice}: expected auto, cpu, cuda, cuda:N or mps")
     if not torch.cuda.is_available():
         raise LmforgeError(f"{flag} {choice}: CUDA is not available on this machine (use cpu)")
     i = int(index) if colon else (info or DistInfo()).local_rank
