@@ -79,6 +79,8 @@ def test_list_of_sources_override():
     ("rm.sources=[{pth: x}]", "override: unknown key 'rm.sources.0.pth' (did you mean 'rm.sources.0.path'?)"),
     ("eval_dpo.tasks={nope: 1}", "override: eval_dpo.tasks.nope: not a toyworld task"),
     ("eval_sft.per_task=-2", "override: eval_sft.per_task: expected a positive integer, got -2"),
+    ("data.sources=[{path: a.txt, max_documents: -5}]", "override: data.sources.0.max_documents: expected a number "
+                                                        ">= 0, got -5"),
     ("name=", "override: name: expected a run name of letters, digits and . _ - + = (the run writes into "
               "out_dir/name/), got ''"),
     ("name=../..", "override: name: expected a run name of letters, digits and . _ - + = (the run writes "

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, non_negative
 
 FORMATS = ("auto", "text", "jsonl", "parquet", "hf")
 # Longest suffix first, so `x.jsonl.gz` is not taken for something ending in `.gz`.
@@ -37,6 +37,9 @@ class SourceConfig:
     name: str = ""             # hf: dataset configuration name (e.g. "sample-10BT" for fineweb-edu)
     streaming: bool = False    # hf: stream from the hub instead of downloading the whole dataset first
     max_documents: int = 0     # stop after this many documents from this source (0: all)
+
+    def __post_init__(self):
+        non_negative(self, "max_documents")
 
 
 def _one_line(e: BaseException) -> str:
