@@ -289,10 +289,9 @@ def evaluate_checkpoint(checkpoint: str, task_specs: list[str], *, data: str | N
     for p, ld in zip(planned, loaded, strict=True):
         if not ld.docs:
             raise LmforgeError(f"{p.task.name}: no documents to evaluate in {ld.source}")
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise LmforgeError(f"--device {device}: CUDA is not available on this machine")
-    model = load_model(checkpoint, dev)
+    from lmforge.train.distributed import resolve_device
+
+    model = load_model(checkpoint, resolve_device(device, flag="--device"))
     if dtype != "float32":
         model = model.to(getattr(torch, dtype))
     lm = LM(model, Tokenizer.load(checkpoint), batch_size=batch_size, temperature=temperature, seed=seed,

@@ -24,7 +24,7 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
-from lmforge.utils import atomic_write_bytes, read_json, read_safetensors, write_json
+from lmforge.utils import atomic_write_bytes, not_a_dir, read_json, read_safetensors, write_json
 
 if TYPE_CHECKING:
     from lmforge.tokenizer import Tokenizer
@@ -141,8 +141,8 @@ def _load_weights(ckpt_dir: str | os.PathLike, cfg: ModelConfig, device: str | t
 def check_output_dir(out: str | os.PathLike, *inputs: str | os.PathLike) -> None:
     """Refuse an output path that is a file or one of the command's inputs, before anything is read or written."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LmforgeError(f"{out}: exists and is not a directory; give a directory to write")
+    if why := not_a_dir(out):
+        raise LmforgeError(f"{out}: {why}; give a directory to write")
     for src in inputs:
         if out.resolve() == Path(src).resolve():
             raise LmforgeError(f"{out}: the output directory is the input {src}; give another directory")
