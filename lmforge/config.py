@@ -228,11 +228,13 @@ from lmforge.stages.bon import BoNConfig  # noqa: E402
 from lmforge.stages.dpo import DPOConfig  # noqa: E402
 from lmforge.stages.eval_dpo import AlignEvalConfig  # noqa: E402
 from lmforge.stages.eval_sft import ChatEvalConfig  # noqa: E402
+from lmforge.stages.eval_specialize import SpecializeEvalConfig  # noqa: E402
 from lmforge.stages.grpo import GRPOConfig  # noqa: E402
 from lmforge.stages.pairs import PairsConfig  # noqa: E402
 from lmforge.stages.ppo import PPOConfig  # noqa: E402
 from lmforge.stages.rlaif import RLAIFConfig  # noqa: E402
 from lmforge.stages.rm import RMConfig  # noqa: E402
+from lmforge.stages.specialize import SpecializeConfig  # noqa: E402
 from lmforge.tokenizer import TokenizerConfig  # noqa: E402
 from lmforge.toyworld import CorpusConfig, WorldConfig  # noqa: E402
 from lmforge.train.config import TrainConfig  # noqa: E402
@@ -294,6 +296,8 @@ class RunConfig:
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
     rlaif: RLAIFConfig = dataclasses.field(default_factory=RLAIFConfig)
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    specialize: SpecializeConfig = dataclasses.field(default_factory=SpecializeConfig)
+    eval_specialize: SpecializeEvalConfig = dataclasses.field(default_factory=SpecializeEvalConfig)
 
     def __post_init__(self):
         from lmforge.stages import STAGES

@@ -177,6 +177,18 @@ def test_explicit_format_and_file_errors(tmp_path):
         f"{tmp_path / 'allbad.jsonl'}:1: invalid JSON (Expecting property name enclosed in double quotes))"
 
 
+def test_fields_rename_records_of_another_shape(tmp_path):
+    """GSM8K-style {question, answer} records read as alpaca once their fields are renamed."""
+    p = tmp_path / "gsm.jsonl"
+    p.write_text(json.dumps({"question": "Ann has 4 pens and buys 6. How many?", "answer": "4 + 6 = 10.\n#### 10"})
+                 + "\n" + json.dumps({"question": "A box holds 8 eggs. How many in 3?"}) + "\n")
+    fields = {"instruction": "question", "output": "answer"}
+    convs, skipped = read(p, fields=fields, skip_invalid=True)
+    assert convs == [[u("Ann has 4 pens and buys 6. How many?"), a("4 + 6 = 10.\n#### 10")]] and skipped == 1
+    assert error(p, fields=fields) == f"{p}:2: missing field 'answer' (named in fields; the record has: question)"
+    assert error(p).startswith(f"{p}:1: cannot tell the record format")  # without fields: not a chat record
+
+
 # -------------------------------------------------------------- mixtures
 
 

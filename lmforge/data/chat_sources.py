@@ -10,7 +10,9 @@ Record formats (`format`, detected per record with "auto"):
   become assistant tool calls, "observation"/"tool" turns tool outputs.
 - alpaca: {"instruction", "input" (optional), "output", "system" (optional)} -> user = instruction
   + "\\n\\n" + input (an empty input is left out), assistant = output.
-Other top-level fields (ids, sources, tools) are ignored; unknown keys *inside* messages are errors,
+Records in another shape are read by renaming their fields first (`fields`, the format's name ->
+the record's): GSM8K's {"question", "answer"} with `fields: {instruction: question, output: answer}`
+reads as alpaca. Other top-level fields (ids, sources, tools) are ignored; unknown keys *inside* messages are errors,
 since they are usually typos. Content is kept verbatim (not stripped).
 
 Every bad record is a one-line `LmforgeError` "<file>:<line>: ..." (JSONL) or "<file>: record <i>: ..."
@@ -23,7 +25,7 @@ import gzip
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.chat import validate
@@ -49,6 +51,14 @@ class ChatSourceConfig:
     name: str = ""              # hf configuration name
     weight: float = 1.0         # mixture weight: examples drawn = weight x conversations (see `mix`)
     skip_invalid: bool = False  # skip (and count) malformed records instead of failing
+    fields: dict[str, str] = field(default_factory=dict)  # rename before reading: {format's name: record's}
+
+    def __post_init__(self):
+        from lmforge.errors import FieldError
+
+        for dst, src in self.fields.items():
+            if not isinstance(src, str) or not src:
+                raise FieldError(f"fields.{dst}", f"expected the name of a field of the records, got {src!r}")
 
 
 # ---------------------------------------------------------------- files
@@ -257,6 +267,22 @@ def to_messages(rec, fmt: str, where: str) -> list[dict]:
     return _CONVERTERS[fmt](rec, where)
 
 
+def renamed(rec, fields: dict[str, str], where: str):
+    """`rec` with its fields renamed (`fields`: new name -> the record's name for it).
+
+    >>> renamed({"question": "2+2?", "answer": "4", "id": 7}, {"instruction": "question", "output": "answer"}, "f:1")
+    {'id': 7, 'instruction': '2+2?', 'output': '4'}
+    """
+    if not fields or not isinstance(rec, dict):
+        return rec
+    missing = [src for src in fields.values() if src not in rec]
+    if missing:
+        raise LmforgeError(f"{where}: missing field '{missing[0]}' (named in fields; the record has: {', '.join(rec)})")
+    out = {k: v for k, v in rec.items() if k not in fields.values()}
+    out.update({dst: rec[src] for dst, src in fields.items()})
+    return out
+
+
 def _read(cfg: ChatSourceConfig) -> tuple[list[list[dict]], int, str]:
     """(conversations, number skipped, the first skipped record's error or "")."""
     convs, skipped, first = [], 0, ""
@@ -267,7 +293,7 @@ def _read(cfg: ChatSourceConfig) -> tuple[list[list[dict]], int, str]:
             try:
                 if isinstance(rec, LmforgeError):
                     raise rec
-                convs.append(to_messages(rec, cfg.format, where))
+                convs.append(to_messages(renamed(rec, cfg.fields, where), cfg.format, where))
             except LmforgeError as e:
                 if not cfg.skip_invalid:
                     raise

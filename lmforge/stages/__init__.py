@@ -10,6 +10,7 @@ from lmforge.stages import (
     eval_base,
     eval_dpo,
     eval_sft,
+    eval_specialize,
     grpo,
     pairs,
     ppo,
@@ -17,10 +18,12 @@ from lmforge.stages import (
     rlaif,
     rm,
     sft,
+    specialize,
     tokenizer,
     toyworld,
 )
 
 STAGES = {s.name: s for s in (toyworld.STAGE, curate.STAGE, tokenizer.STAGE, pretrain.STAGE, eval_base.STAGE,
                               sft.STAGE, eval_sft.STAGE, pairs.STAGE, rm.STAGE, bon.STAGE, dpo.STAGE, eval_dpo.STAGE,
-                              grpo.STAGE, rlaif.STAGE, ppo.STAGE, ppo.EVAL_STAGE)}
+                              grpo.STAGE, specialize.STAGE, eval_specialize.STAGE, rlaif.STAGE, ppo.STAGE,
+                              ppo.EVAL_STAGE)}

@@ -80,6 +80,18 @@ def conversations(ctx) -> tuple[list, list, dict]:
 
 
 def run(ctx) -> dict:
+    sc = ctx.cfg.sft
+    src = init_dir(ctx, sc.init)
+    train_convs, val_convs, stats = conversations(ctx)
+    return {**fine_tune(ctx, "sft", src, train_convs, val_convs, sc.train, sc.lora, sc.freeze_embeddings,
+                        sc.replay_fraction), **stats}
+
+
+def fine_tune(ctx, name: str, src: Path, train_convs: list, val_convs: list, tc, lora, freeze_embeddings: bool,
+              replay_fraction: float) -> dict:
+    """Train the model in `src` on chat conversations (loss on assistant tokens) on the shared trainer
+    loop, with `replay_fraction` of the items pretraining documents; save `<name>/model` (and, for
+    LoRA, `<name>/adapter` in the PEFT format). Shared by the stages that fine-tune on conversations."""
     from lmforge.eval.perplexity import evaluate_lm
     from lmforge.model.io import load_model, save_model
     from lmforge.model.lora import apply_lora, merge_lora, save_adapter
@@ -89,22 +101,20 @@ def run(ctx) -> dict:
     from lmforge.train.metrics import read_metrics
     from lmforge.train.trainer import CausalLMModule, Trainer
 
-    cfg, info, sc = ctx.cfg, ctx.info, ctx.cfg.sft
-    tc = sc.train
-    out = ctx.stage_dir("sft")
-    src = init_dir(ctx, sc.init)
+    cfg, info = ctx.cfg, ctx.info
+    out = ctx.stage_dir(name)
     tok = Tokenizer.load(src)
     torch.manual_seed(cfg.seed)
     model = load_model(src)
     max_len = min(tc.seq_len, model.cfg.max_seq_len - 1)
-    train_convs, val_convs, stats = conversations(ctx)
     train = tokenize_conversations(train_convs, tok, max_len)
     val = tokenize_conversations(val_convs, tok, max_len)
-    replayed = add_replay(ctx, train, tok, max_len) if sc.replay_fraction > 0 else 0
-    if sc.lora.enabled:
-        trainable = apply_lora(model, sc.lora)
+    replayed = add_replay(ctx, train, tok, max_len, replay_fraction, f"{name}.replay_fraction") \
+        if replay_fraction > 0 else 0
+    if lora.enabled:
+        trainable = apply_lora(model, lora)
     else:
-        if sc.freeze_embeddings:
+        if freeze_embeddings:
             model.model.embed_tokens.weight.requires_grad_(False)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     device = resolve_device(tc.device, info)
@@ -119,16 +129,16 @@ def run(ctx) -> dict:
 
     trainer = Trainer(cfg=tc, model=model, module=CausalLMModule(), batches=batches, out_dir=out, device=device,
                       lr=tc.lr, info=info, evaluate=evaluate if len(val_rows) else None)
-    start = resume_step(ctx, trainer, "sft")
-    ctx.log(f"[sft] {len(train.ids) - replayed} conversations + {replayed} replayed documents "
+    start = resume_step(ctx, trainer, name)
+    ctx.log(f"[{name}] {len(train.ids) - replayed} conversations + {replayed} replayed documents "
             f"({train.n_trained_tokens} trained tokens, "
-            f"{train.truncated} truncated), {f'LoRA r={sc.lora.r}' if sc.lora.enabled else 'full'}: "
+            f"{train.truncated} truncated), {f'LoRA r={lora.r}' if lora.enabled else 'full'}: "
             f"{trainable / 1e6:.2f}M trainable parameters, from {src}")
     trainer.run(start_step=start)
     if info.is_main:
         model = model.cpu()
-        if sc.lora.enabled:
-            save_adapter(model, sc.lora, out / "adapter", base_model=str(src))
+        if lora.enabled:
+            save_adapter(model, lora, out / "adapter", base_model=str(src))
             model = merge_lora(model)
         save_model(model, out / "model", src)
     logs, evals = read_metrics(out, "train"), read_metrics(out, "eval")
@@ -136,19 +146,18 @@ def run(ctx) -> dict:
             "truncated": train.truncated, "trainable_params": trainable, "steps": tc.steps,
             "pad_fraction": round(batches.pad_fraction(), 4), "replay_documents": replayed,
             "train_loss": round(statistics.fmean(r["loss"] for r in logs[-3:]), 4) if logs else float("nan"),
-            "val_loss": round(evals[-1]["val_loss"], 4) if evals else float("nan"), **stats}
+            "val_loss": round(evals[-1]["val_loss"], 4) if evals else float("nan")}
 
 
-def add_replay(ctx, train, tok, max_len: int) -> int:
-    """Mix pretraining documents into the SFT items (sft.replay_fraction of the total); returns how many."""
+def add_replay(ctx, train, tok, max_len: int, frac: float, key: str = "sft.replay_fraction") -> int:
+    """Mix pretraining documents into the training items (`frac` of the total); returns how many."""
     import random
 
     from lmforge.sft import tokenize_documents
     from lmforge.stages.common import pretraining_documents
 
-    frac = ctx.cfg.sft.replay_fraction
     if not 0 <= frac < 1:
-        raise LmforgeError(f"sft.replay_fraction: expected a number in [0, 1), got {frac}")
+        raise LmforgeError(f"{key}: expected a number in [0, 1), got {frac}")
     n = round(len(train.ids) * frac / (1 - frac))
     docs = list(pretraining_documents(ctx))
     random.Random(f"replay:{ctx.cfg.seed}").shuffle(docs)

@@ -1,0 +1,80 @@
+"""Stage `eval_specialize`: what specialization gained on its domain, and what it cost elsewhere.
+
+The starting model (`specialize.init`) and the specialized one answer, greedily in the chat format:
+  - the **domain**: `domain_examples` toyworld examples of `specialize.task` about *held-out*
+    entities (word problems: new numbers and names; the same kind of set the grpo stage scores);
+  - **general**: the eval_sft suites (held-out-entity QA, held-out task types, trained task types),
+    with the domain's task type left out, so "general" means everything else.
+`general_acc` is the mean of the three general suites; `general_retained` the specialized model's
+general_acc over the starting model's (1.0: nothing forgotten).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from lmforge.pipeline import Stage
+from lmforge.utils import write_json
+
+
+@dataclass
+class SpecializeEvalConfig:
+    domain_examples: int = 200        # held-out domain examples
+    max_new_tokens: int = 96          # per reply (a worked word problem with tool calls runs ~60-90 tokens)
+
+    def __post_init__(self):
+        from lmforge.errors import positive
+
+        positive(self, "domain_examples", "max_new_tokens")
+
+
+def suites(ctx) -> dict:
+    from lmforge.stages.common import load_world
+    from lmforge.stages.eval_sft import suites as general_suites
+    from lmforge.toyworld.tasks import eval_examples
+
+    world, task, seed = load_world(ctx), ctx.cfg.specialize.task, ctx.cfg.seed
+    # held-out entities where the task names any (the others ignore the split: arithmetic, letter games)
+    data = {"domain": eval_examples(world, task, "heldout", ctx.cfg.eval_specialize.domain_examples, seed + 60_000)}
+    for name, examples in general_suites(world, ctx.cfg.eval_sft, seed + 20_000).items():
+        data[name] = [e for e in examples if e.task != task]
+    return data
+
+
+def run(ctx) -> dict:
+    from lmforge.eval.chat_tasks import evaluate_examples
+    from lmforge.model.io import load_model
+    from lmforge.stages.common import model_dir
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.tools import TOOLS
+    from lmforge.train.distributed import resolve_device
+
+    ec = ctx.cfg.eval_specialize
+    device = resolve_device(ctx.cfg.train.device, ctx.info)
+    tools = TOOLS if ctx.cfg.sft.calculator else None
+    data = suites(ctx)
+    metrics, details = {}, {}
+    models = {"init": model_dir(ctx, ctx.cfg.specialize.init, "specialize.init"),
+              "specialized": ctx.stage_dir("specialize") / "model"}
+    for name, path in models.items():
+        model, tok = load_model(path, device).eval(), Tokenizer.load(path)
+        for suite, examples in data.items():
+            if not examples:
+                continue
+            res = evaluate_examples(model, tok, examples, max_new_tokens=ec.max_new_tokens, tools=tools)
+            metrics[f"{name}_{suite}_acc"] = round(res["acc"], 4)
+            details[f"{name}_{suite}"] = res
+        general = [metrics[f"{name}_{s}_acc"] for s in data if s != "domain" and f"{name}_{s}_acc" in metrics]
+        metrics[f"{name}_general_acc"] = round(statistics.fmean(general), 4)
+    metrics["domain_gain"] = round(metrics["specialized_domain_acc"] - metrics["init_domain_acc"], 4)
+    metrics["general_retained"] = round(metrics["specialized_general_acc"] / metrics["init_general_acc"], 4) \
+        if metrics["init_general_acc"] else None
+    write_json(ctx.stage_dir("eval_specialize") / "eval.json", {"metrics": metrics, "details": details})
+    return metrics
+
+
+STAGE = Stage("eval_specialize", run, measures_only=True, requires=("toyworld", "specialize"),
+              description="evaluate the specialized model against its start: the domain, and everything else",
+              inputs=("seed", "toyworld", "data", "tokenizer", "model", "train", "sft", "dpo", "specialize",
+                      "eval_sft", "eval_specialize"))
