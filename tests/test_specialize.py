@@ -24,7 +24,7 @@ TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.voca
         "specialize.train.eval_every=12", "specialize.train.progress=false", "specialize.train.tensorboard=false",
         "eval_sft.qa_examples=4", "eval_sft.per_task=1", "eval_specialize.domain_examples=6",
         "eval_specialize.max_new_tokens=8"]
-STAGES = "stages=[toyworld,tokenizer,pretrain,sft,specialize,eval_specialize]"
+STAGES = "stages=[toyworld,tokenizer,pretrain,sft,eval_sft,specialize,eval_specialize]"
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +48,16 @@ def test_stage_mixes_domain_and_rehearsal_and_its_loss_falls(tiny_run):
 
 def test_eval_reports_both_models_and_retention(tiny_run):
     m = json.loads((tiny_run / "s/summary.json").read_text())["eval_specialize"]
-    for who in ("init", "specialized"):
-        suites = [m[f"{who}_{s}_acc"] for s in ("qa_heldout", "heldout_tasks", "trained_tasks")]
+    for who in ("sft", "specialize"):  # the starting model by its stage's name
+        suites = [m[f"{who}_{s}_acc"] for s in ("qa_heldout", "heldout_tasks", "other_trained_tasks")]
         assert m[f"{who}_general_acc"] == pytest.approx(sum(suites) / 3, abs=1e-4)
-    assert m["domain_gain"] == pytest.approx(m["specialized_domain_acc"] - m["init_domain_acc"], abs=1e-4)
-    if m["init_general_acc"]:
-        assert m["general_retained"] == pytest.approx(m["specialized_general_acc"] / m["init_general_acc"], abs=1e-3)
+    assert m["domain_gain"] == pytest.approx(m["specialize_domain_acc"] - m["sft_domain_acc"], abs=1e-4)
+    if m["sft_general_acc"]:
+        assert m["general_retained"] == pytest.approx(m["specialize_general_acc"] / m["sft_general_acc"], abs=1e-3)
+    # the suites the domain's task was not in are eval_sft's own examples: the same model, the same number
+    eval_sft = json.loads((tiny_run / "s/summary.json").read_text())["eval_sft"]
+    assert (m["sft_qa_heldout_acc"], m["sft_heldout_tasks_acc"]) == \
+        (eval_sft["sft_qa_heldout_acc"], eval_sft["sft_heldout_tasks_acc"])
 
 
 def test_general_suites_leave_the_domain_task_out(tiny_run):
@@ -63,8 +67,9 @@ def test_general_suites_leave_the_domain_task_out(tiny_run):
                                                        "specialize.task=arithmetic"])
     data = suites(RunContext(cfg))
     assert {e.task for e in data["domain"]} == {"arithmetic"} and len(data["domain"]) == 6
+    assert set(data) == {"domain", "qa_heldout", "heldout_tasks", "other_trained_tasks"}
     assert all(e.task != "arithmetic" for name, exs in data.items() if name != "domain" for e in exs)
-    assert any(e.task == "word_problem" for e in data["trained_tasks"])
+    assert any(e.task == "word_problem" for e in data["other_trained_tasks"])
 
 
 def test_domain_examples_are_new_and_rehearsal_repeats_a_small_pool(tiny_run):

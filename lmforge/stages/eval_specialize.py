@@ -1,10 +1,14 @@
 """Stage `eval_specialize`: what specialization gained on its domain, and what it cost elsewhere.
 
-The starting model (`specialize.init`) and the specialized one answer, greedily in the chat format:
+The starting model (`specialize.init`; its metrics are prefixed with its stage's name, e.g. `sft_`, or
+`init_` for a checkpoint directory) and the specialized one (`specialize_`) answer greedily, in the
+chat format:
   - the **domain**: `domain_examples` toyworld examples of `specialize.task` about *held-out*
     entities (word problems: new numbers and names; the same kind of set the grpo stage scores);
   - **general**: the eval_sft suites (held-out-entity QA, held-out task types, trained task types),
-    with the domain's task type left out, so "general" means everything else.
+    with the domain's task type left out, so "general" means everything else (a suite that held
+    it is reported as `other_<suite>`: by default `other_trained_tasks`; the others are the very
+    examples eval_sft scores, so their numbers match).
 `general_acc` is the mean of the three general suites; `general_retained` the specialized model's
 general_acc over the starting model's (1.0: nothing forgotten).
 """
@@ -38,7 +42,9 @@ def suites(ctx) -> dict:
     # held-out entities where the task names any (the others ignore the split: arithmetic, letter games)
     data = {"domain": eval_examples(world, task, "heldout", ctx.cfg.eval_specialize.domain_examples, seed + 60_000)}
     for name, examples in general_suites(world, ctx.cfg.eval_sft, seed + 20_000).items():
-        data[name] = [e for e in examples if e.task != task]
+        kept = [e for e in examples if e.task != task]
+        # same examples as eval_sft's suite of that name; one the domain's task left is another suite
+        data[name if len(kept) == len(examples) else f"other_{name}"] = kept
     return data
 
 
@@ -55,8 +61,9 @@ def run(ctx) -> dict:
     tools = TOOLS if ctx.cfg.sft.calculator else None
     data = suites(ctx)
     metrics, details = {}, {}
-    models = {"init": model_dir(ctx, ctx.cfg.specialize.init, "specialize.init"),
-              "specialized": ctx.stage_dir("specialize") / "model"}
+    init = ctx.cfg.specialize.init
+    models = {init if init in ctx.cfg.stages else "init": model_dir(ctx, init, "specialize.init"),
+              "specialize": ctx.stage_dir("specialize") / "model"}
     for name, path in models.items():
         model, tok = load_model(path, device).eval(), Tokenizer.load(path)
         for suite, examples in data.items():
@@ -67,9 +74,10 @@ def run(ctx) -> dict:
             details[f"{name}_{suite}"] = res
         general = [metrics[f"{name}_{s}_acc"] for s in data if s != "domain" and f"{name}_{s}_acc" in metrics]
         metrics[f"{name}_general_acc"] = round(statistics.fmean(general), 4)
-    metrics["domain_gain"] = round(metrics["specialized_domain_acc"] - metrics["init_domain_acc"], 4)
-    metrics["general_retained"] = round(metrics["specialized_general_acc"] / metrics["init_general_acc"], 4) \
-        if metrics["init_general_acc"] else None
+    start, done = models
+    metrics["domain_gain"] = round(metrics[f"{done}_domain_acc"] - metrics[f"{start}_domain_acc"], 4)
+    metrics["general_retained"] = round(metrics[f"{done}_general_acc"] / metrics[f"{start}_general_acc"], 4) \
+        if metrics[f"{start}_general_acc"] else None
     write_json(ctx.stage_dir("eval_specialize") / "eval.json", {"metrics": metrics, "details": details})
     return metrics
 
