@@ -187,6 +187,12 @@ def test_fields_rename_records_of_another_shape(tmp_path):
     assert convs == [[u("Ann has 4 pens and buys 6. How many?"), a("4 + 6 = 10.\n#### 10")]] and skipped == 1
     assert error(p, fields=fields) == f"{p}:2: missing field 'answer' (named in fields; the record has: question)"
     assert error(p).startswith(f"{p}:1: cannot tell the record format")  # without fields: not a chat record
+    from lmforge.errors import FieldError
+
+    with pytest.raises(FieldError) as e:
+        ChatSourceConfig(path=str(p), fields={"instrucion": "question"})
+    assert str(e.value) == "fields.instrucion: not a field the record formats read (did you mean 'instruction'?); " \
+                           "expected one of messages, conversations, system, instruction, input, output"
 
 
 # -------------------------------------------------------------- mixtures

@@ -46,18 +46,29 @@ def test_stage_mixes_domain_and_rehearsal_and_its_loss_falls(tiny_run):
     assert (tiny_run / "s/specialize/model/model.safetensors").exists()
 
 
-def test_eval_reports_both_models_and_retention(tiny_run):
+def test_eval_reports_both_models_under_their_report_names(tiny_run):
     m = json.loads((tiny_run / "s/summary.json").read_text())["eval_specialize"]
     for who in ("sft", "specialize"):  # the starting model by its stage's name
         suites = [m[f"{who}_{s}_acc"] for s in ("qa_heldout", "heldout_tasks", "other_trained_tasks")]
         assert m[f"{who}_general_acc"] == pytest.approx(sum(suites) / 3, abs=1e-4)
     assert m["domain_gain"] == pytest.approx(m["specialize_domain_acc"] - m["sft_domain_acc"], abs=1e-4)
-    if m["sft_general_acc"]:
-        assert m["general_retained"] == pytest.approx(m["specialize_general_acc"] / m["sft_general_acc"], abs=1e-3)
-    # the suites the domain's task was not in are eval_sft's own examples: the same model, the same number
-    eval_sft = json.loads((tiny_run / "s/summary.json").read_text())["eval_sft"]
-    assert (m["sft_qa_heldout_acc"], m["sft_heldout_tasks_acc"]) == \
-        (eval_sft["sft_qa_heldout_acc"], eval_sft["sft_heldout_tasks_acc"])
+    # the suites the domain's task was not in are eval_sft's very examples (its records name their prompts)
+    records = lambda stage, key: [r["prompt"] for r in json.loads(
+        (tiny_run / f"s/{stage}/eval.json").read_text())["details"][key]["records"]]
+    for suite in ("qa_heldout", "heldout_tasks"):
+        assert records("eval_specialize", f"sft_{suite}") == records("eval_sft", f"sft_{suite}")
+
+
+def test_summarize_hand_computed():
+    from lmforge.stages.eval_specialize import summarize
+
+    m = summarize({"base_domain_acc": 0.1, "base_a_acc": 0.8, "base_b_acc": 0.2, "specialize_domain_acc": 0.4,
+                   "specialize_a_acc": 0.4, "specialize_b_acc": 0.2}, "base", "specialize", ["a", "b"])
+    # general: (0.8 + 0.2) / 2 = 0.5 and (0.4 + 0.2) / 2 = 0.3; gain 0.4 - 0.1; retained 0.3 / 0.5
+    assert (m["base_general_acc"], m["specialize_general_acc"]) == (0.5, 0.3)
+    assert (m["domain_gain"], m["general_retained"]) == (0.3, 0.6)
+    zero = summarize({"x_domain_acc": 0.0, "x_a_acc": 0.0, "y_domain_acc": 0.5, "y_a_acc": 0.5}, "x", "y", ["a"])
+    assert zero["general_retained"] is None  # nothing to retain: not a division by zero
 
 
 def test_general_suites_leave_the_domain_task_out(tiny_run):
@@ -66,8 +77,8 @@ def test_general_suites_leave_the_domain_task_out(tiny_run):
     cfg = load_run_config(ROOT / "recipes/demo.yaml", [f"out_dir={tiny_run}", "name=s", STAGES, *TINY,
                                                        "specialize.task=arithmetic"])
     data = suites(RunContext(cfg))
-    assert {e.task for e in data["domain"]} == {"arithmetic"} and len(data["domain"]) == 6
     assert set(data) == {"domain", "qa_heldout", "heldout_tasks", "other_trained_tasks"}
+    assert {e.task for e in data["domain"]} == {"arithmetic"} and len(data["domain"]) == 6
     assert all(e.task != "arithmetic" for name, exs in data.items() if name != "domain" for e in exs)
     assert any(e.task == "word_problem" for e in data["other_trained_tasks"])
 
@@ -77,14 +88,50 @@ def test_domain_examples_are_new_and_rehearsal_repeats_a_small_pool(tiny_run):
     from lmforge.stages.specialize import domain_conversations, general_conversations
 
     ctx = RunContext(load_run_config(ROOT / "recipes/demo.yaml", [f"out_dir={tiny_run}", "name=s", STAGES, *TINY]))
-    domain, val, what = domain_conversations(ctx)
-    assert what == "toyworld word_problem" and len(domain) == 60 and len(val) == 8
+    domain, val, stats = domain_conversations(ctx)
+    assert stats == {"domain": "toyworld word_problem"} and len(domain) == 60 and len(val) == 8
     sft_train, _, _ = conversations(ctx)
     sft_problems = {json.dumps(c) for c in sft_train if "####" in c[-1]["content"]}
-    assert sft_problems and not sft_problems >= {json.dumps(c) for c in domain}
+    assert sft_problems and not sft_problems & {json.dumps(c) for c in domain}  # drawn apart from SFT's
+    assert not {json.dumps(c) for c in val} & {json.dumps(c) for c in domain}
     pool = len(sft_train)
     picks = general_conversations(ctx, pool + 5)  # more than the SFT mixture holds: every one, then repeats
     assert len(picks) == pool + 5 and len({json.dumps(c) for c in picks}) == pool
+
+
+def _gsm_file(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"question": f"Ann has {i} pens and buys 2. How many?",
+                                        "answer": f"{i} + 2 = {i + 2}.\n#### {i + 2}"}) + "\n" for i in range(n)))
+    return path
+
+
+def test_sources_with_renamed_fields_keep_validation_copies_out_of_training(tiny_run, tmp_path):
+    from lmforge.stages.specialize import domain_conversations
+
+    src = _gsm_file(tmp_path / "gsm.jsonl", 30)
+    ctx = RunContext(load_run_config(ROOT / "recipes/demo.yaml", [
+        f"out_dir={tiny_run}", "name=s", STAGES, *TINY,
+        f"specialize.sources=[{{path: {src}, weight: 3, fields: {{instruction: question, output: answer}}}}]"]))
+    train, val, stats = domain_conversations(ctx)
+    assert stats == {"domain": "specialize.sources", "skipped_records": 0}
+    # 90 conversations (each record 3 times); 8 held out, and the other copies of those 8 with them
+    assert len(val) == 8 and len(train) == 90 - 3 * 8
+    i = int(val[0][0]["content"].split()[2])  # "Ann has {i} pens ...": read as alpaca, question -> user
+    assert val[0] == [{"role": "user", "content": f"Ann has {i} pens and buys 2. How many?"},
+                      {"role": "assistant", "content": f"{i} + 2 = {i + 2}.\n#### {i + 2}"}]
+    assert not {json.dumps(c) for c in val} & {json.dumps(c) for c in train}
+
+
+def test_lora_from_a_checkpoint_directory(tiny_run):
+    """specialize.init may be any checkpoint; LoRA writes a PEFT adapter; the start is reported as `init`."""
+    assert main(["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tiny_run}", "name=l",
+                 "stages=[toyworld,specialize,eval_specialize]", *TINY, f"specialize.init={tiny_run}/s/sft/model",
+                 "specialize.lora.enabled=true", "specialize.lora.r=2", "specialize.train.steps=4"]) == 0
+    summary = json.loads((tiny_run / "l/summary.json").read_text())
+    full = json.loads((tiny_run / "s/summary.json").read_text())["pretrain"]["params"]
+    assert summary["specialize"]["trainable_params"] < full / 5
+    assert (tiny_run / "l/specialize/adapter/adapter_config.json").exists()
+    assert {"init_domain_acc", "specialize_domain_acc", "general_retained"} <= set(summary["eval_specialize"])
 
 
 @pytest.mark.parametrize("override, message", [

@@ -21,6 +21,7 @@ Every bad record is a one-line `LmforgeError` "<file>:<line>: ..." (JSONL) or "<
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import json
 import math
@@ -33,6 +34,7 @@ from lmforge.data.sources import _is_saved_hf_dir, _json_type, _one_line, _open_
 from lmforge.errors import LmforgeError
 
 FORMATS = ("auto", "messages", "sharegpt", "alpaca")
+RECORD_FIELDS = ("messages", "conversations", "system", "instruction", "input", "output")  # what `fields` may name
 FILE_FORMATS = ("auto", "jsonl", "parquet", "hf")
 # .json may hold a JSON array (alpaca_data.json) or JSON lines: the reader looks at the first byte.
 _EXTENSIONS = {".jsonl.gz": "jsonl", ".json.gz": "jsonl", ".jsonl": "jsonl", ".json": "jsonl",
@@ -57,6 +59,11 @@ class ChatSourceConfig:
         from lmforge.errors import FieldError
 
         for dst, src in self.fields.items():
+            if dst not in RECORD_FIELDS:
+                close = difflib.get_close_matches(str(dst), RECORD_FIELDS, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise FieldError(f"fields.{dst}", f"not a field the record formats read{hint}; expected one of "
+                                                  f"{', '.join(RECORD_FIELDS)}")
             if not isinstance(src, str) or not src:
                 raise FieldError(f"fields.{dst}", f"expected the name of a field of the records, got {src!r}")
 

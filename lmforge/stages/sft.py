@@ -39,19 +39,8 @@ def conversations(ctx) -> tuple[list, list, dict]:
 
         convs, stats = mix(sc.sources, seed=ctx.cfg.seed)
         skipped = sum(row["skipped"] for row in stats["sources"])
-        if skipped:  # skip_invalid: say how many records were dropped, and the first one's reason
-            first = next(row for row in stats["sources"] if row["skipped"])
-            ctx.log(f"[sft] skipped {skipped} invalid records (skip_invalid); first, in {first['path']}: "
-                    f"{first.get('first_skipped', '?')}")
-        n_val = min(sc.val_examples, len(convs) // 10)
-        val = convs[:n_val]
-        # upsampled sources repeat conversations: keep every copy of a validation one out of training
-        held = {json.dumps(c, sort_keys=True) for c in val}
-        train = [c for c in convs[n_val:] if json.dumps(c, sort_keys=True) not in held]
-        if not train:
-            raise LmforgeError(f"sft.sources: all {len(convs)} conversations are copies of the {n_val} held out "
-                               f"for validation; nothing is left to train on (add distinct conversations, or set "
-                               f"sft.val_examples=0)")
+        log_skipped(ctx, "sft", stats)
+        train, val = hold_out(convs, sc.val_examples, "sft")
         return train, val, {"sources": len(sc.sources), "skipped_records": skipped}
     from lmforge.stages.common import load_world
     from lmforge.toyworld.demonstrators import with_hasty_writer
@@ -77,6 +66,29 @@ def conversations(ctx) -> tuple[list, list, dict]:
     train = [tool(e).messages for e in examples]
     val = [tool(e).messages for e in val][: sc.val_examples]
     return train, val, {"toyworld_tasks": len(train)}
+
+
+def log_skipped(ctx, stage: str, stats: dict) -> None:
+    """skip_invalid: say how many records `chat_sources.mix` dropped, and the first one's reason."""
+    skipped = sum(row["skipped"] for row in stats["sources"])
+    if skipped:
+        first = next(row for row in stats["sources"] if row["skipped"])
+        ctx.log(f"[{stage}] skipped {skipped} invalid records (skip_invalid); first, in {first['path']}: "
+                f"{first.get('first_skipped', '?')}")
+
+
+def hold_out(convs: list, val_examples: int, stage: str) -> tuple[list, list]:
+    """(train, validation): the first min(val_examples, 10%) conversations are held out, and every copy of
+    them (upsampled sources repeat conversations) is kept out of training."""
+    n_val = min(val_examples, len(convs) // 10)
+    val = convs[:n_val]
+    held = {json.dumps(c, sort_keys=True) for c in val}
+    train = [c for c in convs[n_val:] if json.dumps(c, sort_keys=True) not in held]
+    if not train:
+        raise LmforgeError(f"{stage}.sources: all {len(convs)} conversations are copies of the {n_val} held out "
+                           f"for validation; nothing is left to train on (add distinct conversations, or set "
+                           f"{stage}.val_examples=0)")
+    return train, val
 
 
 def run(ctx) -> dict:

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass, field
 
 from lmforge.data.chat_sources import ChatSourceConfig
-from lmforge.errors import FieldError, LmforgeError, fraction, non_negative, positive
+from lmforge.errors import FieldError, fraction, non_negative, positive
 from lmforge.model.lora import LoRAConfig
 from lmforge.pipeline import Stage
 from lmforge.train.config import TrainConfig
@@ -57,17 +57,18 @@ class SpecializeConfig:
         fraction(self, "replay_fraction", closed_top=False)
 
 
-def domain_conversations(ctx) -> tuple[list, list, str]:
-    """(train, validation, what they are) for the domain: specialize.sources, or toyworld examples."""
+def domain_conversations(ctx) -> tuple[list, list, dict]:
+    """(train, validation, stats) for the domain: specialize.sources, or toyworld examples."""
     sp = ctx.cfg.specialize
     if sp.sources:
         from lmforge.data.chat_sources import mix
+        from lmforge.stages.sft import hold_out, log_skipped
 
-        convs, _ = mix(sp.sources, seed=ctx.cfg.seed)
-        n_val = min(sp.val_examples, len(convs) // 10)
-        if len(convs) - n_val < 1:
-            raise LmforgeError(f"specialize.sources: {len(convs)} conversations leave nothing to train on")
-        return convs[n_val:], convs[:n_val], f"{len(sp.sources)} sources"
+        convs, stats = mix(sp.sources, seed=ctx.cfg.seed)
+        log_skipped(ctx, "specialize", stats)
+        train, val = hold_out(convs, sp.val_examples, "specialize")
+        return train, val, {"domain": "specialize.sources",
+                            "skipped_records": sum(row["skipped"] for row in stats["sources"])}
     from lmforge.stages.common import load_world
     from lmforge.toyworld.tasks import sft_examples
     from lmforge.toyworld.tool_use import with_calculator
@@ -77,7 +78,8 @@ def domain_conversations(ctx) -> tuple[list, list, str]:
     # seeds apart from the sft stage's (cfg.seed, cfg.seed + 10_000): new problems, not the SFT ones
     train = sft_examples(world, sp.n_examples, seed=ctx.cfg.seed + 30_000, tasks=[sp.task])
     val = sft_examples(world, max(sp.val_examples, 1), seed=ctx.cfg.seed + 40_000, tasks=[sp.task])
-    return [tool(e).messages for e in train], [tool(e).messages for e in val][: sp.val_examples], f"toyworld {sp.task}"
+    return ([tool(e).messages for e in train], [tool(e).messages for e in val][: sp.val_examples],
+            {"domain": f"toyworld {sp.task}"})
 
 
 def general_conversations(ctx, n: int) -> list:
@@ -97,11 +99,11 @@ def general_conversations(ctx, n: int) -> list:
 def mixture(ctx) -> tuple[list, list, dict]:
     """(train conversations, validation conversations, counts): domain + general, shuffled together."""
     sp = ctx.cfg.specialize
-    domain, val, what = domain_conversations(ctx)
+    domain, val, stats = domain_conversations(ctx)
     n_general = round(len(domain) * sp.general_fraction / (1 - sp.general_fraction))
     train = domain + general_conversations(ctx, n_general)
     random.Random(f"specialize:mix:{ctx.cfg.seed}").shuffle(train)
-    return train, val, {"domain_conversations": len(domain), "general_conversations": n_general, "domain": what}
+    return train, val, {"domain_conversations": len(domain), "general_conversations": n_general, **stats}
 
 
 def run(ctx) -> dict:
@@ -111,7 +113,7 @@ def run(ctx) -> dict:
     sp = ctx.cfg.specialize
     src = model_dir(ctx, sp.init, "specialize.init")
     train, val, counts = mixture(ctx)
-    ctx.log(f"[specialize] {counts['domain_conversations']} {counts['domain']} conversations + "
+    ctx.log(f"[specialize] {counts['domain_conversations']} domain conversations ({counts['domain']}) + "
             f"{counts['general_conversations']} from the SFT mixture")
     metrics = fine_tune(ctx, "specialize", src, train, val, sp.train, sp.lora, sp.freeze_embeddings,
                         sp.replay_fraction)
@@ -120,4 +122,4 @@ def run(ctx) -> dict:
 
 STAGE = Stage("specialize", run, distributed=True,
               description="continue the instruction-tuned model on one domain, with rehearsal against forgetting",
-              inputs=("seed", "toyworld", "data", "tokenizer", "model", "train", "sft", "dpo", "specialize"))
+              inputs=("seed", "toyworld", "data", "tokenizer", "model", "train", "sft", "specialize"))
