@@ -16,6 +16,7 @@ User errors print one line (`error: ...`) and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -64,9 +65,26 @@ def _pipeline_command(args, until: str | None) -> int:
         barrier(info)
         run_pipeline(cfg, until=until, info=info, resume=args.resume or args.command in ("run", "demo"),
                      redo_changed=args.redo_changed)
+        if args.command == "demo" and info.is_main:
+            print(next_steps(Path(cfg.out_dir) / cfg.name, cfg.stages, args.overrides))
     finally:
         cleanup(info)
     return 0
+
+
+def next_steps(run_dir: Path, stages: list[str], overrides: list[str]) -> str:
+    """What to try after the demo: talk to its last model, read the report, run the stages it leaves out
+    (with the demo's own overrides, so they land in the same run directory)."""
+    last = next((s for s in reversed(stages) if (run_dir / s / "model" / "model_config.json").exists()), None)
+    lines = ["next:"]
+    if last:
+        lines.append(f"  lmforge chat {run_dir / last / 'model'}   # talk to the last model")
+    lines += [f"  open {run_dir / 'report.html'}   # the report card",
+              f"  lmforge run recipes/specialize.yaml {shlex.join(overrides)}".rstrip()
+              + "   # specialization on word problems, in this run (~1 min)"]
+    if not overrides:  # recipes/rlhf.yaml has its own run name: a copy of the demo's run starts it at PPO
+        lines.append(f"  cp -al {run_dir} {run_dir.parent / 'rlhf'} && lmforge run recipes/rlhf.yaml   # RLHF with PPO")
+    return "\n".join(lines)
 
 
 def _cuda() -> bool:

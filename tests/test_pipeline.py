@@ -182,3 +182,16 @@ def test_a_damaged_corpus_file_is_a_one_line_error(tmp_path, capsys):
     assert run(tmp_path, "stages=[toyworld,tokenizer]") == 2
     assert capsys.readouterr().err == (f"error: {corpus}:3: damaged (expected a JSON object with 'text'); redo the "
                                        f"stage that wrote it (--fresh)\n")
+
+
+def test_demo_ends_with_next_steps_that_keep_its_overrides(tmp_path):
+    from lmforge.cli import next_steps
+
+    (tmp_path / "demo/dpo/model").mkdir(parents=True)
+    (tmp_path / "demo/dpo/model/model_config.json").write_text("{}")
+    text = next_steps(tmp_path / "demo", ["sft", "dpo", "eval_dpo", "grpo"], [])  # grpo has no model yet
+    assert f"lmforge chat {tmp_path / 'demo/dpo/model'}" in text
+    assert "lmforge run recipes/specialize.yaml   #" in text and "recipes/rlhf.yaml" in text
+    text = next_steps(tmp_path / "demo", ["dpo"], ["seed=1", "data.sources=[{path: a b.txt}]"])
+    assert "lmforge run recipes/specialize.yaml seed=1 'data.sources=[{path: a b.txt}]'   #" in text
+    assert "rlhf" not in text  # its own run name would not find this run's directory
