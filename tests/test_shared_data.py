@@ -21,3 +21,14 @@ def test_tinystories_sample_reads_tokenizes_and_packs(tmp_path):
     # a BPE trained on English stories compresses held-out English well beyond 1 byte/token
     shakespeare = shared_data("tinyshakespeare", "input.txt").read_text()[:20000]
     assert tok.bytes_per_token([shakespeare]) > 1.8
+
+
+def test_gsm8k_train_reads_as_specialization_data_through_renamed_fields():
+    """GSM8K's train split ({question, answer}) as chat data for `specialize.sources` (never its test split)."""
+    from lmforge.data.chat_sources import ChatSourceConfig, read_conversations
+
+    path = shared_data("gsm8k", "train.jsonl")
+    convs, skipped = read_conversations(ChatSourceConfig(path=str(path), fields={"instruction": "question",
+                                                                                  "output": "answer"}))
+    assert (len(convs), skipped) == (7473, 0)
+    assert all([m["role"] for m in c] == ["user", "assistant"] and "#### " in c[1]["content"] for c in convs)
