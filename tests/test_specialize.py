@@ -120,6 +120,13 @@ def test_sources_with_renamed_fields_keep_validation_copies_out_of_training(tiny
     assert val[0] == [{"role": "user", "content": f"Ann has {i} pens and buys 2. How many?"},
                       {"role": "assistant", "content": f"{i} + 2 = {i + 2}.\n#### {i + 2}"}]
     assert not {json.dumps(c) for c in val} & {json.dumps(c) for c in train}
+    # and the stage trains on them
+    assert main(["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tiny_run}", "name=src",
+                 "stages=[toyworld,specialize]", *TINY, f"specialize.init={tiny_run}/s/sft/model",
+                 "specialize.train.steps=2", "specialize.general_fraction=0",
+                 f"specialize.sources=[{{path: {src}, fields: {{instruction: question, output: answer}}}}]"]) == 0
+    sp = json.loads((tiny_run / "src/summary.json").read_text())["specialize"]
+    assert (sp["domain_conversations"], sp["general_conversations"], sp["skipped_records"]) == (27, 0, 0)
 
 
 def test_lora_from_a_checkpoint_directory(tiny_run):
