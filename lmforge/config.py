@@ -111,6 +111,10 @@ def build(cls, raw: dict, prefix: str = "", source: str = ""):
             # (`rm.train.steps=50` keeps the reward model's lr and warmup, not TrainConfig's)
             value = _merge(dataclasses.asdict(f.default_factory()), value)
         kwargs[key] = _convert(value, hints[key], f"{prefix}{key}", source)
+    missing = [f.name for f in fields.values() if f.init and f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:  # cls(**kwargs) would raise a TypeError that names neither the section nor the file
+        raise LmforgeError(f"{source}{prefix}{missing[0]}: missing (a required key of {cls.__name__})")
     try:
         return cls(**kwargs)
     except FieldError as e:  # a bad value: named with this section's path (sft.train.steps)

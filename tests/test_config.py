@@ -54,6 +54,11 @@ def test_list_of_sources_override():
     ("train.warmup_steps=-5", "override: train.warmup_steps: expected a number >= 0, got -5"),
     ("train.beta2=1", "override: train.beta2: expected a number >= 0 and < 1, got 1"),
     ("model.d_model=100", "override: model.d_model: must be divisible by n_head (3), got 100"),
+    ("model.n_kv_head=2", "override: model.n_head: must be divisible by n_kv_head (2), got 3"),
+    # a required key left out of a list item names the item, not a TypeError of its dataclass
+    ("curate.decontam.sets=[{path: x.jsonl}]",
+     "override: curate.decontam.sets.0.name: missing (a required key of EvalSetConfig)"),
+    ("sft.sources=[{weight: 2}]", "override: sft.sources.0.path: missing (a required key of ChatSourceConfig)"),
     ("sft.val_examples=-3", "override: sft.val_examples: expected a number >= 0, got -3"),
     ("grpo.temperature=-1", "override: grpo.temperature: expected a number > 0 (a group's samples must differ), "
                             "got -1"),

@@ -227,6 +227,9 @@ def test_eval_sets_load_in_their_formats():
     assert by_set["svamp"][0] == "A farmer has 14 cows and buys 9 more How many cows does the farmer have now?"
     items = load_eval_items([EvalSetConfig("mine", str(EVAL_FIX / "gsm8k" / "test.jsonl"), field="question")])
     assert items[0][0] == "mine" and items[0][1].startswith("A bakery")
+    with pytest.raises(LmforgeError) as e:  # a reader's error names the recipe entry too
+        load_eval_items([FIXTURE_SETS[0], EvalSetConfig("gsm8k", "/nonexistent/test.jsonl")])
+    assert str(e.value) == "/nonexistent/test.jsonl: file not found (curate.decontam.sets.1: gsm8k)"
 
 
 def test_decontam_rule(tmp_path):

@@ -96,6 +96,8 @@ def test_depth_preset_and_bad_choices():
         ModelConfig(mlp="silu")
     with pytest.raises(LmforgeError, match=r"^n_head: must be divisible by n_kv_head \(3\), got 4$"):
         ModelConfig(n_head=4, d_model=64, n_kv_head=3)
+    with pytest.raises(LmforgeError, match=r"^n_kv_head: must divide n_head \(4, from depth=4\), got 3$"):
+        ModelConfig(depth=4, n_kv_head=3)  # the preset set n_head: the value to change is n_kv_head
     with pytest.raises(LmforgeError, match=r"^n_layer: expected a positive integer, got 0$"):
         ModelConfig(n_layer=0)
 

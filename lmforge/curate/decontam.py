@@ -89,15 +89,20 @@ def _field_items(cfg) -> list[str]:
 def load_eval_items(sets) -> list[tuple[str, str]]:
     """(set name, question) for every configured evaluation set."""
     out = []
-    for cfg in sets:
+    for i, cfg in enumerate(sets):
         if not cfg.path and not cfg.hf and cfg.name not in MATH_SETS + ("bbh",):
             raise LmforgeError(f"curate.decontam.sets: '{cfg.name}' needs a path or an hf id")
-        if cfg.name in MATH_SETS:
-            items = _math_items(cfg)
-        elif cfg.name == "bbh":
-            items = _bbh_items(cfg)
-        else:
-            items = _field_items(cfg)
+        try:
+            if cfg.name in MATH_SETS:
+                items = _math_items(cfg)
+            elif cfg.name == "bbh":
+                items = _bbh_items(cfg)
+            else:
+                items = _field_items(cfg)
+        except LmforgeError as e:  # the reader names the file; say which entry of the recipe it came from
+            if "curate.decontam.sets" in str(e):
+                raise
+            raise LmforgeError(f"{e} (curate.decontam.sets.{i}: {cfg.name})") from None
         out += [(cfg.name, q) for q in items]
     return out
 

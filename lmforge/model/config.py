@@ -56,6 +56,9 @@ class ModelConfig:
         if self.d_model % self.n_head:
             raise FieldError("d_model", f"must be divisible by n_head ({self.n_head}), got {self.d_model}")
         if self.n_head % self.n_kv_head:
+            if self.depth > 0:  # n_head came from the depth preset: the value to change is n_kv_head
+                raise FieldError("n_kv_head", f"must divide n_head ({self.n_head}, from depth={self.depth}), "
+                                              f"got {self.n_kv_head}")
             raise FieldError("n_head", f"must be divisible by n_kv_head ({self.n_kv_head}), got {self.n_head}")
         if self.position == "rope" and self.head_dim % 2:
             raise FieldError("d_model", f"RoPE needs an even head dimension (d_model / n_head), got {self.head_dim}")
