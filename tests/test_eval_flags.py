@@ -93,3 +93,10 @@ def test_good_flags_still_run(ckpt, tmp_path):
     assert run_cli([str(ckpt), "--tasks", "gsm8k:max_new_tokens=2", "--data", str(FIX), "--num-fewshot", "0",
                     "--limit", "1", "--temperature", "0.5", "--out", str(out), "--no-progress"]) == 0
     assert (out / "results.json").is_file()
+
+
+def test_a_missing_checkpoint_fails_before_any_data_loads(nothing_loads, tmp_path):
+    """Without --data, gsm8k would go to the Hub first (tens of seconds offline) and never name the path."""
+    with pytest.raises(LmforgeError) as e:
+        run_cli([str(tmp_path / "nope"), "--tasks", "gsm8k", "--no-progress"])
+    assert str(e.value) == f"{tmp_path / 'nope'}: not an lmforge checkpoint (no model_config.json)"

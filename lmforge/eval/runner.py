@@ -267,8 +267,7 @@ def evaluate_checkpoint(checkpoint: str, task_specs: list[str], *, data: str | N
                         dtype: str = "float32", out_dir: str | None = None, log_samples: bool = False,
                         progress: bool = True, tools: bool = False) -> dict:
     """Run the tasks on the checkpoint, write results.json (+ samples/<task>.jsonl), return the results."""
-    from lmforge.model.io import load_model
-    from lmforge.tokenizer import Tokenizer
+    from lmforge.model.io import load_config, load_model, load_tokenizer
     from lmforge.utils import atomic_write_text, write_json
 
     config = {"task_specs": task_specs, "data": data, "world": world, "num_fewshot": num_fewshot, "cot": cot,
@@ -279,6 +278,7 @@ def evaluate_checkpoint(checkpoint: str, task_specs: list[str], *, data: str | N
     out = Path(out_dir) if out_dir else Path(checkpoint) / "eval"
     check_flags(out, out_given=bool(out_dir), max_new_tokens=max_new_tokens, batch_size=batch_size,
                 temperature=temperature)
+    tok = load_tokenizer(checkpoint, load_config(checkpoint))  # a wrong path fails now, not after the data loads
     planned = plan(task_specs, data=data, world=world, num_fewshot=num_fewshot, cot=cot, chat=chat, limit=limit,
                    seed=seed, max_new_tokens=max_new_tokens)
     for p in planned:  # the flag is checked above, so a bad value here came from NAME:max_new_tokens=N
@@ -294,7 +294,7 @@ def evaluate_checkpoint(checkpoint: str, task_specs: list[str], *, data: str | N
     model = load_model(checkpoint, resolve_device(device, flag="--device"))
     if dtype != "float32":
         model = model.to(getattr(torch, dtype))
-    lm = LM(model, Tokenizer.load(checkpoint), batch_size=batch_size, temperature=temperature, seed=seed,
+    lm = LM(model, tok, batch_size=batch_size, temperature=temperature, seed=seed,
             progress=progress, tools=tools)
     results, samples, scores_by_task = {}, {}, {}
     for p, ld in zip(planned, loaded, strict=True):
