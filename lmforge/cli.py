@@ -57,8 +57,11 @@ def _pipeline_command(args, until: str | None) -> int:
             run_dir = Path(cfg.out_dir) / cfg.name
             if until is None:
                 shutil.rmtree(run_dir, ignore_errors=True)
-            else:  # the stage and every later one, whose results were built on it
-                for name in cfg.stages[cfg.stages.index(until):]:
+            else:  # the stage and every later one, whose results were built on it (an evaluation: itself only)
+                from lmforge.stages import STAGES
+
+                later = [] if STAGES[until].measures_only else cfg.stages[cfg.stages.index(until) + 1:]
+                for name in [until, *later]:
                     shutil.rmtree(run_dir / name, ignore_errors=True)
         from lmforge.train.distributed import barrier
 
@@ -152,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
         p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
         p.add_argument("--fresh", action="store_true",
-                       help="delete this stage's and later stages' outputs (run/demo: the whole run) first")
+                       help="delete this stage's and later stages' outputs first (an evaluation stage: its own "
+                            "only; run/demo: the whole run)")
         p.add_argument("--redo-changed", action="store_true",
                        help="redo complete stages whose recipe section changed since they ran, and every "
                             "later stage (without it, a change is only noted)")

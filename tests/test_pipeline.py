@@ -78,6 +78,13 @@ def test_run_writes_every_stage_and_a_summary_then_skips(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[toyworld] complete, skipping" in out and "[pretrain] pretrain the transformer" in out
     assert not (tmp_path / "t/eval_base").exists()
+    # --fresh on an evaluation redoes it alone: no later stage reads what it measured
+    assert run(tmp_path) == 0
+    (tmp_path / "t/sft").mkdir()
+    (tmp_path / "t/sft/kept").write_text("")
+    stages = "stages=[toyworld,tokenizer,pretrain,eval_base,sft]"
+    assert run(tmp_path, stages, "--fresh", command="eval_base") == 0
+    assert "[eval_base] " in capsys.readouterr().out and (tmp_path / "t/sft/kept").exists()
 
 
 def test_stage_command_refuses_to_clobber_checkpoints(tmp_path, capsys):
