@@ -303,7 +303,8 @@ def test_a_filter_removing_everything_warns_and_empty_output_fails(tmp_path):
         run_curation(cfg, tmp_path / "out", CurateInput(records=records(["One two.", "Four five six.", "x y z."])),
                      log=logs.append)
     assert any("WARNING" in m and "'gopher_quality' removed ALL 3 documents" in m for m in logs)
-    assert "WARNING" in (tmp_path / "out" / "report.md").read_text()
+    assert "WARNING" in (tmp_path / "out" / "report.md").read_text()  # kept, to show what removed everything
+    assert not (tmp_path / "out" / "documents.jsonl").exists()  # no empty corpus that looks like a result
 
 
 def test_config_errors_name_the_key(tmp_path):

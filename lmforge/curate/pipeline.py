@@ -306,6 +306,8 @@ def finish_curation(plan: Plan, cfg: CurateConfig, seconds: dict, labels: dict |
                 shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
     for warning in stats["warnings"]:
         log(f"[curate] WARNING: {warning}")
+    if stats["output"]["documents"] == 0:  # no empty documents.jsonl that a later step could take for a corpus;
+        (out / "documents.jsonl").unlink(missing_ok=True)  # the report stays, to show what removed everything
     if stats["input"]["documents"] == 0:
         raise LmforgeError(f"{plan.source}: empty corpus (no documents)")
     if stats["output"]["documents"] == 0:
