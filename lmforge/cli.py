@@ -99,8 +99,11 @@ def _cuda() -> bool:
 def _tokenizer_train(args) -> int:
     from lmforge.data import SourceConfig, iter_many
     from lmforge.stages.tokenizer import split_heldout
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.tokenizer import check_training_args, train_tokenizer
 
+    # before reading any input, named as the flags they are
+    check_training_args(args.vocab_size, args.min_frequency, 1,
+                        lambda name, what: LmforgeError(f"--{name.replace('_', '-')}: {what}"))
     sources = [SourceConfig(path=p, format=args.format, text_field=args.text_field) for p in args.input]
     heldout: list[str] = []
     tok = train_tokenizer(split_heldout(iter_many(sources), heldout), args.out, vocab_size=args.vocab_size,
@@ -206,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _out_of_memory(e: RuntimeError) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -245,6 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except (MemoryError, RuntimeError) as e:  # numpy's, Python's, torch's CPU allocator, CUDA's OutOfMemoryError
+        if not isinstance(e, MemoryError) and not _out_of_memory(e):
+            raise
+        print(f"error: out of memory ({str(e).splitlines()[0] if str(e) else type(e).__name__}); a size in the "
+              f"recipe or flags is too large for this machine (model.*, train.seq_len, *.micro_batch_size, "
+              f"--batch-size)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; add --resume to the same command to continue from the last checkpoint", file=sys.stderr)
         return 130

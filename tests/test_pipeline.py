@@ -202,3 +202,20 @@ def test_demo_ends_with_next_steps_that_keep_its_overrides(tmp_path):
     text = next_steps(tmp_path / "demo", ["dpo"], ["seed=1", "data.sources=[{path: a b.txt}]"])
     assert "lmforge run recipes/specialize.yaml seed=1 'data.sources=[{path: a b.txt}]'   #" in text
     assert "rlhf" not in text  # its own run name would not find this run's directory
+
+
+def test_out_of_memory_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    """A size beyond the machine (here: the pipeline raising as torch's CPU allocator does) is one line, exit 2."""
+    import lmforge.cli
+
+    def oom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 8000000000000 bytes.\nsecond line")
+
+    monkeypatch.setattr(lmforge.cli, "_pipeline_command", oom)
+    assert run(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory ([enforce fail") and err.count("\n") == 1 and "Traceback" not in err
+    monkeypatch.setattr(lmforge.cli, "_pipeline_command", lambda *a: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="^other$"):  # any other error is not dressed up as one
+        run(tmp_path)

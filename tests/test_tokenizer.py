@@ -117,4 +117,7 @@ def test_cli_bad_min_frequency(tmp_path, capsys):
     corpus.write_text("some text\n")
     assert main(["tokenizer", "train", "--input", str(corpus), "--out", str(tmp_path / "t"),
                  "--min-frequency", "-1"]) == 2
-    assert capsys.readouterr().err == "error: tokenizer.min_frequency: expected an integer >= 0, got -1\n"
+    assert capsys.readouterr().err == "error: --min-frequency: expected an integer >= 0, got -1\n"  # as typed
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "t"),
+                 "--vocab-size", "10"]) == 2  # checked before the input is read
+    assert capsys.readouterr().err.startswith("error: --vocab-size: expected at least 267")
