@@ -167,7 +167,8 @@ def test_cli_forwarding(ckpt, offline, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager,
                                                                         include_defaults=False))
     monkeypatch.setattr(sys, "argv", ["lmforge-lm-eval"])
-    adapter.main(["--model", "lmforge", "--model_args", f"path={ckpt},device=cpu,batch_size=4",
+    # no device in model_args: lm-eval's own --device default (cuda) must not fail a machine without one
+    adapter.main(["--model", "lmforge", "--model_args", f"path={ckpt},batch_size=4",
                   "--tasks", "lmforge_toy_mc,lmforge_toy_gen", "--include_path", str(FIXTURES),
                   "--output_path", str(tmp_path / "out")])
     printed = capsys.readouterr().out
@@ -176,6 +177,19 @@ def test_cli_forwarding(ckpt, offline, monkeypatch, tmp_path, capsys):
     data = json.loads(results.read_text())
     assert "acc,none" in data["results"]["lmforge_toy_mc"]
     assert data["config"]["model"] == "lmforge"
+
+
+def test_cli_bad_checkpoint_is_a_one_line_error(offline, monkeypatch, tmp_path, capsys):
+    import lm_eval.tasks
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager,
+                                                                        include_defaults=False))
+    monkeypatch.setattr(sys, "argv", ["lmforge-lm-eval"])
+    with pytest.raises(SystemExit) as e:
+        adapter.main(["--model", "lmforge", "--model_args", f"path={tmp_path}", "--tasks", "lmforge_toy_mc",
+                      "--include_path", str(FIXTURES)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: {tmp_path}: not an lmforge checkpoint (no model_config.json)\n")
 
 
 def test_without_lm_eval_the_module_imports_and_says_what_to_install():

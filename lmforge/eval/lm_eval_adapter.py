@@ -64,7 +64,9 @@ class LmforgeLM(LM):
         if batch_size is not None and not str(batch_size).isdigit():  # "auto", "auto:4": no OOM search here
             log.warning("lmforge model: batch_size=%r is not supported, using %d", batch_size, DEFAULT_BATCH_SIZE)
         self.batch_size = max(1, int(batch_size)) if str(batch_size).isdigit() else DEFAULT_BATCH_SIZE
-        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from lmforge.train.distributed import resolve_device
+
+        self._device = resolve_device(device or "auto", flag="model_args device")
         self.path = Path(path)
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"lmforge model: dtype must be float32, bfloat16 or float16, got {dtype!r}")
@@ -79,6 +81,9 @@ class LmforgeLM(LM):
         # lm-eval always passes its CLI's --batch_size (default 1) and --device next to model_args; a
         # duplicate keyword would be a TypeError, so model_args (the more specific setting) wins
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        if str(extra.get("device", "")).startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's --device defaults to cuda: on a machine without one, the adapter's own default applies
+            log.warning("lmforge model: --device %s is not available here; using cpu", extra.pop("device"))
         return cls(**arg_dict, **extra)
 
     @classmethod
@@ -277,7 +282,11 @@ def main(argv: list[str] | None = None) -> None:
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except LmforgeError as e:  # a wrong checkpoint path or model argument: one line, as lmforge's own commands
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
 
 
 if __name__ == "__main__":
