@@ -22,7 +22,7 @@ class AlignEvalConfig:
     tasks: dict[str, float] = field(default_factory=dict)  # task mix of the judged prompts; empty: pairs.tasks
     prompt_entities: str = "train"   # entities those prompts ask about: train (behavior on what the model
                                      # knows) | heldout (facts only pretraining stated: mostly ties)
-    qa_examples: int = 200           # knowledge questions per entity split
+    qa_examples: int = 200           # knowledge questions per entity split (held-out: eval_sft's, as many)
     max_new_tokens: int = 64
 
     def __post_init__(self):
@@ -56,7 +56,10 @@ def compare(ctx, models: dict[str, str], baseline: str, ec: AlignEvalConfig, out
     seed = ctx.cfg.seed + 40_000
     prompts = preference_prompts(world, ec.n_prompts, seed=seed, split="heldout", entities=ec.prompt_entities,
                                  tasks=ec.tasks or ctx.cfg.pairs.tasks or None)
-    qa = {split: eval_examples(world, "qa", split, ec.qa_examples, seed) for split in ("train", "heldout")}
+    # the knowledge questions are drawn as eval_sft draws its held-out QA (same seed; the same examples when
+    # qa_examples match), so the report card's qa_heldout_acc row compares every model on one set
+    qa = {split: eval_examples(world, "qa", split, ec.qa_examples, ctx.cfg.seed + 20_000)
+          for split in ("train", "heldout")}
     answers, metrics, details = {}, {}, {}
     for name, ref in models.items():
         d = model_dir(ctx, ref, f"{out_name}: model {name}")
