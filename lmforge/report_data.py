@@ -144,9 +144,11 @@ def load_run(run_dir: str | Path) -> RunRecord:
     metrics: dict[str, dict] = {}
     seconds: dict[str, float] = {}
     curves: list[TrainingCurves] = []
+    records: dict[str, dict] = {}
     for stage in stages:
         result = _stage_result(run_dir, stage, summary, notes)
         if result is not None:
+            records[stage] = result
             stage_metrics = result.get("metrics")
             metrics[stage] = {k: v for k, v in stage_metrics.items() if k != "seconds"} \
                 if isinstance(stage_metrics, dict) else {}
@@ -155,8 +157,26 @@ def load_run(run_dir: str | Path) -> RunRecord:
         curve = _stage_curves(run_dir, stage, stage in metrics, metrics.get(stage, {}), notes)
         if curve is not None:
             curves.append(curve)
+    notes += stale_notes(records)
     name = str(config.get("name") or run_dir.resolve().name)
     return RunRecord(run_dir, name, config, hardware, stages, metrics, seconds, curves, notes)
+
+
+def stale_notes(records: dict[str, dict]) -> list[str]:
+    """A stage whose upstream stage ran again after it (its stage.json's `upstream` finish times no longer
+    match) shows results of models that are gone: the pipeline says so on the console, the report here.
+
+    >>> stale_notes({"sft": {"finished": 20.0}, "eval_sft": {"finished": 15.0, "upstream": {"sft": 10.0}}})
+    ['stage eval_sft: sft ran again after it; its results are for the earlier outputs (redo it: --redo-changed)']
+    """
+    out = []
+    for stage, rec in records.items():
+        upstream = rec.get("upstream") if isinstance(rec.get("upstream"), dict) else {}
+        newer = [u for u, t in upstream.items() if u in records and records[u].get("finished") not in (None, t)]
+        if newer:
+            out.append(f"stage {stage}: {', '.join(newer)} ran again after it; its results are for the earlier "
+                       f"outputs (redo it: --redo-changed)")
+    return out
 
 
 # ---------------------------------------------------------------- evaluation table

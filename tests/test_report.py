@@ -137,6 +137,17 @@ def test_missing_pieces_are_notes_not_crashes(tmp_path):
     assert not (run / "plots" / "throughput.png").exists()  # a stale plot from the first report is removed
 
 
+def test_an_evaluation_older_than_the_model_it_measured_is_noted(tmp_path):
+    run = make_run(tmp_path)
+    for stage, finished, upstream in (("sft", 200.0, {"pretrain": 100.0}), ("eval_sft", 150.0, {"sft": 120.0})):
+        rec = json.loads((run / stage / "stage.json").read_text())
+        (run / stage / "stage.json").write_text(json.dumps({**rec, "finished": finished, "upstream": upstream}))
+    md = write_report(run).read_text()
+    # sft finished at 200 but eval_sft measured the sft model that finished at 120 (since redone)
+    assert "stage eval_sft: sft ran again after it; its results are for the earlier outputs" in md
+    assert "stage sft:" not in md  # pretrain has no finish time recorded here: nothing to compare
+
+
 def test_run_without_evaluations_config_or_hardware(tmp_path):
     run = make_run(tmp_path, stages=("tokenizer",))
     (run / "config.yaml").unlink()
