@@ -8,6 +8,25 @@ import random
 import tempfile
 from pathlib import Path
 
+_FILE_MODE: list[int] = []
+
+
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file here (0o666 less the umask): mkstemp's temp files are 0600,
+    which a rename would otherwise carry over to reports and checkpoints meant to be shared."""
+    if not _FILE_MODE:
+        umask = os.umask(0)
+        os.umask(umask)
+        _FILE_MODE.append(0o666 & ~umask)
+    return _FILE_MODE[0]
+
+
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """(fd, name) of a new temp file in `path`'s directory, with the mode a plain new file would get."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, new_file_mode())
+    return fd, tmp
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then rename over `path`.
@@ -16,7 +35,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,8 +241,10 @@ def run_stages(stages, cfg: CurateConfig, work: Path) -> dict[str, float]:
 def write_documents(work: Path, tasks: int, path: Path) -> None:
     """Concatenate the output shards in task order into `path` ({"id", "text"} per line), atomically:
     written to a temp file in the same directory, then renamed over `path`."""
+    from lmforge.utils import temp_file_beside
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             for r in range(tasks):
