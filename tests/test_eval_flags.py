@@ -100,3 +100,16 @@ def test_a_missing_checkpoint_fails_before_any_data_loads(nothing_loads, tmp_pat
     with pytest.raises(LmforgeError) as e:
         run_cli([str(tmp_path / "nope"), "--tasks", "gsm8k", "--no-progress"])
     assert str(e.value) == f"{tmp_path / 'nope'}: not an lmforge checkpoint (no model_config.json)"
+
+
+def test_hub_data_that_cannot_load_points_to_data(ckpt, monkeypatch):
+    import lmforge.data.sources
+
+    def offline(dataset_id, config, split):
+        raise LmforgeError(f"{dataset_id}: cannot load dataset (Couldn't reach '{dataset_id}' on the Hub)")
+
+    monkeypatch.setattr(lmforge.data.sources, "load_hf_split", offline)
+    with pytest.raises(LmforgeError) as e:
+        run_cli([str(ckpt), "--tasks", "gsm8k", "--no-progress"])
+    assert str(e.value) == ("openai/gsm8k: cannot load dataset (Couldn't reach 'openai/gsm8k' on the Hub); offline, "
+                            "give --data DIR (a directory of the released files: docs/evaluation.md)")

@@ -70,6 +70,15 @@ def run_eval(args) -> int:
     return 0
 
 
+def _cell(x: float) -> str:
+    """4 decimals, or 4 significant digits when that would not fit a column (a perplexity of 1e18).
+
+    >>> _cell(0.12345), _cell(1578895737512271360.0), _cell(123456.7)
+    ('0.1235', '1.579e+18', '1.235e+05')
+    """
+    return f"{x:.4f}" if abs(x) < 1e5 else f"{x:.4g}"
+
+
 def format_table(report: dict) -> str:
     """One line per task (or group) and metric: value ± stderr (n)."""
     lines = [f"{'task':<44} {'metric':<22} {'value':>10} {'stderr':>9} {'n':>6}"]
@@ -78,7 +87,7 @@ def format_table(report: dict) -> str:
             label = name if section == "results" else f"{name} (group)"
             for metric, value in entry["metrics"].items():
                 se = entry["stderr"].get(metric)
-                lines.append(f"{label:<44} {metric:<22} {value:>10.4f} {'' if se is None else f'{se:.4f}':>9} "
+                lines.append(f"{label:<44} {metric:<22} {_cell(value):>10} {'' if se is None else _cell(se):>9} "
                              f"{entry['n']:>6}")
                 label = ""
     return "\n".join(lines)

@@ -285,7 +285,13 @@ def evaluate_checkpoint(checkpoint: str, task_specs: list[str], *, data: str | N
         if p.opts.max_new_tokens is not None and p.opts.max_new_tokens < 1:
             raise LmforgeError(f"--tasks {p.task.name}: option 'max_new_tokens' must be positive, "
                                f"got {p.opts.max_new_tokens}")
-    loaded = [p.task.load(p.opts) for p in planned]  # every data error surfaces before the model loads
+    try:
+        loaded = [p.task.load(p.opts) for p in planned]  # every data error surfaces before the model loads
+    except LmforgeError as e:
+        if data or "cannot load dataset" not in str(e):
+            raise
+        raise LmforgeError(f"{e}; offline, give --data DIR (a directory of the released files: "
+                           f"docs/evaluation.md)") from None
     for p, ld in zip(planned, loaded, strict=True):
         if not ld.docs:
             raise LmforgeError(f"{p.task.name}: no documents to evaluate in {ld.source}")
