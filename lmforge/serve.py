@@ -1,7 +1,7 @@
 """A minimal OpenAI-compatible HTTP server for an lmforge checkpoint.
 
     from lmforge.serve import serve
-    serve("runs/demo/sft", host="127.0.0.1", port=8000)
+    serve("runs/demo/sft/model", host="127.0.0.1", port=8000)
 
     curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 32}'
@@ -12,8 +12,9 @@ with lmforge's chat template (chat.render_prompt) and sampled by `Engine`, which
 <|end_of_turn|> or <|end_of_text|>. Supported fields: messages, model, temperature (0-2, default 1;
 0 is greedy), top_p, max_tokens (or max_completion_tokens; default: the rest of the context), n,
 seed (default: random, as OpenAI), stop (up to 4 strings; generation runs on and the text is cut
-at the first stop string), logprobs and top_logprobs. Other OpenAI fields are accepted and ignored;
-`stream` is refused. Errors are OpenAI-style JSON (`{"error": {"message", "type", "param",
+at the first stop string), logprobs and top_logprobs, and stream (server-sent `chat.completion.chunk`
+events, then `data: [DONE]`; one choice, no log-probabilities). Other OpenAI fields are accepted and
+ignored. Errors are OpenAI-style JSON (`{"error": {"message", "type", "param",
 "code"}}`): 400 for a bad request or a prompt longer than the context, 404 for another model name.
 
 Log-probabilities are those of the model's own distribution (temperature 1, before top-p), as
@@ -24,7 +25,7 @@ before every text, so "A" comes back as " A"). `max_top_logprobs` caps top_logpr
 OpenAI; a server for an AI judge may raise it (vLLM has the same knob, `max_logprobs`).
 
 One request generates at a time (a lock around the model); FastAPI runs requests in a thread
-pool, so the event loop stays free. This is the seed of a fuller server (streaming, batching of
+pool, so the event loop stays free. This is the seed of a fuller server (batching of
 concurrent requests, a chat page): `ChatService` holds everything that is not HTTP.
 """
 
@@ -33,7 +34,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -162,14 +163,13 @@ class ChatService:
         return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
                                             "owned_by": "lmforge"}]}
 
-    def chat_completion(self, body) -> dict:
+    def _parse(self, body) -> dict:
+        """The request's fields, checked (APIError 400/404 naming the field), and its prompt ids."""
         from lmforge.chat import render_prompt
         from lmforge.engine import SamplingParams
 
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
-        if body.get("stream"):
-            raise APIError(400, "streaming is not supported by this server; leave 'stream' unset", "stream")
         model = body.get("model")
         if model is not None and model != self.name:
             raise APIError(404, f"The model '{model}' does not exist (this server serves '{self.name}')",
@@ -204,14 +204,68 @@ class ChatService:
             temperature, top_p = 0.0, 1.0
         params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, stop_ids=self.stop_ids,
                                 seed=secrets.randbelow(2**31) if seed is None else seed)
+        return {"prompt": prompt, "params": params, "stop": stop or [], "logprobs": want_lp, "top": top, "n": n}
+
+    def chat_completion(self, body) -> dict:
+        if isinstance(body, dict) and body.get("stream"):
+            raise APIError(400, "a streaming request goes through start_stream", "stream")
+        req = self._parse(body)
+        prompt = req["prompt"]
         with self.lock:
-            completions = self.engine.generate([prompt], params, n=n)[0]
-            choices = [self._choice(i, prompt, c, stop or [], want_lp, top) for i, c in enumerate(completions)]
+            completions = self.engine.generate([prompt], req["params"], n=req["n"])[0]
+            choices = [self._choice(i, prompt, c, req["stop"], req["logprobs"], req["top"])
+                       for i, c in enumerate(completions)]
         generated = sum(len(c.ids) for c in completions)
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.name, "choices": choices,
                 "usage": {"prompt_tokens": len(prompt), "completion_tokens": generated,
                           "total_tokens": len(prompt) + generated}}
+
+    def start_stream(self, body) -> Iterator[str]:
+        """Check a `"stream": true` request now (errors are plain 400s), then return the generator of its
+        server-sent events: `chat.completion.chunk`s whose deltas add up to the reply, then `[DONE]`."""
+        req = self._parse(body)
+        if req["n"] != 1:
+            raise APIError(400, "streaming returns one choice: leave 'n' at 1", "n")
+        if req["logprobs"]:
+            raise APIError(400, "streaming does not return log-probabilities: leave 'logprobs' unset", "logprobs")
+        return self._events(req)
+
+    def _events(self, req: dict) -> Iterator[str]:
+        import json
+
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": self.name}
+
+        def event(delta: dict, finish: str | None = None) -> str:
+            chunk = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            return f"data: {json.dumps(chunk)}\n\n"
+
+        stop = req["stop"]
+        hold = max((len(s) for s in stop), default=1) - 1  # text that may yet turn out to start a stop string
+        ids, text, sent, finish = [], "", 0, "length"
+        yield event({"role": "assistant", "content": ""})
+        with self.lock:  # released when the stream ends, or when the client goes away (the generator closes)
+            for t in self.engine.stream(req["prompt"], req["params"]):
+                if t in self.stop_ids:
+                    finish = "stop"
+                    break
+                ids.append(t)
+                text = self.tok.decode(ids, skip_special=True)
+                cuts = [text.find(s) for s in stop if s in text]
+                if cuts:
+                    text, finish = text[:min(cuts)], "stop"
+                    break
+                ready = len(text) - hold if not text.endswith("\ufffd") else sent  # a half-decoded character waits
+                if ready > sent:
+                    yield event({"content": text[sent:ready]})
+                    sent = ready
+            else:
+                text = self.tok.decode(ids, skip_special=True)
+        if len(text) > sent:
+            yield event({"content": text[sent:]})
+        yield event({}, finish)
+        yield "data: [DONE]\n\n"
 
     def _choice(self, index: int, prompt: list[int], c, stop: list[str], want_lp: bool, top: int) -> dict:
         ids = list(c.ids)
@@ -254,7 +308,7 @@ def create_app(ckpt_dir: str | os.PathLike | None = None, *, service: ChatServic
                model_name: str | None = None, device: str = "cpu", max_top_logprobs: int = 20):
     """The FastAPI app serving `ckpt_dir` (or an already built `service`)."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
@@ -288,6 +342,9 @@ def create_app(ckpt_dir: str | os.PathLike | None = None, *, service: ChatServic
         except ValueError:
             return error(APIError(400, "the request body is not valid JSON"))
         try:
+            if isinstance(body, dict) and body.get("stream"):
+                events = await run_in_threadpool(service.start_stream, body)
+                return StreamingResponse(events, media_type="text/event-stream")
             return await run_in_threadpool(service.chat_completion, body)
         except APIError as e:
             return error(e)

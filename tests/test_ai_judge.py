@@ -113,7 +113,9 @@ def test_sampling_n_seed_and_stop_strings(server):
     ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
     ({"max_tokens": 100_000}, 400, "max_tokens"),
     ({"top_logprobs": 2}, 400, "top_logprobs"),
-    ({"stream": True}, 400, "stream"),
+    ({"stream": True, "n": 2}, 400, "n"),
+    ({"stream": True, "logprobs": True}, 400, "logprobs"),
+    ({"stream": True, "temperature": 9}, 400, "temperature"),  # checked before the stream starts
     ({"model": "gpt-4"}, 404, "model"),
 ])
 def test_bad_requests_get_openai_style_errors(server, change, status, param):
@@ -121,6 +123,32 @@ def test_bad_requests_get_openai_style_errors(server, change, status, param):
     assert r.status_code == status
     err = r.json()["error"]
     assert err["param"] == param and err["message"] and err["type"] == "invalid_request_error"
+
+
+def stream(server, body) -> tuple[str, str | None, list[dict]]:
+    """(the deltas joined, the last chunk's finish_reason, every chunk) of a streamed completion."""
+    with httpx.stream("POST", server + "/v1/chat/completions", json={**body, "stream": True}, timeout=10) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert lines[-1] == "data: [DONE]" and all(ln.startswith("data: ") for ln in lines)
+    chunks = [json.loads(ln[len("data: "):]) for ln in lines[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    return text, chunks[-1]["choices"][0]["finish_reason"], chunks
+
+
+def test_streaming_adds_up_to_the_same_reply(server):
+    body = {"messages": CONV, "temperature": 0, "max_tokens": 12}
+    whole = post(server, body).json()["choices"][0]
+    text, finish, chunks = stream(server, body)
+    assert text == whole["message"]["content"] and finish == whole["finish_reason"]
+    assert len(chunks) >= 3  # the role, at least one piece of text, the finish
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    if stop.strip():  # a stop string is cut out of the stream as from the whole reply
+        cut, finish, _ = stream(server, {**body, "stop": [stop]})
+        assert cut == text[:text.find(stop)] and finish == "stop"
+    assert post(server, body).status_code == 200  # the model lock was released when the stream ended
 
 
 def test_invalid_json_and_unknown_paths(server):
