@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("checkpoint")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--model-name", default=None, help="the model id clients send (default: the directory name)")
+    sv.add_argument("--model-name", default=None, help="the model id clients send (default: the directory name; "
+                         "<run>-<stage> for runs/<run>/<stage>/model)")
     sv.add_argument("--device", default="cpu")
 
     from lmforge.chat_cli import add_parser as add_chat

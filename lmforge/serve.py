@@ -6,16 +6,17 @@
     curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 32}'
 
-Endpoints: `GET /v1/models` (the one served model, named after the checkpoint directory unless
-`model_name` is given), `POST /v1/chat/completions` and `GET /health`. A chat request is rendered
-with lmforge's chat template (chat.render_prompt) and sampled by `Engine`, which stops at
-<|end_of_turn|> or <|end_of_text|>. Supported fields: messages, model, temperature (0-2, default 1;
-0 is greedy), top_p, max_tokens (or max_completion_tokens; default: the rest of the context), n,
-seed (default: random, as OpenAI), stop (up to 4 strings; generation runs on and the text is cut
-at the first stop string), logprobs and top_logprobs, and stream (server-sent `chat.completion.chunk`
-events, then `data: [DONE]`; one choice, no log-probabilities). Other OpenAI fields are accepted and
-ignored. Errors are OpenAI-style JSON (`{"error": {"message", "type", "param",
-"code"}}`): 400 for a bad request or a prompt longer than the context, 404 for another model name.
+Endpoints: `GET /v1/models` (the one served model, named after the checkpoint directory, or
+`<run>-<stage>` for a stage's `model/`, unless `model_name` is given), `POST /v1/chat/completions`
+and `GET /health`. A chat request is rendered with lmforge's chat template (chat.render_prompt) and
+sampled by `Engine`, which stops at <|end_of_turn|> or <|end_of_text|>. Supported fields: messages,
+model, temperature (0-2, default 1; 0 is greedy), top_p, max_tokens (or max_completion_tokens;
+default: the rest of the context), n, seed (default: random, as OpenAI), stop (up to 4 strings;
+generation runs on and the text is cut at the first stop string), logprobs and top_logprobs, and
+stream (server-sent `chat.completion.chunk` events, then `data: [DONE]`; one choice, no
+log-probabilities). Other OpenAI fields are accepted and ignored. Errors are OpenAI-style JSON
+(`{"error": {"message", "type", "param", "code"}}`): 400 for a bad request or a prompt longer than
+the context, 404 for another model name.
 
 Log-probabilities are those of the model's own distribution (temperature 1, before top-p), as
 OpenAI reports them, computed by one forward pass over prompt + completion after sampling; so
@@ -155,7 +156,7 @@ class ChatService:
         from lmforge.model.io import load_checkpoint
         from lmforge.train.distributed import resolve_device
 
-        name = model_name or Path(ckpt_dir).resolve().name
+        name = model_name or default_model_name(ckpt_dir)
         model, tok = load_checkpoint(ckpt_dir, resolve_device(device))
         return cls(model, tok, name, max_top_logprobs=max_top_logprobs)
 
@@ -302,6 +303,17 @@ class ChatService:
                 e["top_logprobs"] = []
             out.append(e)
         return out
+
+
+def default_model_name(ckpt_dir: str | os.PathLike) -> str:
+    """The checkpoint directory's name; a stage's `<run>/<stage>/model` is `<run>-<stage>` (every stage's
+    model directory is called `model`, which would tell clients nothing).
+
+    >>> default_model_name("runs/demo/grpo/model"), default_model_name("exports/my-chat")
+    ('demo-grpo', 'my-chat')
+    """
+    d = Path(ckpt_dir).resolve()
+    return f"{d.parent.parent.name}-{d.parent.name}" if d.name == "model" and d.parent.parent.name else d.name
 
 
 def create_app(ckpt_dir: str | os.PathLike | None = None, *, service: ChatService | None = None,
