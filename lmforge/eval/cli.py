@@ -66,8 +66,21 @@ def run_eval(args) -> int:
         batch_size=args.batch_size, temperature=args.temperature, device=args.device, dtype=args.dtype,
         out_dir=args.out, log_samples=args.log_samples, progress=args.progress, tools=args.tools)
     print(format_table(report))
+    for note in truncation_notes(report):
+        print(note)
     print(f"wrote {report['path']}")
     return 0
+
+
+def truncation_notes(report: dict) -> list[str]:
+    """One line per task whose prompts were cut to fit the model's context (results.json has the count).
+
+    >>> truncation_notes({"results": {"gsm8k": {"n": 50, "truncated_prompts": 50}, "arc": {"n": 9}}})
+    ['note: gsm8k: 50 of 50 prompts were cut from the left to fit the context (fewer shots: gsm8k:num_fewshot=N)']
+    """
+    return [f"note: {name}: {e['truncated_prompts']} of {e['n']} prompts were cut from the left to fit the context "
+            f"(fewer shots: {name}:num_fewshot=N)"
+            for name, e in report["results"].items() if e.get("truncated_prompts")]
 
 
 def _cell(x: float) -> str:
