@@ -233,7 +233,12 @@ class ChatService:
         return self._events(req)
 
     def _events(self, req: dict) -> Iterator[str]:
+        """The stream's events. The tokens come from a thread of their own that holds the model lock only
+        while it generates: a paused or vanished client never keeps the lock (the thread runs to the end,
+        or to the first token after the stream is closed), and the worker threads that carry the events
+        never wait on it."""
         import json
+        import queue
 
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": self.name}
@@ -242,31 +247,52 @@ class ChatService:
             chunk = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
             return f"data: {json.dumps(chunk)}\n\n"
 
+        tokens: queue.Queue = queue.Queue()
+        closed = threading.Event()
+
+        def produce():
+            try:
+                with self.lock:
+                    for t in self.engine.stream(req["prompt"], req["params"]):
+                        tokens.put(t)
+                        if closed.is_set():
+                            break
+            except Exception as e:  # handed to the stream, which raises it where the server reports errors
+                tokens.put(e)
+            finally:
+                tokens.put(None)
+
+        threading.Thread(target=produce, daemon=True, name="lmforge-stream").start()
         stop = req["stop"]
         hold = max((len(s) for s in stop), default=1) - 1  # text that may yet turn out to start a stop string
         ids, text, sent, finish = [], "", 0, "length"
-        yield event({"role": "assistant", "content": ""})
-        with self.lock:  # released when the stream ends, or when the client goes away (the generator closes)
-            for t in self.engine.stream(req["prompt"], req["params"]):
+        try:
+            yield event({"role": "assistant", "content": ""})
+            while (t := tokens.get()) is not None:
+                if isinstance(t, Exception):
+                    raise t
                 if t in self.stop_ids:
                     finish = "stop"
                     break
                 ids.append(t)
                 text = self.tok.decode(ids, skip_special=True)
-                cuts = [text.find(s) for s in stop if s in text]
-                if cuts:
-                    text, finish = text[:min(cuts)], "stop"
+                cut, pending = stop_cut(text, stop)
+                if cut is not None and not pending:  # no earlier stop string can still complete
+                    text, finish = text[:cut], "stop"
                     break
-                ready = len(text) - hold if not text.endswith("\ufffd") else sent  # a half-decoded character waits
-                if ready > sent:
+                ready = min(len(text) - hold, len(text) if cut is None else cut)
+                if not text.endswith("\ufffd") and ready > sent:  # a half-decoded character waits
                     yield event({"content": text[sent:ready]})
                     sent = ready
-            else:
-                text = self.tok.decode(ids, skip_special=True)
-        if len(text) > sent:
-            yield event({"content": text[sent:]})
-        yield event({}, finish)
-        yield "data: [DONE]\n\n"
+            cut, _ = stop_cut(text, stop)
+            if cut is not None:
+                text, finish = text[:cut], "stop"
+            if len(text) > sent:
+                yield event({"content": text[sent:]})
+            yield event({}, finish)
+            yield "data: [DONE]\n\n"
+        finally:
+            closed.set()
 
     def _choice(self, index: int, prompt: list[int], c, stop: list[str], want_lp: bool, top: int) -> dict:
         ids = list(c.ids)
@@ -305,6 +331,23 @@ class ChatService:
         return out
 
 
+def stop_cut(text: str, stops: Sequence[str]) -> tuple[int | None, bool]:
+    """(where the reply is cut: the earliest start of a stop string in `text`, or None; whether a stop
+    string that would start earlier than that may still complete, its start being a suffix of `text`).
+
+    >>> stop_cut("it would break the", ["break the rules", "the"])  # "the" is there, but "break the r..." may come
+    (15, True)
+    >>> stop_cut("it would break the rules", ["break the rules", "the"]), stop_cut("no", ["x"])
+    ((9, False), (None, False))
+    """
+    found = [text.find(s) for s in stops if s in text]
+    cut = min(found) if found else None
+    limit = len(text) if cut is None else cut
+    pending = any(s.startswith(text[q:]) for s in stops for q in range(max(0, len(text) - len(s) + 1), limit)
+                  if len(text) - q < len(s))
+    return cut, pending
+
+
 def default_model_name(ckpt_dir: str | os.PathLike) -> str:
     """The checkpoint directory's name; a stage's `<run>/<stage>/model` is `<run>-<stage>` (every stage's
     model directory is called `model`, which would tell clients nothing).
@@ -321,6 +364,7 @@ def create_app(ckpt_dir: str | os.PathLike | None = None, *, service: ChatServic
     """The FastAPI app serving `ckpt_dir` (or an already built `service`)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.background import BackgroundTask
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
@@ -356,7 +400,9 @@ def create_app(ckpt_dir: str | os.PathLike | None = None, *, service: ChatServic
         try:
             if isinstance(body, dict) and body.get("stream"):
                 events = await run_in_threadpool(service.start_stream, body)
-                return StreamingResponse(events, media_type="text/event-stream")
+                # a client that leaves mid-stream: close the generator, which tells the token thread to stop
+                return StreamingResponse(events, media_type="text/event-stream",
+                                         background=BackgroundTask(events.close))
             return await run_in_threadpool(service.chat_completion, body)
         except APIError as e:
             return error(e)

@@ -151,6 +151,35 @@ def test_streaming_adds_up_to_the_same_reply(server):
     assert post(server, body).status_code == 200  # the model lock was released when the stream ended
 
 
+def test_overlapping_stop_strings_cut_the_stream_as_the_whole_reply(server):
+    body = {"messages": CONV, "temperature": 0, "max_tokens": 16}
+    text = post(server, body).json()["choices"][0]["message"]["content"]
+    a = len(text) // 3
+    outer, inner = text[a:a + 6], text[a + 2:a + 4]  # the inner one completes first, the outer starts first
+    if outer.strip() and inner.strip():
+        whole = post(server, {**body, "stop": [outer, inner]}).json()["choices"][0]["message"]["content"]
+        streamed, finish, _ = stream(server, {**body, "stop": [outer, inner]})
+        assert streamed == whole == text[:text.find(outer)] and finish == "stop"
+
+
+def test_a_paused_stream_does_not_hold_the_model(ckpt):
+    """The tokens come from a thread that holds the lock only while it generates: a client that stops
+    reading (or leaves) cannot keep every other request waiting."""
+    from lmforge.serve import ChatService
+
+    svc = ChatService.load(ckpt)
+    events = svc.start_stream({"messages": CONV, "temperature": 0, "max_tokens": 40, "stream": True})
+    first = [next(events), next(events)]  # the role, then the first text: then its reader goes quiet
+    assert '"content": ""' in first[0] and '"content": ""' not in first[1]
+    deadline = time.time() + 10
+    while svc.lock.locked():
+        assert time.time() < deadline, "the paused stream kept the model lock"
+        time.sleep(0.01)
+    assert svc.chat_completion({"messages": CONV, "max_tokens": 2})["choices"]  # another request runs meanwhile
+    rest = list(events)  # and the paused stream still finishes
+    assert rest[-1] == "data: [DONE]\n\n"
+
+
 def test_invalid_json_and_unknown_paths(server):
     r = httpx.post(server + "/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
