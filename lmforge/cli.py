@@ -16,6 +16,7 @@ User errors print one line (`error: ...`) and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
@@ -76,17 +77,21 @@ def _pipeline_command(args, until: str | None) -> int:
 
 
 def next_steps(run_dir: Path, stages: list[str], overrides: list[str]) -> str:
-    """What to try after the demo: talk to its last model, read the report, run the stages it leaves out
-    (with the demo's own overrides, so they land in the same run directory)."""
-    last = next((s for s in reversed(stages) if (run_dir / s / "model" / "model_config.json").exists()), None)
+    """What to try after the demo: talk to its last chat model, read the report, run the stages it leaves
+    out (with the demo's own overrides, so they land in the same run directory)."""
+    chat = [s for s in stages if s != "rm" and (run_dir / s / "model" / "model_config.json").exists()]
     lines = ["next:"]
-    if last:
-        lines.append(f"  lmforge chat {run_dir / last / 'model'}   # talk to the last model")
-    lines += [f"  open {run_dir / 'report.html'}   # the report card",
-              f"  lmforge run recipes/specialize.yaml {shlex.join(overrides)}".rstrip()
-              + "   # specialization on word problems, in this run (~1 min)"]
+    if chat:
+        lines.append(f"  lmforge chat {run_dir / chat[-1] / 'model'}   # talk to the last model")
+    lines.append(f"  the report card: {run_dir / 'report.html'}")
+    if "specialize" not in stages:
+        keep = [o for o in overrides if not o.startswith("stages=")]  # the recipe's own stage list adds the stage
+        lines.append(f"  lmforge run recipes/specialize.yaml {shlex.join(keep)}".rstrip()
+                     + "   # specialization on word problems, in this run (~1 min)")
+    rlhf = run_dir.parent / "rlhf"
     if not overrides:  # recipes/rlhf.yaml has its own run name: a copy of the demo's run starts it at PPO
-        lines.append(f"  cp -al {run_dir} {run_dir.parent / 'rlhf'} && lmforge run recipes/rlhf.yaml   # RLHF with PPO")
+        copy = "" if rlhf.exists() else f"cp -al {run_dir} {rlhf} && "
+        lines.append(f"  {copy}lmforge run recipes/rlhf.yaml   # RLHF with PPO")
     return "\n".join(lines)
 
 
@@ -258,9 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:  # numpy's, Python's, torch's CPU allocator, CUDA's OutOfMemoryError
         if not isinstance(e, MemoryError) and not _out_of_memory(e):
             raise
+        if os.environ.get("LMFORGE_TRACEBACK"):
+            raise
         print(f"error: out of memory ({str(e).splitlines()[0] if str(e) else type(e).__name__}); a size in the "
               f"recipe or flags is too large for this machine (model.*, train.seq_len, *.micro_batch_size, "
-              f"--batch-size)", file=sys.stderr)
+              f"--batch-size); LMFORGE_TRACEBACK=1 shows where", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; add --resume to the same command to continue from the last checkpoint", file=sys.stderr)

@@ -5,26 +5,26 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
+import secrets
+import stat
 from pathlib import Path
-
-_FILE_MODE: list[int] = []
-
-
-def new_file_mode() -> int:
-    """The mode `open()` gives a new file here (0o666 less the umask): mkstemp's temp files are 0600,
-    which a rename would otherwise carry over to reports and checkpoints meant to be shared."""
-    if not _FILE_MODE:
-        umask = os.umask(0)
-        os.umask(umask)
-        _FILE_MODE.append(0o666 & ~umask)
-    return _FILE_MODE[0]
 
 
 def temp_file_beside(path: Path) -> tuple[int, str]:
-    """(fd, name) of a new temp file in `path`'s directory, with the mode a plain new file would get."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, new_file_mode())
+    """(fd, name) of a new temp file in `path`'s directory, with the mode a plain write of `path` would
+    leave: an existing file's own mode, else 0o666 less the umask (the OS applies it, as for open()).
+    mkstemp's 0600 would make every report and checkpoint private once renamed into place."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+    except FileNotFoundError:
+        pass
     return fd, tmp
 
 

@@ -198,10 +198,17 @@ def test_demo_ends_with_next_steps_that_keep_its_overrides(tmp_path):
     (tmp_path / "demo/dpo/model/model_config.json").write_text("{}")
     text = next_steps(tmp_path / "demo", ["sft", "dpo", "eval_dpo", "grpo"], [])  # grpo has no model yet
     assert f"lmforge chat {tmp_path / 'demo/dpo/model'}" in text
-    assert "lmforge run recipes/specialize.yaml   #" in text and "recipes/rlhf.yaml" in text
-    text = next_steps(tmp_path / "demo", ["dpo"], ["seed=1", "data.sources=[{path: a b.txt}]"])
+    assert "lmforge run recipes/specialize.yaml   #" in text
+    assert f"cp -al {tmp_path / 'demo'} {tmp_path / 'rlhf'} && lmforge run recipes/rlhf.yaml" in text
+    (tmp_path / "rlhf").mkdir()  # copied already: a second cp -al would nest the copy inside it
+    assert "  lmforge run recipes/rlhf.yaml" in next_steps(tmp_path / "demo", ["dpo"], [])
+    text = next_steps(tmp_path / "demo", ["dpo"], ["seed=1", "data.sources=[{path: a b.txt}]", "stages=[dpo]"])
     assert "lmforge run recipes/specialize.yaml seed=1 'data.sources=[{path: a b.txt}]'   #" in text
     assert "rlhf" not in text  # its own run name would not find this run's directory
+    (tmp_path / "demo/rm/model").mkdir(parents=True)  # the reward model is no chat model
+    (tmp_path / "demo/rm/model/model_config.json").write_text("{}")
+    text = next_steps(tmp_path / "demo", ["dpo", "rm", "specialize"], [])
+    assert f"chat {tmp_path / 'demo/dpo/model'}" in text and "specialize.yaml" not in text  # already in the run
 
 
 def test_out_of_memory_is_a_one_line_error(tmp_path, capsys, monkeypatch):
@@ -216,6 +223,11 @@ def test_out_of_memory_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     assert run(tmp_path) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory ([enforce fail") and err.count("\n") == 1 and "Traceback" not in err
+    assert err.endswith("; LMFORGE_TRACEBACK=1 shows where\n")
+    monkeypatch.setenv("LMFORGE_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="can't allocate memory"):  # where it came from, for a bug report
+        run(tmp_path)
+    monkeypatch.delenv("LMFORGE_TRACEBACK")
     monkeypatch.setattr(lmforge.cli, "_pipeline_command", lambda *a: (_ for _ in ()).throw(RuntimeError("other")))
     with pytest.raises(RuntimeError, match="^other$"):  # any other error is not dressed up as one
         run(tmp_path)

@@ -11,10 +11,8 @@ from lmforge import utils
 @pytest.fixture
 def umask_022():
     old = os.umask(0o022)
-    utils._FILE_MODE.clear()
     yield
     os.umask(old)
-    utils._FILE_MODE.clear()
 
 
 def test_atomic_writes_respect_the_umask(tmp_path, umask_022):
@@ -22,6 +20,9 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask_022):
     path = tmp_path / "a" / "summary.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # mkstemp's 0600 would keep a shared report private
     assert os.listdir(tmp_path / "a") == ["summary.json"]  # the temp file was renamed, not left
+    path.chmod(0o600)  # a file someone made private stays private when rewritten, as with open(path, "w")
+    utils.write_json(path, {"x": 2})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and utils.read_json(path) == {"x": 2}
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
