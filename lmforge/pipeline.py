@@ -120,6 +120,7 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
         if missing:
             raise LmforgeError(f"stage '{name}' needs {', '.join(missing)} first; add it to stages, before '{name}'")
     redo = False  # a stage was redone: every later one is too
+    ran: list[str] = []
     if ctx.info.is_main:
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(ctx.run_dir / "config.yaml", dump_yaml(cfg))
@@ -160,11 +161,16 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
                         "config": stage_config(cfg, stage), "finished": time.time(),
                         "upstream": upstream_times(ctx, name)})
             ctx.log(f"[{name}] done in {seconds:.1f}s")
+        ran.append(name)
         barrier(ctx.info)
         redo = redo or redo_changed  # what was built on this stage's old outputs is stale now
     summary = write_summary(ctx)
     if ctx.info.is_main:
-        print(format_summary(summary))
+        if ran and len(ran) < len(summary):  # a run that added stages to complete ones: what is new
+            print(format_summary({k: v for k, v in summary.items() if k in ran}))
+            print(f"(the stages run now; every stage's metrics: {ctx.run_dir / 'summary.json'})")
+        else:
+            print(format_summary(summary))
         if until is None:  # a whole run: its report card (`lmforge report` makes one at any time)
             from lmforge.report import write_report
 

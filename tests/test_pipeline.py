@@ -77,6 +77,8 @@ def test_run_writes_every_stage_and_a_summary_then_skips(tmp_path, capsys):
     assert run(tmp_path, "--fresh", command="pretrain") == 0
     out = capsys.readouterr().out
     assert "[toyworld] complete, skipping" in out and "[pretrain] pretrain the transformer" in out
+    # the closing table shows what ran now (pretrain), not the skipped stages' metrics again
+    assert "(the stages run now; every stage's metrics:" in out and "facts" not in out and "tokens_per_s" in out
     assert not (tmp_path / "t/eval_base").exists()
     # --fresh on an evaluation redoes it alone: no later stage reads what it measured
     assert run(tmp_path) == 0
