@@ -90,7 +90,7 @@ class LocalBackend:
     """A local lmforge checkpoint: option log-probs from one forward pass, or greedy text from `Engine`."""
 
     def __init__(self, model, tok, *, method: str = "logprobs", batch_size: int = 8, max_tokens: int = 8):
-        from lmforge.serve import token_bytes
+        from lmforge.serve_api import token_bytes
 
         self.model, self.tok = model.eval(), tok
         self.method, self.batch_size, self.max_tokens = method, batch_size, max_tokens
@@ -119,7 +119,7 @@ class LocalBackend:
     def ask(self, prompts: list[list[dict]], options: Sequence[str]) -> list[JudgeReply]:
         import torch
 
-        from lmforge.serve import position_logprobs
+        from lmforge.serve_api import position_logprobs
 
         if self.method == "text":
             return [JudgeReply(None, t) for t in self.generate(prompts)]
