@@ -90,13 +90,12 @@ class ChatSession:
 
 def check_sampling_flags(args) -> None:
     """The sampling flags, checked before a model is loaded: a one-line error naming the flag."""
-    checks = (("--temperature", args.temperature, lambda v: 0 <= v < float("inf"), "a number >= 0 (0: greedy)"),
-              ("--top-k", args.top_k, lambda v: v >= 0, "an integer >= 0 (0: off)"),
-              ("--top-p", args.top_p, lambda v: 0 < v <= 1, "a number > 0 and <= 1 (1: off)"),
-              ("--max-new-tokens", args.max_new_tokens, lambda v: v >= 1, "a positive integer"))
-    for flag, value, ok, expected in checks:
-        if not ok(value):
-            raise LmforgeError(f"{flag}: expected {expected}, got {value}")
+    from lmforge.errors import MAX_NEW_TOKENS, TEMPERATURE, check_flags
+
+    check_flags(("--temperature", args.temperature, *TEMPERATURE),
+                ("--top-k", args.top_k, lambda v: v >= 0, "an integer >= 0 (0: off)"),
+                ("--top-p", args.top_p, lambda v: 0 < v <= 1, "a number > 0 and <= 1 (1: off)"),
+                ("--max-new-tokens", args.max_new_tokens, *MAX_NEW_TOKENS))
 
 
 def run_chat(args) -> int:

@@ -69,3 +69,22 @@ def fraction(obj, *fields, closed_top: bool = True) -> None:
 
 def one_of(obj, field: str, options) -> None:
     check_fields(obj, [field], lambda v: v in options, f"one of {', '.join(map(str, options))}")
+
+
+# what the commands that sample (chat, eval) accept for their shared flags: (check, what is expected)
+TEMPERATURE = (lambda v: 0 <= v < math.inf, "a number >= 0 (0: greedy)")  # NaN fails too
+MAX_NEW_TOKENS = (lambda v: v >= 1, "a positive integer")
+
+
+def check_flags(*checks) -> None:
+    """Command-line flags, each (flag, value, ok, expected): the first bad one is a one-line error.
+
+    >>> try:
+    ...     check_flags(("--top-k", 3, lambda v: v >= 0, "an integer >= 0"), ("--temperature", -1.0, *TEMPERATURE))
+    ... except LmforgeError as e:
+    ...     print(e)
+    --temperature: expected a number >= 0 (0: greedy), got -1.0
+    """
+    for flag, value, ok, expected in checks:
+        if not ok(value):
+            raise LmforgeError(f"{flag}: expected {expected}, got {value}")

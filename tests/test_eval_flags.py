@@ -50,12 +50,13 @@ def run_cli(argv) -> int:
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--temperature", "-1"], "--temperature must be a finite number >= 0 (0: greedy), got -1.0"),
-    (["--temperature", "nan"], "--temperature must be a finite number >= 0 (0: greedy), got nan"),
-    (["--temperature", "inf"], "--temperature must be a finite number >= 0 (0: greedy), got inf"),
-    (["--max-new-tokens", "-5"], "--max-new-tokens must be positive, got -5"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be positive, got 0"),
-    (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    # the same words as `lmforge chat` for the flags both take (lmforge.errors.check_flags)
+    (["--temperature", "-1"], "--temperature: expected a number >= 0 (0: greedy), got -1.0"),
+    (["--temperature", "nan"], "--temperature: expected a number >= 0 (0: greedy), got nan"),
+    (["--temperature", "inf"], "--temperature: expected a number >= 0 (0: greedy), got inf"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens: expected a positive integer, got -5"),
+    (["--max-new-tokens", "0"], "--max-new-tokens: expected a positive integer, got 0"),
+    (["--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
 ])
 def test_bad_flag(ckpt, nothing_loads, flags, expected):
     with pytest.raises(LmforgeError) as e:
@@ -85,7 +86,7 @@ def test_cli_prints_one_line_and_exits_2(ckpt, capsys):
     assert main(["eval", str(ckpt), "--tasks", "gsm8k", "--data", str(FIX), "--max-new-tokens", "-5",
                  "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err == "error: --max-new-tokens must be positive, got -5\n"
+    assert err == "error: --max-new-tokens: expected a positive integer, got -5\n"
 
 
 def test_good_flags_still_run(ckpt, tmp_path):

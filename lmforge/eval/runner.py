@@ -45,7 +45,7 @@ class LM:
         from lmforge.tools import TOOLS
 
         if batch_size < 1:
-            raise LmforgeError(f"--batch-size must be positive, got {batch_size}")
+            raise LmforgeError(f"--batch-size: expected a positive integer, got {batch_size}")
         self.model, self.tok = model.eval(), tok
         self.batch_size, self.temperature, self.seed, self.show_progress = batch_size, temperature, seed, progress
         self.max_len = model.cfg.max_seq_len
@@ -248,13 +248,12 @@ def check_flags(out: Path, *, out_given: bool, max_new_tokens: int | None, batch
     """Flags checked before any data or model loads: otherwise a bad one surfaces as a traceback from
     SamplingParams at the first generation, as a score of 0 from an empty budget, or as a failed write
     after the whole run."""
-    if batch_size < 1:
-        raise LmforgeError(f"--batch-size must be positive, got {batch_size}")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise LmforgeError(f"--max-new-tokens must be positive, got {max_new_tokens}")
-    if not 0 <= temperature < float("inf"):  # NaN fails too
-        raise LmforgeError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    from lmforge.errors import MAX_NEW_TOKENS, TEMPERATURE, check_flags
     from lmforge.utils import not_a_dir
+
+    check_flags(("--batch-size", batch_size, lambda v: v >= 1, "a positive integer"),
+                ("--max-new-tokens", 1 if max_new_tokens is None else max_new_tokens, *MAX_NEW_TOKENS),
+                ("--temperature", temperature, *TEMPERATURE))
 
     if what := not_a_dir(out):  # results.json could not be written after the whole run
         raise LmforgeError(f"--out {out}: {what}" if out_given else f"{out}: {what}; give --out DIR for the results")
