@@ -20,7 +20,7 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.train.config import native_bf16
 from lmforge.train.distributed import DistInfo, barrier, resolve_device
-from lmforge.utils import atomic_write_text, read_json, write_json
+from lmforge.utils import atomic_write_text, read_json, upstream_reruns, write_json
 
 
 @dataclass
@@ -133,7 +133,7 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
             edits = config_changes(rec.get("config", {}), stage_config(cfg, stage))
             # an earlier stage that ran again since this one did (`lmforge <earlier> --redo-changed`, or
             # --fresh): this one was built on outputs that are gone
-            newer = [e for e, t in rec.get("upstream", {}).items() if ctx.is_complete(e) and ctx.finished(e) != t]
+            newer = upstream_reruns(rec, lambda e: ctx.finished(e) if ctx.is_complete(e) else None)
             why = "; ".join(([f"the recipe changed since this stage ran ({'; '.join(edits[:3])})"] if edits else [])
                             + ([f"{', '.join(newer)} ran again after it"] if newer else []))
             changed = edits or newer

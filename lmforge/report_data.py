@@ -169,10 +169,11 @@ def stale_notes(records: dict[str, dict]) -> list[str]:
     >>> stale_notes({"sft": {"finished": 20.0}, "eval_sft": {"finished": 15.0, "upstream": {"sft": 10.0}}})
     ['stage eval_sft: sft ran again after it; its results are for the earlier outputs (redo it: --redo-changed)']
     """
+    from lmforge.utils import upstream_reruns
+
     out = []
     for stage, rec in records.items():
-        upstream = rec.get("upstream") if isinstance(rec.get("upstream"), dict) else {}
-        newer = [u for u, t in upstream.items() if u in records and records[u].get("finished") not in (None, t)]
+        newer = upstream_reruns(rec, lambda u: records[u].get("finished") if u in records else None)
         if newer:
             out.append(f"stage {stage}: {', '.join(newer)} ran again after it; its results are for the earlier "
                        f"outputs (redo it: --redo-changed)")

@@ -216,9 +216,9 @@ class ChatService:
         if finish == "stop" and ids and ids[-1] in self.stop_ids:
             ids = ids[:-1]
         text = self.tok.decode(ids, skip_special=True)
-        cuts = [text.find(s) for s in stop if s in text]
-        if cuts:  # cut at the first stop string; keep the tokens that lie wholly before it
-            text, finish = text[:min(cuts)], "stop"
+        cut, _ = stop_cut(text, stop)  # the rule the stream follows too
+        if cut is not None:  # cut at the first stop string; keep the tokens that lie wholly before it
+            text, finish = text[:cut], "stop"
             while ids and len(self.tok.decode(ids, skip_special=True)) > len(text):
                 ids.pop()
         logprobs = {"content": self._logprobs(prompt, ids, top)} if want_lp else None

@@ -98,3 +98,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def upstream_reruns(record: dict, finished) -> list[str]:
+    """The stages a stage.json `record` was built on that finished at another time than it recorded
+    (they ran again since): `finished(stage)` is that stage's finish time now, or None if it has none.
+
+    >>> upstream_reruns({"upstream": {"pretrain": 5.0, "sft": 10.0}}, {"pretrain": 5.0, "sft": 20.0}.get)
+    ['sft']
+    """
+    upstream = record.get("upstream") if isinstance(record.get("upstream"), dict) else {}
+    return [u for u, t in upstream.items() if (now := finished(u)) is not None and now != t]
