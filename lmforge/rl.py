@@ -22,7 +22,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from lmforge.losses import IGNORE_INDEX
@@ -127,16 +126,27 @@ class RolloutSource:
 
     prompts: a list of (messages, meta) to draw from (seeded, without replacement per epoch);
     reward: a RewardSource; advantage: (rewards (B,), group_size) -> (B,) advantages.
+
+    Under torchrun (`info` with world size W > 1) every rank draws the same `prompts_per_step` prompts
+    and samples the groups of its own P / W of them (rank r: the r-th contiguous slice), with its own
+    random stream (rank 0's is the single-process one). The per-row rewards, lengths and flags are
+    gathered, so advantages (batch-scaled ones too) and the logged statistics are those of the whole
+    batch on every rank; each rank keeps its own rows. The trainer then sums the gradient over ranks.
     """
 
     def __init__(self, model, tok, prompts: list[tuple[list[dict], dict]], reward, advantage: Callable,
                  *, prompts_per_step: int, group_size: int, max_new_tokens: int, temperature: float, seed: int,
                  ref_model=None, length_penalty: float = 0.0, malformed_penalty: float = 0.0, bf16: bool | None = None,
-                 device="cpu", tools=None):
+                 device="cpu", tools=None, info=None):
         from lmforge.chat import render_prompt
+        from lmforge.train.distributed import DistInfo
 
         if not prompts:
             raise ValueError("no RL prompts")
+        self.info = info or DistInfo()
+        if prompts_per_step % self.info.world_size:
+            raise ValueError(f"prompts_per_step ({prompts_per_step}) must be a multiple of the number of processes "
+                             f"({self.info.world_size}): each process samples whole groups of its share")
         self.model, self.tok, self.reward, self.advantage = model, tok, reward, advantage
         self.prompts = prompts
         self.encoded = [render_prompt(m, tok) for m, _ in prompts]
@@ -168,12 +178,14 @@ class RolloutSource:
         from lmforge.engine import Engine, SamplingParams
         from lmforge.rewards import RewardRequest
         from lmforge.tokenizer import END_OF_TURN, END_TOOL_CALL, TOOL_CALL
+        from lmforge.train.distributed import all_gather_rows, all_reduce_max
 
-        chosen = self._prompt_ids(batch_index)
+        rank, per = self.info.rank, self.P // self.info.world_size
+        chosen = self._prompt_ids(batch_index)[rank * per:(rank + 1) * per]
         stop = (self.tok.special[END_OF_TURN], self.tok.eos_id)
         params = SamplingParams(max_new_tokens=self.max_new, temperature=self.temperature, stop_ids=stop,
-                                seed=self.seed * 1_000_003 + batch_index, logprobs=True)
-        outs = Engine(self.model, self.tok, tools=self.tools, batch_size=self.P * self.G,
+                                seed=self.seed * 1_000_003 + batch_index + rank * 7_919, logprobs=True)
+        outs = Engine(self.model, self.tok, tools=self.tools, batch_size=per * self.G,
                       bf16=self.bf16 and self.device.type == "cpu").generate(
             [self.encoded[i] for i in chosen], params, n=self.G)
         prompts = [self.encoded[i] for i in chosen for _ in range(self.G)]
@@ -202,15 +214,22 @@ class RolloutSource:
         old = trainer_side if recompute_old else torch.zeros(0, device=self.device)
         mask = targets != IGNORE_INDEX
         diff = (trainer_side.cpu() - eng[:checked]).abs()[mask[:checked].cpu()]
-        lengths = mask.sum(1).float()
-        stats = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-                 "response_length": float(lengths.mean()), "truncated_fraction": float(truncated.mean()),
-                 "malformed_fraction": float(broken.mean()),
-                 "logp_max_diff": float(diff.max()) if diff.numel() else 0.0}
-        parts = getattr(self.reward, "last_parts", None)
-        if parts:
-            stats.update({f"reward_{k}": float(np.mean(v)) for k, v in parts.items()})
-        adv = self.advantage(rewards, self.G)
+        parts = getattr(self.reward, "last_parts", None) or {}
+        # per row: reward, length, truncated, malformed, then each reward part; (B_local, k) -> (B, k)
+        local = torch.stack([rewards, mask.sum(1).float().cpu(), truncated, broken,
+                             *[torch.tensor(v, dtype=torch.float32) for v in parts.values()]], 1)
+        rows = all_gather_rows(local.to(self.device), self.info).cpu()
+        all_rewards = rows[:, 0]
+        max_diff = all_reduce_max(torch.tensor(float(diff.max()) if diff.numel() else 0.0, device=self.device),
+                                  self.info)
+        stats = {"reward": float(all_rewards.mean()),
+                 "reward_std": float(all_rewards.std()) if len(all_rewards) > 1 else 0.0,
+                 "response_length": float(rows[:, 1].mean()), "truncated_fraction": float(rows[:, 2].mean()),
+                 "malformed_fraction": float(rows[:, 3].mean()), "logp_max_diff": float(max_diff)}
+        stats.update({f"reward_{k}": float(rows[:, 4 + i].mean()) for i, k in enumerate(parts)})
+        # advantages over the whole batch (a batch-scaled one needs every rank's rewards); this rank's rows
+        lo = rank * len(rewards)
+        adv = self.advantage(all_rewards, self.G)[lo:lo + len(rewards)]
         return RolloutBatch(ids, targets, old, ref, adv.to(self.device), rewards, stats)
 
 
@@ -224,10 +243,11 @@ class RolloutBatches:
     micro-batch, their targets), so a token or sequence mean divides by the same number and the update
     is the same up to float summation order. Each micro-batch is also cut to its longest row (right
     padding: causal attention makes that exact). At least one micro-batch always runs, so a step
-    whose rows are all idle still steps AdamW with zero gradients, as it would without skipping.
+    whose rows are all idle still steps AdamW with zero gradients, as it would without skipping;
+    under DDP each rank may then run a different number of micro-batches, which the trainer allows
+    (gradients accumulate locally and are all-reduced once, on each rank's last micro-batch).
     (With several updates per batch and seq_mean or fixed_length aggregation, the logged
-    clip_fraction changes with how rows fall into micro-batches; the update does not.) Only for one
-    process: under DDP a rank with nothing to run would skip the gradient all-reduce.
+    clip_fraction changes with how rows fall into micro-batches; the update does not.)
     """
 
     def __init__(self, source: RolloutSource, micro_batch_size: int, updates_per_batch: int = 1,
@@ -241,6 +261,16 @@ class RolloutBatches:
     def rows_per_step(self) -> int:
         return self.source.P * self.source.G // self.updates
 
+    def _global_fraction(self, count: int, total: int) -> float:
+        """count / total summed over every rank (the same number on each)."""
+        from lmforge.train.distributed import all_reduce_sum
+
+        info = self.source.info
+        if not info.enabled:
+            return count / total
+        t = all_reduce_sum(torch.tensor([float(count), float(total)], device=self.source.device), info)
+        return float(t[0] / t[1])
+
     def batches(self, step: int) -> list:
         index = step // self.updates
         if index != self._index:
@@ -253,7 +283,7 @@ class RolloutBatches:
         rows = list(range(lo, lo + per))
         zero = (b.advantages[lo:lo + per] == 0).tolist()
         idle = [r for r, z in zip(rows, zero, strict=True) if z]  # advantage exactly 0: no signal
-        self.last_stats = {**b.stats, "idle_fraction": len(idle) / per}
+        self.last_stats = {**b.stats, "idle_fraction": self._global_fraction(len(idle), per)}
         if self.skip_idle and b.ref_logp is None:
             busy = [r for r, z in zip(rows, zero, strict=True) if not z]
             rows, idle = (busy, idle) if busy else (idle[:1], idle[1:])

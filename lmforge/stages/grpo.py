@@ -48,7 +48,7 @@ class GRPOConfig:
     beta: float = 0.0                 # k3 KL coefficient; 0 loads no reference for the loss
     updates_per_batch: int = 1        # optimizer steps per rollout batch (each on its own slice)
     skip_idle: bool = True            # do not run rows whose advantage is 0 when beta is 0 (the same
-                                      # update, faster; one process only: see RolloutBatches)
+                                      # update, faster: see RolloutBatches)
     format_reward: float = 0.1        # bonus for ending with a "#### n" line
     length_penalty: float = 0.0       # subtracted when a completion hits max_new_tokens unfinished
     malformed_penalty: float = 0.0    # subtracted when a reply does not end its turn or leaves a tool call open
@@ -159,14 +159,18 @@ def run(ctx) -> dict:
     from lmforge.rl import RolloutBatches, RolloutSource
     from lmforge.stages.common import load_world, model_dir
     from lmforge.tokenizer import Tokenizer
-    from lmforge.train.distributed import resolve_device
+    from lmforge.train.distributed import barrier, resolve_device
     from lmforge.train.metrics import read_metrics
     from lmforge.train.trainer import Trainer
 
     cfg, info, gc = ctx.cfg, ctx.info, ctx.cfg.grpo
     tc, out = gc.train, ctx.stage_dir("grpo")
-    if info.enabled:
-        raise LmforgeError("grpo: runs on one process for now (rollouts are not yet sharded across ranks)")
+    if info.enabled and tc.parallel == "fsdp2":
+        raise LmforgeError("grpo.train.parallel=fsdp2: rollouts need the whole policy on every process; "
+                           "use grpo.train.parallel=ddp")
+    if gc.prompts_per_step % info.world_size:
+        raise LmforgeError(f"grpo.prompts_per_step ({gc.prompts_per_step}) must be a multiple of the number of "
+                           f"processes ({info.world_size}): each samples whole groups of its share")
     src = model_dir(ctx, gc.init, "grpo.init")
     tok = Tokenizer.load(src)
     device = resolve_device(tc.device, info)
@@ -193,9 +197,8 @@ def run(ctx) -> dict:
                            group_size=gc.group_size, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
                            seed=cfg.seed, ref_model=ref if gc.beta > 0 else None,
                            length_penalty=gc.length_penalty, malformed_penalty=gc.malformed_penalty,
-                           bf16=tc.use_bf16(device), device=device, tools=tools)
-    batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch,
-                             skip_idle=gc.skip_idle and info.world_size == 1)
+                           bf16=tc.use_bf16(device), device=device, tools=tools, info=info)
+    batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch, skip_idle=gc.skip_idle)
 
     trainer = Trainer(cfg=tc, model=model, module=GRPOModule(gc, gc.temperature), batches=batches, out_dir=out,
                       device=device, lr=tc.lr, info=info, step_stats=lambda: batches.last_stats)
@@ -210,6 +213,7 @@ def run(ctx) -> dict:
                      gc.max_new_tokens, cfg.seed, device)
     if info.is_main:
         save_model(model.cpu(), out / "model", src)
+    barrier(info)  # rank 0's metrics file is complete before any rank reads it
     logs = read_metrics(out, "train")
     tail = logs[-5:]
     mean = lambda k: round(statistics.fmean(r[k] for r in tail if k in r), 4) if any(k in r for r in tail) else None
@@ -223,6 +227,6 @@ def run(ctx) -> dict:
             "response_length_last": mean("response_length"), "logp_max_diff": mean("logp_max_diff")}
 
 
-STAGE = Stage("grpo", run, requires=("toyworld",),
+STAGE = Stage("grpo", run, requires=("toyworld",), distributed=True,
               description="GRPO / RLOO with verifiable rewards on toyworld word problems",
               inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "dpo", "grpo"))

@@ -95,6 +95,22 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def all_gather_rows(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every rank's `t` (the same shape on each), concatenated along dim 0 in rank order."""
+    if not info.enabled:
+        return t
+    out = t.new_empty((info.world_size * t.shape[0], *t.shape[1:]))
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the new name (2.13)
+    gather(out, t.contiguous())
+    return out
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -1,0 +1,142 @@
+"""GRPO under torchrun (DDP, 2 CPU processes): each rank samples its share of the prompts, and the
+update is the one a single process makes from every rank's rollouts together."""
+
+import json
+import os
+import socket
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from lmforge.losses.rl import group_advantages
+from lmforge.rl import RolloutBatch, RolloutBatches, RolloutSource
+from lmforge.stages.grpo import GRPOConfig, GRPOModule
+from lmforge.tokenizer import Tokenizer
+from lmforge.train.config import TrainConfig
+from lmforge.train.distributed import DistInfo
+from lmforge.train.trainer import Trainer
+from tests.test_grpo import StartsWithVowel, tiny
+
+STEPS, P, G = 2, 4, 4
+GC = GRPOConfig(prompts_per_step=P, group_size=G, max_new_tokens=6)
+PROMPTS = [([{"role": "user", "content": f"Say {w}."}], {"answer": w})
+           for w in ("Zali", "Kamdu", "Velora", "Mosol", "Ibbet", "Oru")]
+
+
+def batch_advantages(rewards, g):  # scaled by the std of the whole batch: needs every rank's rewards
+    return group_advantages(rewards, g, scale="batch")
+
+
+def train_config() -> TrainConfig:
+    return TrainConfig(steps=STEPS, micro_batch_size=2, lr=3e-3, warmup_steps=0, schedule="constant",
+                       progress=False, tensorboard=False, ckpt_every=10_000, dtype="fp32", weight_decay=0.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, tok_dir, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from lmforge.train.distributed import cleanup, init_distributed
+
+    info = init_distributed("cpu")
+    tok = Tokenizer.load(tok_dir)
+    model = tiny(tok)
+    src = RolloutSource(model, tok, PROMPTS, StartsWithVowel(), batch_advantages, prompts_per_step=P, group_size=G,
+                        max_new_tokens=GC.max_new_tokens, temperature=1.0, seed=0, bf16=False, info=info)
+    batches = RolloutBatches(src, micro_batch_size=2, skip_idle=True)
+    trainer = Trainer(cfg=train_config(), model=model, module=GRPOModule(GC, 1.0), batches=batches,
+                      out_dir=out / f"rank{rank}", device=torch.device("cpu"), lr=3e-3, info=info,
+                      step_stats=lambda: batches.last_stats)
+    records, tensors = [], {}
+    for step in range(STEPS):
+        records.append(trainer.train_step(step))
+        b = batches._batch
+        tensors.update({f"{step}.ids": b.ids, f"{step}.targets": b.targets, f"{step}.advantages": b.advantages,
+                        f"{step}.rewards": b.rewards})
+    tensors.update({f"w.{k}": v.detach().contiguous() for k, v in model.state_dict().items()})
+    save_file(tensors, str(out / f"rank{rank}.safetensors"))
+    (out / f"rank{rank}.json").write_text(json.dumps(records))
+    cleanup(info)
+
+
+class Replay:
+    """A rollout source that hands back recorded batches (the two ranks' rows, concatenated)."""
+
+    def __init__(self, batches: list[RolloutBatch]):
+        self.recorded, self.P, self.G = batches, P, G
+        self.info, self.device = DistInfo(), torch.device("cpu")
+
+    def make(self, index: int, recompute_old: bool = True) -> RolloutBatch:
+        return self.recorded[index]
+
+
+def test_two_processes_share_the_prompts_and_make_the_single_process_update(toy_data, tmp_path):
+    data_dir, _ = toy_data
+    tok_dir = data_dir.parent / "tok"
+    threads = torch.get_num_threads()
+    try:
+        mp.spawn(_worker, args=(2, _free_port(), tok_dir, tmp_path), nprocs=2)
+    finally:
+        torch.set_num_threads(threads)
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+    # DDP kept the replicas identical
+    for k in ranks[0]:
+        if k.startswith("w."):
+            assert torch.equal(ranks[0][k], ranks[1][k]), k
+
+    recorded = []
+    for step in range(STEPS):
+        # each rank sampled whole groups of its own 2 prompts: the prompts differ between ranks
+        first_prompt = [r[f"{step}.ids"][0, :5].tolist() for r in ranks]
+        assert first_prompt[0] != first_prompt[1]
+        assert all(r[f"{step}.ids"].shape[0] == P // 2 * G for r in ranks)
+        rewards = torch.cat([r[f"{step}.rewards"] for r in ranks])
+        # batch-scaled advantages from every rank's rewards, and every rank logs the whole batch
+        adv = torch.cat([r[f"{step}.advantages"] for r in ranks])
+        assert torch.allclose(adv, batch_advantages(rewards, G))
+        assert logs[0][step]["reward"] == pytest.approx(float(rewards.mean()))
+        assert logs[0][step]["reward"] == logs[1][step]["reward"]
+        assert logs[0][step]["idle_fraction"] == pytest.approx(float((adv == 0).float().mean()))
+        width = max(r[f"{step}.ids"].shape[1] for r in ranks)
+
+        def pad(t, value, width=width):
+            return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+        recorded.append(RolloutBatch(torch.cat([pad(r[f"{step}.ids"], 0) for r in ranks]),
+                                     torch.cat([pad(r[f"{step}.targets"], -100) for r in ranks]),
+                                     torch.zeros(0), None, adv, rewards, {}))
+
+    # one process, from the same start, on the same rollouts: the same losses and weights
+    model = tiny(Tokenizer.load(tok_dir))
+    batches = RolloutBatches(Replay(recorded), micro_batch_size=2, skip_idle=True)
+    trainer = Trainer(cfg=train_config(), model=model, module=GRPOModule(GC, 1.0), batches=batches,
+                      out_dir=tmp_path / "single", device=torch.device("cpu"), lr=3e-3)
+    single = [trainer.train_step(step) for step in range(STEPS)]
+    for a, b in zip(logs[0], single, strict=True):
+        assert a["count"] == b["count"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5, abs=1e-7)
+    for k, v in model.state_dict().items():
+        # Adam divides by sqrt(v): float-order differences in near-zero gradients move weights by ~1e-6
+        # (a wrong gradient scale leaves Adam's step alike: the grad_norm check above catches that)
+        assert torch.allclose(ranks[0][f"w.{k}"], v, atol=2e-5), k
+
+
+def test_prompts_per_step_must_split_across_processes(toy_data):
+    _, tok = toy_data
+    info = replace(DistInfo(), rank=0, world_size=3)
+    with pytest.raises(ValueError, match=r"^prompts_per_step \(4\) must be a multiple of the number of processes "
+                                         r"\(3\): each process samples whole groups of its share$"):
+        RolloutSource(tiny(tok), tok, PROMPTS, StartsWithVowel(), batch_advantages, prompts_per_step=4,
+                      group_size=G, max_new_tokens=4, temperature=1.0, seed=0, info=info)
