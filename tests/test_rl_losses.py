@@ -150,6 +150,13 @@ def test_whiten_by_hand():
     close(whiten(x, mask, shift_mean=False), [[3.0, 4.0, 5.0, 0.0]])
 
 
+def test_whiten_over_processes_by_hand():
+    """Two processes holding x = [2, 4, 6] each (all_sum doubles every sum): the entries are
+    [2, 4, 6, 2, 4, 6], mean 4, sample var (4 + 0 + 4) * 2 / 5 = 3.2 -> (x - 4) / sqrt(3.2) = +-1.1180."""
+    x, mask = t([[2.0, 4.0, 6.0, 100.0]]), t([[True, True, True, False]])
+    close(whiten(x, mask, all_sum=lambda v: 2 * v), [[-1.118034, 0.0, 1.118034, 0.0]])
+
+
 def test_token_rewards_by_hand():
     """kl_coef 0.1. Row 0: kl [0.1, 0.2], padding, score 1 -> [-0.01, -0.02 + 1, 0] = [-0.01, 0.98, 0].
     Row 1: kl 0.5 on all 3, score 2 on the last -> [-0.05, -0.05, 1.95]. Row 2: no real token -> zeros."""

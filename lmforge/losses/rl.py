@@ -15,6 +15,8 @@ Conventions the trainer must know (docs/rl.md explains each):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from lmforge.errors import LmforgeError
@@ -132,17 +134,25 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     return adv, (adv + v) * m
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           all_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Normalize x to mean 0 and variance 1 over the masked entries: (x - mean) / sqrt(var + eps), with
     the sample variance (n - 1). shift_mean=False adds the mean back (only rescales; TRL uses it for
     rewards so their sign survives). 0 outside the mask. Used on PPO advantages across the batch.
+    all_sum: sums a tensor over processes (torchrun), so that the mean and variance are those of every
+    process's entries together; None: this x alone.
 
     Example: x = [2, 4, 6] (a 4th entry masked): mean 4, var (4 + 0 + 4) / 2 = 4 -> [-1, 0, 1];
     shift_mean=False -> [3, 4, 5].
     """
     m = mask.to(x.dtype)
-    mean = _masked_mean(x, m)
-    out = (x - mean) * torch.rsqrt(_masked_var(x, m) + eps)
+    if all_sum is None:
+        mean, var = _masked_mean(x, m), _masked_var(x, m)
+    else:
+        n = all_sum(m.sum())
+        mean = all_sum((x * m).sum()) / n.clamp(min=1)
+        var = all_sum((((x - mean) * m) ** 2).sum()) / (n - 1).clamp(min=1)
+    out = (x - mean) * torch.rsqrt(var + eps)
     return (out if shift_mean else out + mean) * m
 
 

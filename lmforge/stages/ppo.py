@@ -63,11 +63,18 @@ class PPOConfig:
 
 
 class PolicyAndValue(nn.Module):
-    """The two trained networks as one module, so one trainer (and one checkpoint) holds both."""
+    """The two trained networks as one module, so one trainer (and one checkpoint) holds both, and
+    DDP wraps both: the loss calls this module's forward, which is where DDP prepares the all-reduce."""
 
     def __init__(self, policy, value):
         super().__init__()
         self.policy, self.value = policy, value
+
+    def forward(self, ids, targets, temperature: float):
+        """(B, T) log-probs of targets under the policy, (B, T) values."""
+        from lmforge.rl import token_logps
+
+        return token_logps(self.policy, ids, targets, temperature), self.value(ids)
 
 
 class PPOBatches:
@@ -102,13 +109,10 @@ class PPOModule:
 
     def loss(self, model, batch):
         from lmforge.losses.rl import policy_loss, value_loss
-        from lmforge.rl import token_logps
 
         ids, targets, old, old_v, adv, ret = batch
         mask = (targets != IGNORE_INDEX).float()
-        core = model.module if hasattr(model, "module") else model
-        logp = token_logps(core.policy, ids, targets, self.temperature)
-        values = core.value(ids)                                                  # (B, T) per-position values
+        logp, values = model(ids, targets, self.temperature)                     # (B, T) each
         pg, d = policy_loss(logp, old, adv, mask, self.pc.clip)
         vf, dv = value_loss(values, old_v, ret, mask, self.pc.value_clip)
         n = self.count(batch)
@@ -117,21 +121,37 @@ class PPOModule:
         return (pg + self.pc.value_coef * vf) * n, stats
 
 
-def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device, bf16, kl_ctl):
-    """A function batch_index -> rollout batch dict (tensors + stats), closing over the models."""
+def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device, bf16, kl_ctl, info=None):
+    """A function batch_index -> rollout batch dict (tensors + stats), closing over the models.
+
+    Under torchrun (`info`, world size W) each rank samples its own P / W of the batch's prompts (rank 0
+    with the single-process random stream); advantages are whitened, and statistics and the adaptive KL
+    controller's input are averaged, over every rank's rollouts."""
     from lmforge.engine import Engine, SamplingParams
     from lmforge.losses.rl import gae, kl_penalty, token_rewards, whiten
     from lmforge.rewards import RewardRequest
     from lmforge.rl import rows_from_rollouts, token_logps
     from lmforge.tokenizer import END_OF_TURN
+    from lmforge.train.distributed import DistInfo, all_reduce_sum
+
+    info = info or DistInfo()
+    per = pc.prompts_per_step // info.world_size
+
+    def all_sum(t: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(t.clone(), info)
+
+    def mean(t: torch.Tensor) -> float:  # a per-rollout quantity, averaged over the whole batch
+        if not info.enabled:
+            return float(t.float().mean())
+        return float(all_sum(t.float().sum()) / pc.prompts_per_step)
 
     def make(index: int) -> dict:
         import random
 
         rng = random.Random(f"ppo:{seed}:{index}")
-        chosen = rng.sample(range(len(prompts)), pc.prompts_per_step)
-        params = SamplingParams(max_new_tokens=pc.max_new_tokens, temperature=pc.temperature, seed=seed + index,
-                                stop_ids=(tok.special[END_OF_TURN], tok.eos_id))
+        chosen = rng.sample(range(len(prompts)), pc.prompts_per_step)[info.rank * per:(info.rank + 1) * per]
+        params = SamplingParams(max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
+                                seed=seed + index + info.rank * 7_919, stop_ids=(tok.special[END_OF_TURN], tok.eos_id))
         enc = [prompts[i][1] for i in chosen]
         comps = [c[0] for c in Engine(policy, tok, batch_size=len(enc)).generate(enc, params)]
         texts = [tok.decode(c.ids, skip_special=True).strip() for c in comps]
@@ -151,11 +171,11 @@ def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device,
         kl = kl_penalty(old, ref_lp, "k1") * mask
         rewards = token_rewards(score.to(device), kl, mask, kl_ctl.value)
         adv, ret = gae(rewards, old_v, mask, pc.gamma, pc.lam)
-        adv = whiten(adv, mask)
-        seq_kl = float(kl.sum(1).mean())
-        kl_ctl.update(seq_kl, len(chosen))
-        stats = {"score": float(score.mean()), "kl": seq_kl, "kl_coef": kl_ctl.value,
-                 "response_length": float(mask.sum(1).mean()), "truncated_fraction": float(cut.mean())}
+        adv = whiten(adv, mask, all_sum=all_sum if info.enabled else None)
+        seq_kl = mean(kl.sum(1))
+        kl_ctl.update(seq_kl, pc.prompts_per_step)
+        stats = {"score": mean(score), "kl": seq_kl, "kl_coef": kl_ctl.value,
+                 "response_length": mean(mask.sum(1)), "truncated_fraction": mean(cut)}
         return {"ids": ids, "targets": targets, "old_logp": old, "old_values": old_v, "adv": adv, "returns": ret,
                 "stats": stats}
 
@@ -170,14 +190,19 @@ def run(ctx) -> dict:
     from lmforge.stages.common import load_world, model_dir
     from lmforge.tokenizer import Tokenizer
     from lmforge.toyworld.judge import preference_prompts
-    from lmforge.train.distributed import resolve_device
+    from lmforge.train.distributed import barrier, resolve_device
     from lmforge.train.metrics import read_metrics
     from lmforge.train.trainer import Trainer
 
     cfg, info, pc = ctx.cfg, ctx.info, ctx.cfg.ppo
     tc, out = pc.train, ctx.stage_dir("ppo")
-    if info.enabled:
-        raise LmforgeError("ppo: runs on one process for now (rollouts are not yet sharded across ranks)")
+    if info.enabled and tc.parallel == "fsdp2":
+        raise LmforgeError("ppo.train.parallel=fsdp2: rollouts need the whole policy on every process; "
+                           "use ppo.train.parallel=ddp")
+    if pc.prompts_per_step % info.world_size or pc.prompts_per_step // info.world_size < pc.minibatches:
+        raise LmforgeError(f"ppo.prompts_per_step ({pc.prompts_per_step}) must be a multiple of the number of "
+                           f"processes ({info.world_size}), with at least ppo.minibatches ({pc.minibatches}) "
+                           f"rollouts on each")
     device = resolve_device(tc.device, info)
     src = model_dir(ctx, pc.init, "ppo.init")
     tok = Tokenizer.load(src)
@@ -194,7 +219,7 @@ def run(ctx) -> dict:
     kl_ctl = AdaptiveKLController(pc.kl_coef, pc.kl_target, 10_000) if pc.kl_target > 0 \
         else FixedKLController(pc.kl_coef)
     bf16 = tc.use_bf16(device)
-    make = make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, cfg.seed, device, bf16, kl_ctl)
+    make = make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, cfg.seed, device, bf16, kl_ctl, info)
     batches = PPOBatches(make, tc.micro_batch_size, pc.ppo_epochs * pc.minibatches, pc.minibatches)
     both = PolicyAndValue(policy, value)
     score_before = heldout_score(policy, tok, heldout, rm_source, pc.max_new_tokens)
@@ -208,6 +233,7 @@ def run(ctx) -> dict:
     score_after = heldout_score(policy, tok, heldout, rm_source, pc.max_new_tokens)
     if info.is_main:
         save_model(policy.cpu(), out / "model", src)
+    barrier(info)  # rank 0's metrics file is complete before any rank reads it
     logs = read_metrics(out, "train")
     tail = logs[-5:]
     mean = lambda k: round(statistics.fmean(r[k] for r in tail if k in r), 4) if tail else None
@@ -237,7 +263,7 @@ def run_eval(ctx) -> dict:
     return metrics
 
 
-STAGE = Stage("ppo", run, requires=("toyworld",),
+STAGE = Stage("ppo", run, requires=("toyworld",), distributed=True,
               description="PPO against the reward model with a KL penalty to the SFT model (RLHF)",
               inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "rm", "ppo"))
 EVAL_STAGE = Stage("eval_ppo", run_eval, measures_only=True, requires=("sft", "ppo"),

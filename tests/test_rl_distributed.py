@@ -1,5 +1,5 @@
-"""GRPO under torchrun (DDP, 2 CPU processes): each rank samples its share of the prompts, and the
-update is the one a single process makes from every rank's rollouts together."""
+"""GRPO and PPO under torchrun (DDP, 2 CPU processes): each rank samples its share of the prompts,
+and the update is the one a single process makes from every rank's rollouts together."""
 
 import json
 import os
@@ -41,13 +41,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, tok_dir, out):
+def _join(rank, world, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from lmforge.train.distributed import cleanup, init_distributed
+    from lmforge.train.distributed import init_distributed
 
-    info = init_distributed("cpu")
+    return init_distributed("cpu")
+
+
+def _spawn(worker, tok_dir, out):
+    threads = torch.get_num_threads()
+    try:
+        mp.spawn(worker, args=(2, _free_port(), tok_dir, out), nprocs=2)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _worker(rank, world, port, tok_dir, out):
+    from lmforge.train.distributed import cleanup
+
+    info = _join(rank, world, port)
     tok = Tokenizer.load(tok_dir)
     model = tiny(tok)
     src = RolloutSource(model, tok, PROMPTS, StartsWithVowel(), batch_advantages, prompts_per_step=P, group_size=G,
@@ -82,11 +96,7 @@ class Replay:
 def test_two_processes_share_the_prompts_and_make_the_single_process_update(toy_data, tmp_path):
     data_dir, _ = toy_data
     tok_dir = data_dir.parent / "tok"
-    threads = torch.get_num_threads()
-    try:
-        mp.spawn(_worker, args=(2, _free_port(), tok_dir, tmp_path), nprocs=2)
-    finally:
-        torch.set_num_threads(threads)
+    _spawn(_worker, tok_dir, tmp_path)
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
     logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
@@ -140,3 +150,93 @@ def test_prompts_per_step_must_split_across_processes(toy_data):
                                          r"\(3\): each process samples whole groups of its share$"):
         RolloutSource(tiny(tok), tok, PROMPTS, StartsWithVowel(), batch_advantages, prompts_per_step=4,
                       group_size=G, max_new_tokens=4, temperature=1.0, seed=0, info=info)
+
+
+# ---- PPO -----------------------------------------------------------------------------------------
+PPO = dict(prompts_per_step=4, max_new_tokens=6, ppo_epochs=1, minibatches=2, kl_coef=0.05)
+PPO_KEYS = ("ids", "targets", "old_logp", "old_values", "adv", "returns")
+
+
+def ppo_parts(tok):
+    from lmforge.chat import render_prompt
+    from lmforge.losses.rl import FixedKLController
+    from lmforge.model.reward import RewardModel
+    from lmforge.stages.ppo import PolicyAndValue, PPOConfig
+
+    pc = PPOConfig(**PPO)
+    policy = tiny(tok)
+    value = RewardModel.from_lm(tiny(tok, seed=1))
+    torch.manual_seed(2)
+    torch.nn.init.normal_(value.score.weight, std=0.1)  # values that differ by position
+    prompts = [(m, render_prompt(m, tok)) for m, _ in PROMPTS]
+    return pc, policy, value, PolicyAndValue(policy, value), prompts, FixedKLController(pc.kl_coef)
+
+
+def ppo_trainer(pc, both, batches, out, info=None):
+    from lmforge.stages.ppo import PPOModule
+
+    return Trainer(cfg=train_config(), model=both, module=PPOModule(pc, pc.temperature), batches=batches, out_dir=out,
+                   device=torch.device("cpu"), lr=3e-3, info=info or DistInfo(), step_stats=lambda: batches.last_stats)
+
+
+def _ppo_worker(rank, world, port, tok_dir, out):
+    import copy
+
+    from lmforge.stages.ppo import PPOBatches, make_rollouts
+    from lmforge.train.distributed import cleanup
+
+    info = _join(rank, world, port)
+    tok = Tokenizer.load(tok_dir)
+    pc, policy, value, both, prompts, kl_ctl = ppo_parts(tok)
+    make = make_rollouts(pc, policy, value, copy.deepcopy(policy).eval(), StartsWithVowel(), tok, prompts, 0,
+                         torch.device("cpu"), False, kl_ctl, info)
+    batches = PPOBatches(make, 2, pc.ppo_epochs * pc.minibatches, pc.minibatches)
+    trainer = ppo_trainer(pc, both, batches, out / f"ppo{rank}", info)
+    records = [trainer.train_step(step) for step in range(STEPS)]
+    tensors = {k: batches._batch[k] for k in PPO_KEYS}
+    tensors.update({f"w.{k}": v.detach().contiguous() for k, v in both.state_dict().items()})
+    save_file(tensors, str(out / f"ppo{rank}.safetensors"))
+    (out / f"ppo{rank}.json").write_text(json.dumps(records))
+    cleanup(info)
+
+
+def test_ppo_on_two_processes_whitens_over_both_and_makes_the_single_process_update(toy_data, tmp_path):
+    from lmforge.stages.ppo import PPOBatches
+
+    data_dir, _ = toy_data
+    tok_dir = data_dir.parent / "tok"
+    _spawn(_ppo_worker, tok_dir, tmp_path)
+    ranks = [load_file(str(tmp_path / f"ppo{r}.safetensors")) for r in range(2)]
+    logs = [json.loads((tmp_path / f"ppo{r}.json").read_text()) for r in range(2)]
+    for k in ranks[0]:
+        if k.startswith("w."):
+            assert torch.equal(ranks[0][k], ranks[1][k]), k
+    assert ranks[0]["ids"][0, :5].tolist() != ranks[1]["ids"][0, :5].tolist()  # different prompts
+    assert logs[0][0]["score"] == logs[1][0]["score"] and logs[0][0]["kl"] == logs[1][0]["kl"]
+
+    # one batch in the order a single process slices its minibatches: [rank 0 mb 0, rank 1 mb 0, rank 0 mb 1, ...]
+    width = max(r["ids"].shape[1] for r in ranks)
+    fill = {"ids": 0, "targets": -100}
+    half = P // 2 // 2
+    batch = {}
+    for k in PPO_KEYS:
+        padded = [torch.nn.functional.pad(r[k], (0, width - r[k].shape[1]), value=fill.get(k, 0.0)) for r in ranks]
+        batch[k] = torch.cat([p[i * half:(i + 1) * half] for i in range(2) for p in padded])
+    mask = batch["targets"] != -100
+    # advantages whitened over both ranks' tokens together: mean 0, variance 1 there
+    assert float(batch["adv"][mask].mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(batch["adv"][mask].var()) == pytest.approx(1.0, abs=1e-4)
+    for r in ranks:  # but not on either rank's tokens alone
+        own = r["adv"][r["targets"] != -100]
+        assert abs(float(own.mean())) > 1e-3 or abs(float(own.var()) - 1) > 1e-3
+
+    pc, policy, value, both, prompts, _ = ppo_parts(Tokenizer.load(tok_dir))
+    batches = PPOBatches(lambda index: {**batch, "stats": {}}, 2, pc.ppo_epochs * pc.minibatches, pc.minibatches)
+    trainer = ppo_trainer(pc, both, batches, tmp_path / "single")
+    single = [trainer.train_step(step) for step in range(STEPS)]
+    for a, b in zip(logs[0], single, strict=True):
+        assert a["count"] == b["count"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5, abs=1e-7)
+    for k, v in both.state_dict().items():
+        assert torch.allclose(ranks[0][f"w.{k}"], v, atol=2e-5), k  # Adam: see the GRPO test
