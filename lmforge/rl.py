@@ -50,15 +50,18 @@ def token_logps(model, ids: torch.Tensor, targets: torch.Tensor, temperature: fl
 
     keep = targets != IGNORE_INDEX
     # the head and the log-softmax only where there is a target (a rollout row is about a third
-    # prompt); a wrapped model (DDP, torch.compile) must be called as a whole: full logits
-    sliced = isinstance(model, Transformer) and type(model).forward is Transformer.forward
-    packs = prompt_packs(ids, keep) if sliced and supports(model) else None
+    # prompt); a wrapped model (DDP, torch.compile) must be called through its forward: `keep` there
+    inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or model
+    sliced = isinstance(inner, Transformer) and type(inner).forward is Transformer.forward
+    packs = prompt_packs(ids, keep) if sliced and inner is model and supports(model) else None
     if packs is not None and len(packs) < len(ids):
         used = torch.where(keep.any(1), ids.shape[1] - keep.flip(1).int().argmax(1), 1)  # through the last target
         h, where = pack_rows(model, ids, used, packs)
         logits, tgt = model.lm_head(h[where[keep]]).float(), targets[keep]
-    elif sliced:
+    elif sliced and inner is model:
         logits, tgt = model.lm_head(model.hidden(ids)[keep]).float(), targets[keep]
+    elif sliced:
+        logits, tgt = model(ids, keep=keep).float(), targets[keep]
     else:
         logits, tgt = model(ids).float(), targets.clamp(min=0)
     if temperature > 0 and temperature != 1.0:

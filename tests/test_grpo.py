@@ -129,13 +129,14 @@ def test_init_from_a_stage_that_has_not_run_is_a_one_line_error(tmp_path, capsys
 
 
 def test_token_logps_slices_the_head_like_the_full_forward(toy_data):
-    """token_logps runs the head only on target positions of a plain Transformer; a wrapped model gets full
-    logits: same numbers, same gradient."""
+    """token_logps runs the head only on target positions of a plain Transformer, also through a DDP-style
+    wrapper (`.module`: the forward's `keep`); any other wrapped model gets full logits: same numbers,
+    same gradient."""
     _, tok = toy_data
     model = tiny(tok)
     batch = source(model, tok).make(0)
 
-    class Wrapped(torch.nn.Module):  # what DDP / torch.compile look like to token_logps
+    class Wrapped(torch.nn.Module):  # an unknown wrapper: only its forward(ids) can be called
         def __init__(self, m):
             super().__init__()
             self.m = m
@@ -143,12 +144,25 @@ def test_token_logps_slices_the_head_like_the_full_forward(toy_data):
         def forward(self, ids):
             return self.m(ids)
 
+    class DDPLike(torch.nn.Module):  # what DDP looks like to token_logps: `.module`, kwargs passed on
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+        def forward(self, ids, **kw):
+            return self.module(ids, **kw)
+
+    head_rows = []
+    model.lm_head.register_forward_hook(lambda mod, args, out: head_rows.append(args[0].shape[:-1].numel()))
+    n_targets = int((batch.targets != IGNORE_INDEX).sum())
     sliced = token_logps(model, batch.ids, batch.targets, 0.7)
     full = token_logps(Wrapped(model), batch.ids, batch.targets, 0.7)
+    ddp = token_logps(DDPLike(model), batch.ids, batch.targets, 0.7)
+    assert head_rows[1:] == [batch.ids.numel(), n_targets]  # the DDP-style call ran the head on targets only
     assert torch.allclose(sliced, full, atol=1e-5) and (sliced[batch.targets == IGNORE_INDEX] == 0).all()
-    g_sliced = torch.autograd.grad(sliced.sum(), model.lm_head.weight)[0]
-    g_full = torch.autograd.grad(full.sum(), model.lm_head.weight)[0]
-    assert torch.allclose(g_sliced, g_full, atol=1e-5)
+    assert torch.allclose(sliced, ddp, atol=1e-5) and (ddp[batch.targets == IGNORE_INDEX] == 0).all()
+    grads = [torch.autograd.grad(x.sum(), model.lm_head.weight)[0] for x in (sliced, full, ddp)]
+    assert torch.allclose(grads[0], grads[1], atol=1e-5) and torch.allclose(grads[0], grads[2], atol=1e-5)
 
 
 @pytest.mark.parametrize("kw", [{}, {"position": "learned", "n_kv_head": 2}])

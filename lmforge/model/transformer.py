@@ -127,10 +127,14 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, *, prefix_len: torch.Tensor | None = None,
                 cache: KVCache | None = None, start: int = 0, pad_left: torch.Tensor | None = None,
-                segments: torch.Tensor | None = None) -> torch.Tensor:
-        """idx: (B, T) token ids in columns start..start+T-1 -> logits (B, T, V). See `hidden`."""
-        return self.lm_head(self.hidden(idx, prefix_len=prefix_len, cache=cache, start=start, pad_left=pad_left,
-                                        segments=segments))
+                segments: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids in columns start..start+T-1 -> logits (B, T, V). See `hidden`.
+
+        keep: (B, T) bool -> logits (N, V) of the N kept positions only, in row-major order: the head
+        runs where a loss needs it (a wrapper such as DDP can only call forward).
+        """
+        h = self.hidden(idx, prefix_len=prefix_len, cache=cache, start=start, pad_left=pad_left, segments=segments)
+        return self.lm_head(h if keep is None else h[keep])
 
     def hidden(self, idx: torch.Tensor, *, prefix_len: torch.Tensor | None = None,
                cache: KVCache | None = None, start: int = 0, pad_left: torch.Tensor | None = None,
