@@ -240,3 +240,43 @@ def test_ppo_on_two_processes_whitens_over_both_and_makes_the_single_process_upd
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5, abs=1e-7)
     for k, v in both.state_dict().items():
         assert torch.allclose(ranks[0][f"w.{k}"], v, atol=2e-5), k  # Adam: see the GRPO test
+
+
+# ---- the command line under torchrun ------------------------------------------------------------
+TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=400",
+        "train.steps=4", "train.micro_batch_size=4", "train.seq_len=64", "train.progress=false",
+        "train.tensorboard=false", "train.eval_every=2", "train.eval_batches=1",
+        "toyworld.corpus.n_stories=10", "toyworld.corpus.n_arithmetic_docs=5", "toyworld.corpus.n_word_problems=5",
+        "sft.n_per_task=4", "sft.val_examples=20", "sft.train.steps=4", "sft.train.micro_batch_size=4",
+        "sft.train.progress=false", "sft.train.tensorboard=false",
+        "pairs.n_prompts=40", "pairs.samples=3", "pairs.max_new_tokens=12", "pairs.val_fraction=0.3",
+        "pairs.temperature=1.0", "pairs.min_margin=0", "pairs.tasks={}", "pairs.all_pairs=true",
+        "rm.train.steps=4", "rm.train.micro_batch_size=4", "rm.train.progress=false", "rm.train.tensorboard=false",
+        "ppo.prompts_per_step=8", "ppo.max_new_tokens=8", "ppo.n_prompts=20", "ppo.train.steps=4",
+        "ppo.train.progress=false", "ppo.train.tensorboard=false", "ppo.train.micro_batch_size=4",
+        "grpo.init=sft", "grpo.n_prompts=16", "grpo.prompts_per_step=4", "grpo.group_size=4", "grpo.max_new_tokens=8",
+        "grpo.eval_examples=4", "grpo.eval_samples=1", "grpo.train.steps=3", "grpo.train.progress=false",
+        "grpo.train.tensorboard=false"]
+
+
+def test_torchrun_runs_the_training_stages_on_two_processes(tmp_path):
+    """`torchrun --nproc_per_node 2 -m lmforge run ...` at tiny sizes: pretrain, sft, rm, ppo and grpo
+    train on both processes (the log says world 2), rank 0 alone writes metrics and models."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "lmforge", "run", str(root / "recipes/demo.yaml"), f"out_dir={tmp_path}", "name=t",
+           "stages=[toyworld,tokenizer,pretrain,sft,pairs,rm,ppo,grpo]", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world 2" in done.stdout + done.stderr
+    summary = json.loads((tmp_path / "t/summary.json").read_text())
+    assert summary["grpo"]["steps"] == 3 and summary["ppo"]["steps"] == 4
+    for stage, logged in (("grpo", [1, 2, 3]), ("ppo", [1, 2, 3, 4]), ("sft", [4])):  # sft logs every 10 steps
+        logs = [json.loads(x) for x in (tmp_path / f"t/{stage}/metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in logs if r["kind"] == "train"] == logged, stage  # one writer, no duplicate lines
+        assert (tmp_path / f"t/{stage}/model/model.safetensors").exists()
