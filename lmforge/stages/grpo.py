@@ -6,7 +6,7 @@ Each step: `prompts_per_step` toyworld word problems (training entities) x `grou
 from the current policy; the verifiable-math reward (1 when the final `#### n` is right, plus an
 optional format bonus) is turned into advantages *within each group* (no value model: the group
 is the baseline), and one clipped policy-gradient update per rollout batch (`updates_per_batch`
-slices it into several). Defaults and why are in docs/rl.md. Accuracy on *held-out* word
+slices it into several). Defaults and why are in docs/grpo.md. Accuracy on *held-out* word
 problems (greedy) is measured before and after, and the KL to the starting model is reported.
 Output: `grpo/model/`.
 """
