@@ -131,8 +131,8 @@ class RolloutSource:
     reward: a RewardSource; advantage: (rewards (B,), group_size) -> (B,) advantages.
 
     Under torchrun (`info` with world size W > 1) every rank draws the same `prompts_per_step` prompts
-    and samples the groups of its own P / W of them (rank r: the r-th contiguous slice), with its own
-    random stream (rank 0's is the single-process one). The per-row rewards, lengths and flags are
+    and samples the groups of its own P / W of them (rank r: the r-th contiguous slice), with a seed of
+    its own (rank 0's is the single-process seed). The per-row rewards, lengths and flags are
     gathered, so advantages (batch-scaled ones too) and the logged statistics are those of the whole
     batch on every rank; each rank keeps its own rows. The trainer then sums the gradient over ranks.
     """
@@ -187,7 +187,7 @@ class RolloutSource:
         chosen = self._prompt_ids(batch_index)[rank * per:(rank + 1) * per]
         stop = (self.tok.special[END_OF_TURN], self.tok.eos_id)
         params = SamplingParams(max_new_tokens=self.max_new, temperature=self.temperature, stop_ids=stop,
-                                seed=self.seed * 1_000_003 + batch_index + rank * 7_919, logprobs=True)
+                                seed=self.seed * 1_000_003 + batch_index + rank * 1_000_000_007, logprobs=True)
         outs = Engine(self.model, self.tok, tools=self.tools, batch_size=per * self.G,
                       bf16=self.bf16 and self.device.type == "cpu").generate(
             [self.encoded[i] for i in chosen], params, n=self.G)
@@ -217,11 +217,13 @@ class RolloutSource:
         old = trainer_side if recompute_old else torch.zeros(0, device=self.device)
         mask = targets != IGNORE_INDEX
         diff = (trainer_side.cpu() - eng[:checked]).abs()[mask[:checked].cpu()]
-        parts = getattr(self.reward, "last_parts", None) or {}
-        # per row: reward, length, truncated, malformed, then each reward part; (B_local, k) -> (B, k)
-        local = torch.stack([rewards, mask.sum(1).float().cpu(), truncated, broken,
-                             *[torch.tensor(v, dtype=torch.float32) for v in parts.values()]], 1)
+        # per row: reward, length, truncated, malformed; (B_local, 4) -> (B, 4) in rank order
+        local = torch.stack([rewards, mask.sum(1).float().cpu(), truncated, broken], 1)
         rows = all_gather_rows(local.to(self.device), self.info).cpu()
+        parts = getattr(self.reward, "last_parts", None) or {}  # name -> per-row scores of each summed source
+        if parts:
+            parts_rows = all_gather_rows(torch.tensor(list(parts.values()), dtype=torch.float64, device=self.device).T,
+                                         self.info).cpu()
         all_rewards = rows[:, 0]
         max_diff = all_reduce_max(torch.tensor(float(diff.max()) if diff.numel() else 0.0, device=self.device),
                                   self.info)
@@ -229,7 +231,7 @@ class RolloutSource:
                  "reward_std": float(all_rewards.std()) if len(all_rewards) > 1 else 0.0,
                  "response_length": float(rows[:, 1].mean()), "truncated_fraction": float(rows[:, 2].mean()),
                  "malformed_fraction": float(rows[:, 3].mean()), "logp_max_diff": float(max_diff)}
-        stats.update({f"reward_{k}": float(rows[:, 4 + i].mean()) for i, k in enumerate(parts)})
+        stats.update({f"reward_{k}": float(parts_rows[:, i].mean()) for i, k in enumerate(parts)})
         # advantages over the whole batch (a batch-scaled one needs every rank's rewards); this rank's rows
         lo = rank * len(rewards)
         adv = self.advantage(all_rewards, self.G)[lo:lo + len(rewards)]

@@ -66,8 +66,12 @@ def test_list_of_sources_override():
                      "verifiable-math reward checks a numeric answer), got 'qa'"),
     ("grpo.updates_per_batch=0", "override: grpo.updates_per_batch: expected a positive integer, got 0"),
     ("grpo.clip_high=0.1", "override: grpo.clip_high: expected a number >= clip_low (0.2), got 0.1"),
-    ("ppo.minibatches=64", "override: ppo.minibatches: expected at most prompts_per_step (32): a minibatch needs "
-                           "a rollout, got 64"),
+    ("ppo.minibatches=64", "override: ppo.minibatches: expected a divisor of prompts_per_step (32): every rollout in "
+                           "one minibatch, got 64"),
+    ("ppo.minibatches=3", "override: ppo.minibatches: expected a divisor of prompts_per_step (32): every rollout in "
+                          "one minibatch, got 3"),
+    ("grpo.updates_per_batch=3", "override: grpo.updates_per_batch: expected a divisor of prompts_per_step x "
+                                 "group_size (128): every rollout in one update's slice, got 3"),
     ("ppo.tasks={bogus: 1}", "override: ppo.tasks.bogus: not a toyworld task (tasks: "),
     ("ppo.tasks={qa: x}", "override: ppo.tasks.qa: expected a weight > 0, got 'x'"),
     ("rlaif.val_fraction=1.5", "override: rlaif.val_fraction: expected a number >= 0 and < 1, got 1.5"),

@@ -50,10 +50,19 @@ def _join(rank, world, port):
     return init_distributed("cpu")
 
 
-def _spawn(worker, tok_dir, out):
+def _spawn(worker, tok_dir, out, timeout: float = 300.0):
+    """Two processes of `worker`; a hang (a collective one rank never reaches) fails after `timeout`."""
+    import time
+
     threads = torch.get_num_threads()
+    ctx = mp.spawn(worker, args=(2, _free_port(), tok_dir, out), nprocs=2, join=False)
     try:
-        mp.spawn(worker, args=(2, _free_port(), tok_dir, out), nprocs=2)
+        deadline = time.monotonic() + timeout
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                for proc in ctx.processes:
+                    proc.kill()
+                pytest.fail(f"the 2-process run did not finish in {timeout:.0f} s (a deadlock?)")
     finally:
         torch.set_num_threads(threads)
 
@@ -67,12 +76,20 @@ def _worker(rank, world, port, tok_dir, out):
     src = RolloutSource(model, tok, PROMPTS, StartsWithVowel(), batch_advantages, prompts_per_step=P, group_size=G,
                         max_new_tokens=GC.max_new_tokens, temperature=1.0, seed=0, bf16=False, info=info)
     batches = RolloutBatches(src, micro_batch_size=2, skip_idle=True)
+    ran, make_micro = [], batches.batches
+
+    def counted(step):  # how many micro-batches this rank runs: skip_idle makes it differ between ranks
+        micro = make_micro(step)
+        ran.append(len(micro))
+        return micro
+
+    batches.batches = counted
     trainer = Trainer(cfg=train_config(), model=model, module=GRPOModule(GC, 1.0), batches=batches,
                       out_dir=out / f"rank{rank}", device=torch.device("cpu"), lr=3e-3, info=info,
                       step_stats=lambda: batches.last_stats)
     records, tensors = [], {}
     for step in range(STEPS):
-        records.append(trainer.train_step(step))
+        records.append({**trainer.train_step(step), "micro_batches": ran[-1]})
         b = batches._batch
         tensors.update({f"{step}.ids": b.ids, f"{step}.targets": b.targets, f"{step}.advantages": b.advantages,
                         f"{step}.rewards": b.rewards})
@@ -127,6 +144,8 @@ def test_two_processes_share_the_prompts_and_make_the_single_process_update(toy_
                                      torch.cat([pad(r[f"{step}.targets"], -100) for r in ranks]),
                                      torch.zeros(0), None, adv, rewards, {}))
 
+    # skip_idle left the ranks different numbers of micro-batches to run (2 and 4 at step 0 with these seeds)
+    assert any(logs[0][t]["micro_batches"] != logs[1][t]["micro_batches"] for t in range(STEPS))
     # one process, from the same start, on the same rollouts: the same losses and weights
     model = tiny(Tokenizer.load(tok_dir))
     batches = RolloutBatches(Replay(recorded), micro_batch_size=2, skip_idle=True)
@@ -280,3 +299,34 @@ def test_torchrun_runs_the_training_stages_on_two_processes(tmp_path):
         logs = [json.loads(x) for x in (tmp_path / f"t/{stage}/metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in logs if r["kind"] == "train"] == logged, stage  # one writer, no duplicate lines
         assert (tmp_path / f"t/{stage}/model/model.safetensors").exists()
+
+
+@pytest.mark.parametrize("stage", ["grpo", "ppo"])
+def test_settings_that_do_not_split_across_processes_are_one_line_errors(stage):
+    from lmforge.errors import LmforgeError
+    from lmforge.stages import grpo, ppo
+
+    two = replace(DistInfo(), world_size=2)
+    if stage == "grpo":
+        ok, check = GRPOConfig(prompts_per_step=4, group_size=4, updates_per_batch=8), grpo.check_processes
+        with pytest.raises(LmforgeError, match=r"^grpo.prompts_per_step \(3\) must be a multiple of the number of "
+                                               r"processes \(2\): each samples whole groups of its share$"):
+            check(GRPOConfig(prompts_per_step=3), two)
+        bad, cls = {"prompts_per_step": 4, "group_size": 3, "updates_per_batch": 4}, GRPOConfig  # 6 rows a process
+        msg = (r"^grpo.updates_per_batch \(4\) must divide each process's 6 rollouts \(prompts_per_step / 2 "
+               r"processes x group_size\)$")
+    else:
+        from lmforge.stages.ppo import PPOConfig
+
+        ok, check = PPOConfig(prompts_per_step=8, minibatches=4), ppo.check_processes
+        bad, cls = {"prompts_per_step": 12, "minibatches": 4}, PPOConfig
+        msg = (r"^ppo.prompts_per_step \(12\) must be a multiple of the number of processes \(2\) x "
+               r"ppo.minibatches \(4\): each process splits its share of the rollouts into the minibatches$")
+    check(ok, two)
+    check(cls(**bad), DistInfo())  # one process: fine
+    with pytest.raises(LmforgeError, match=msg):
+        check(cls(**bad), two)
+    ok.train.parallel = "fsdp2"
+    with pytest.raises(LmforgeError, match=rf"^{stage}.train.parallel=fsdp2: rollouts need the whole policy on every "
+                                           rf"process; use {stage}.train.parallel=ddp$"):
+        check(ok, two)

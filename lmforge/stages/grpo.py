@@ -64,6 +64,9 @@ class GRPOConfig:
         check_fields(self, ["task"], lambda v: v in NUMERIC_TASKS,
                      f"one of {', '.join(NUMERIC_TASKS)} (the verifiable-math reward checks a numeric answer)")
         positive(self, "n_prompts", "prompts_per_step", "max_new_tokens", "updates_per_batch", "eval_examples")
+        check_fields(self, ["updates_per_batch"], lambda v: self.prompts_per_step * self.group_size % v == 0,
+                     f"a divisor of prompts_per_step x group_size ({self.prompts_per_step * self.group_size}): "
+                     f"every rollout in one update's slice")
         if self.group_size < 2:
             raise FieldError("group_size", f"a group needs at least 2 samples, got {self.group_size}")
         above_zero(self, "temperature", why="a group's samples must differ")
@@ -150,6 +153,20 @@ def sequence_kl(model, ref, tok, prompts, max_new_tokens: int, seed: int, device
     return float(diff.sum(1).mean())
 
 
+def check_processes(gc: GRPOConfig, info) -> None:
+    """Under torchrun: DDP only, and every process gets whole groups that split into the updates' slices."""
+    if info.enabled and gc.train.parallel == "fsdp2":
+        raise LmforgeError("grpo.train.parallel=fsdp2: rollouts need the whole policy on every process; "
+                           "use grpo.train.parallel=ddp")
+    if gc.prompts_per_step % info.world_size:
+        raise LmforgeError(f"grpo.prompts_per_step ({gc.prompts_per_step}) must be a multiple of the number of "
+                           f"processes ({info.world_size}): each samples whole groups of its share")
+    rows = gc.prompts_per_step // info.world_size * gc.group_size
+    if rows % gc.updates_per_batch:
+        raise LmforgeError(f"grpo.updates_per_batch ({gc.updates_per_batch}) must divide each process's {rows} "
+                           f"rollouts (prompts_per_step / {info.world_size} processes x group_size)")
+
+
 def run(ctx) -> dict:
     import copy
 
@@ -165,12 +182,7 @@ def run(ctx) -> dict:
 
     cfg, info, gc = ctx.cfg, ctx.info, ctx.cfg.grpo
     tc, out = gc.train, ctx.stage_dir("grpo")
-    if info.enabled and tc.parallel == "fsdp2":
-        raise LmforgeError("grpo.train.parallel=fsdp2: rollouts need the whole policy on every process; "
-                           "use grpo.train.parallel=ddp")
-    if gc.prompts_per_step % info.world_size:
-        raise LmforgeError(f"grpo.prompts_per_step ({gc.prompts_per_step}) must be a multiple of the number of "
-                           f"processes ({info.world_size}): each samples whole groups of its share")
+    check_processes(gc, info)
     src = model_dir(ctx, gc.init, "grpo.init")
     tok = Tokenizer.load(src)
     device = resolve_device(tc.device, info)

@@ -54,8 +54,8 @@ class PPOConfig:
 
     def __post_init__(self):
         positive(self, "prompts_per_step", "n_prompts", "max_new_tokens", "ppo_epochs", "minibatches")
-        check_fields(self, ["minibatches"], lambda v: v <= self.prompts_per_step,
-                     f"at most prompts_per_step ({self.prompts_per_step}): a minibatch needs a rollout")
+        check_fields(self, ["minibatches"], lambda v: self.prompts_per_step % v == 0,
+                     f"a divisor of prompts_per_step ({self.prompts_per_step}): every rollout in one minibatch")
         above_zero(self, "temperature")
         non_negative(self, "kl_coef", "kl_target", "clip", "value_clip", "value_coef", "length_penalty")
         fraction(self, "gamma", "lam")
@@ -124,8 +124,8 @@ class PPOModule:
 def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device, bf16, kl_ctl, info=None):
     """A function batch_index -> rollout batch dict (tensors + stats), closing over the models.
 
-    Under torchrun (`info`, world size W) each rank samples its own P / W of the batch's prompts (rank 0
-    with the single-process random stream); advantages are whitened, and statistics and the adaptive KL
+    Under torchrun (`info`, world size W) each rank samples its own P / W of the batch's prompts, with a
+    seed of its own (rank 0: the single-process seed); advantages are whitened, and statistics and the adaptive KL
     controller's input are averaged, over every rank's rollouts."""
     from lmforge.engine import Engine, SamplingParams
     from lmforge.losses.rl import gae, kl_penalty, token_rewards, whiten
@@ -143,7 +143,7 @@ def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device,
     def mean(t: torch.Tensor) -> float:  # a per-rollout quantity, averaged over the whole batch
         if not info.enabled:
             return float(t.float().mean())
-        return float(all_sum(t.float().sum()) / pc.prompts_per_step)
+        return float(all_sum(t.float().sum().to(device)) / pc.prompts_per_step)  # NCCL reduces device tensors
 
     def make(index: int) -> dict:
         import random
@@ -151,7 +151,8 @@ def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device,
         rng = random.Random(f"ppo:{seed}:{index}")
         chosen = rng.sample(range(len(prompts)), pc.prompts_per_step)[info.rank * per:(info.rank + 1) * per]
         params = SamplingParams(max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
-                                seed=seed + index + info.rank * 7_919, stop_ids=(tok.special[END_OF_TURN], tok.eos_id))
+                                seed=seed + index + info.rank * 1_000_000_007,  # rank 0: the one-process seed
+                                stop_ids=(tok.special[END_OF_TURN], tok.eos_id))
         enc = [prompts[i][1] for i in chosen]
         comps = [c[0] for c in Engine(policy, tok, batch_size=len(enc)).generate(enc, params)]
         texts = [tok.decode(c.ids, skip_special=True).strip() for c in comps]
@@ -182,6 +183,17 @@ def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device,
     return make
 
 
+def check_processes(pc: PPOConfig, info) -> None:
+    """Under torchrun: DDP only, and every process's share of the rollouts splits into the minibatches."""
+    if info.enabled and pc.train.parallel == "fsdp2":
+        raise LmforgeError("ppo.train.parallel=fsdp2: rollouts need the whole policy on every process; "
+                           "use ppo.train.parallel=ddp")
+    if pc.prompts_per_step % (info.world_size * pc.minibatches):
+        raise LmforgeError(f"ppo.prompts_per_step ({pc.prompts_per_step}) must be a multiple of the number of "
+                           f"processes ({info.world_size}) x ppo.minibatches ({pc.minibatches}): each process "
+                           f"splits its share of the rollouts into the minibatches")
+
+
 def run(ctx) -> dict:
     from lmforge.chat import render_prompt
     from lmforge.losses.rl import AdaptiveKLController, FixedKLController
@@ -196,13 +208,7 @@ def run(ctx) -> dict:
 
     cfg, info, pc = ctx.cfg, ctx.info, ctx.cfg.ppo
     tc, out = pc.train, ctx.stage_dir("ppo")
-    if info.enabled and tc.parallel == "fsdp2":
-        raise LmforgeError("ppo.train.parallel=fsdp2: rollouts need the whole policy on every process; "
-                           "use ppo.train.parallel=ddp")
-    if pc.prompts_per_step % info.world_size or pc.prompts_per_step // info.world_size < pc.minibatches:
-        raise LmforgeError(f"ppo.prompts_per_step ({pc.prompts_per_step}) must be a multiple of the number of "
-                           f"processes ({info.world_size}), with at least ppo.minibatches ({pc.minibatches}) "
-                           f"rollouts on each")
+    check_processes(pc, info)
     device = resolve_device(tc.device, info)
     src = model_dir(ctx, pc.init, "ppo.init")
     tok = Tokenizer.load(src)
