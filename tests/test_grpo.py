@@ -165,13 +165,19 @@ def test_token_logps_slices_the_head_like_the_full_forward(toy_data):
     assert torch.allclose(grads[0], grads[1], atol=1e-5) and torch.allclose(grads[0], grads[2], atol=1e-5)
 
 
+@pytest.mark.parametrize("pass_cost", [256, 0])
 @pytest.mark.parametrize("kw", [{}, {"position": "learned", "n_kv_head": 2}])
-def test_token_logps_of_a_group_packed_equal_each_row_alone(kw, toy_data):
+def test_token_logps_of_a_group_packed_equal_each_row_alone(kw, pass_cost, toy_data, monkeypatch):
     """A group's samples (consecutive rows, same prompt) run as one packed row, the prompt once: each
     row's log-probs and the gradient equal those of the row run by itself (rows of different lengths,
-    a forced token inside a completion, two groups side by side, a group of one reply, a pair)."""
+    a forced token inside a completion, two groups side by side, a group of one reply, a pair).
+    pass_cost 0: every reply length runs in a bucket of its own (`length_buckets`)."""
+    import lmforge.model.shared_prefix as sp
     from lmforge.rl import prompt_packs
 
+    monkeypatch.setattr(sp, "PASS_COST", pass_cost)
+    buckets = []
+    monkeypatch.setattr(sp, "length_buckets", lambda n, c, f=sp.length_buckets: buckets.append(f(n, c)) or buckets[-1])
     _, tok = toy_data
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4, max_seq_len=64,
@@ -179,6 +185,8 @@ def test_token_logps_of_a_group_packed_equal_each_row_alone(kw, toy_data):
     batch = source(model, tok, P=2, G=4, max_new=6).make(0)
     ids, targets = batch.ids, batch.targets.clone()
     targets[1, targets[1].ne(IGNORE_INDEX).nonzero()[1, 0]] = IGNORE_INDEX  # a forced (untrained) token
+    for r, cut in ((2, 3), (5, 2), (6, 4)):  # shorter replies: own parts of different lengths
+        targets[r, targets[r].ne(IGNORE_INDEX).nonzero()[-cut:, 0]] = IGNORE_INDEX
     assert prompt_packs(ids, targets != IGNORE_INDEX) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     weights = torch.randn(targets.shape)
     packed = token_logps(model, ids, targets, 0.7)
@@ -186,6 +194,7 @@ def test_token_logps_of_a_group_packed_equal_each_row_alone(kw, toy_data):
     alone = torch.cat([token_logps(model, ids[r:r + 1], targets[r:r + 1], 0.7) for r in range(len(ids))])
     g_alone = torch.autograd.grad((alone * weights).sum(), list(model.parameters()))
     assert (targets != IGNORE_INDEX).sum() > 20 and packed.abs().max() > 1
+    assert (len(buckets[-1]) > 2) == (pass_cost == 0)  # several buckets, or one where a pass costs more
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
     for a, b in zip(g_alone, g_packed, strict=True):  # atol: summation order (test_preference_train)
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)

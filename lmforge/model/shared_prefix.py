@@ -135,9 +135,12 @@ def _one_row_per_pack(model, flat: torch.Tensor, layout) -> tuple[torch.Tensor, 
 def pack_rows(model, ids: torch.Tensor, used: torch.Tensor, packs: list[list[int]]) -> tuple[torch.Tensor,
                                                                                             torch.Tensor]:
     """Final hidden states of rows run in packs (see the module docstring), in two passes: the shared
-    parts (P, S) with plain causal attention, then every row's own part (Ro, W), whose queries attend
-    to its pack's shared keys and values (kept from the first pass: gradients flow back through them)
-    and causally to its own. No attention is spent between two rows' own parts.
+    parts (P, S) with plain causal attention, then every row's own part, whose queries attend to its
+    pack's shared keys and values (kept from the first pass: gradients flow back through them) and
+    causally to its own. No attention is spent between two rows' own parts. The own parts run in
+    buckets of similar length (`length_buckets`), each padded to its own longest part: GRPO replies
+    vary from a few tokens to the limit, and one bucket padded to the longest spent two thirds of the
+    second pass on padding (demo model, 128 rows of 8 x 16: forward + backward 0.61-0.68 s -> 0.30 s).
 
     Packs of at most two rows (preference pairs) run in one pass instead, each pack one masked row
     (`_one_row_per_pack`): with two short replies the wasted attention costs less than a second
@@ -148,7 +151,7 @@ def pack_rows(model, ids: torch.Tensor, used: torch.Tensor, packs: list[list[int
     ids (R, T) tokens, used (R,) how many leading tokens of each row matter, packs: row indices run
     together (their common start, however long, is run once). Returns (h (P * S + Ro * W, C), where
     (R, T)): row r's token i sits at h[where[r, i]] for i < used[r], as a separate causal forward of
-    row r gives it.
+    row r gives it (h: the first pass's P * S rows, then each bucket's rows x its width).
     """
     dev = ids.device
     layout = pack_layout(ids.cpu().numpy(), used.cpu().numpy(), packs)
@@ -162,14 +165,55 @@ def pack_rows(model, ids: torch.Tensor, used: torch.Tensor, packs: list[list[int
     h = _run(model, flat[t(shared_src)], torch.arange(S, device=dev), None, kv)          # (P, S, C)
     outs = [h.reshape(P * S, -1)]
     if own_src.size:
-        Ro, W = own_src.shape
-        s = t(shared)[t(own_pack)]                                                        # (Ro,) shared lengths
-        cols = torch.arange(max(S, W), device=dev)
-        pos = (s[:, None] + cols[None, :W]).clamp(max=model.cfg.max_seq_len - 1)         # (Ro, W)
-        see_shared = (cols[None, None, :S] < s[:, None, None]).expand(Ro, W, S)          # (Ro, W, S)
-        see_own = torch.ones(W, W, dtype=torch.bool, device=dev).tril()[None].expand(Ro, W, W)
-        allowed = torch.cat([see_shared, see_own], 2)                                     # (Ro, W, S + W)
-        bias = torch.zeros(allowed.shape, device=dev).masked_fill(~allowed, float("-inf"))[:, None]
-        kv.rows = t(own_pack)
-        outs.append(_run(model, flat[t(own_src)], pos, bias, kv).reshape(Ro * W, -1))   # (Ro * W, C)
+        W = own_src.shape[1]
+        # own parts of similar length run together, each bucket padded to its own longest part only
+        remap, base = np.zeros(own_src.size, dtype=np.int64), P * S      # two-pass index -> bucketed index
+        for rows in length_buckets(own_len, PASS_COST):
+            Rb, Wb = len(rows), int(own_len[rows].max())
+            s = t(shared[own_pack[rows]])                                                 # (Rb,) shared lengths
+            cols = torch.arange(max(S, Wb), device=dev)
+            pos = (s[:, None] + cols[None, :Wb]).clamp(max=model.cfg.max_seq_len - 1)    # (Rb, Wb)
+            see_shared = (cols[None, None, :S] < s[:, None, None]).expand(Rb, Wb, S)     # (Rb, Wb, S)
+            see_own = torch.ones(Wb, Wb, dtype=torch.bool, device=dev).tril()[None].expand(Rb, Wb, Wb)
+            allowed = torch.cat([see_shared, see_own], 2)                                 # (Rb, Wb, S + Wb)
+            bias = torch.zeros(allowed.shape, device=dev).masked_fill(~allowed, float("-inf"))[:, None]
+            kv.rows = t(own_pack[rows])
+            outs.append(_run(model, flat[t(own_src[rows, :Wb])], pos, bias, kv).reshape(Rb * Wb, -1))
+            old = (rows[:, None] * W + np.arange(Wb)).reshape(-1)
+            remap[old] = base + np.arange(Rb * Wb)
+            base += Rb * Wb
+        own = where >= P * S
+        where = where.copy()
+        where[own] = remap[where[own] - P * S]
     return torch.cat(outs), t(where)
+
+
+# What one more pass through the layers costs, in padded tokens (see length_buckets)
+PASS_COST = 256
+
+
+def length_buckets(lengths: np.ndarray, pass_cost: int = PASS_COST) -> list[np.ndarray]:
+    """Rows (indices) grouped by length so that padding each group to its longest row wastes little:
+    minimizes sum(rows x longest) over groups + pass_cost per group (the fixed cost of one more pass
+    through the layers, in tokens: ~10 ms of op overhead on a CPU, where a token of a small model costs
+    ~40 us forward and backward). Optimal for contiguous runs of the sorted lengths (dynamic programming).
+
+    >>> [b.tolist() for b in length_buckets(np.array([60, 5, 6, 58, 7, 5, 59, 6]), pass_cost=20)]
+    [[1, 5, 2, 7, 4], [3, 6, 0]]
+    >>> [b.tolist() for b in length_buckets(np.array([60, 5, 6, 58]), pass_cost=500)]
+    [[1, 2, 3, 0]]
+    """
+    order = np.argsort(lengths, kind="stable")
+    sl = lengths[order].tolist()
+    n = len(sl)
+    best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)   # best[j]: cost of the first j sorted rows
+    for j in range(1, n + 1):
+        for i in range(j):                                    # last group: sorted rows i .. j - 1
+            c = best[i] + (j - i) * sl[j - 1] + pass_cost
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
