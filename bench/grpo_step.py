@@ -47,7 +47,7 @@ on the random model).
 A benchmark, not a test: nothing asserts speed.
 
     python bench/grpo_step.py                         # d_model 256 x 4 layers, vocab 2048, 8 prompts x 8, 64 new
-    python bench/grpo_step.py --checkpoint runs/demo/sft/model --prompts 16 --steps 5
+    python bench/grpo_step.py --checkpoint runs/demo/dpo/model --group 16   # the demo's GRPO shape and model
     python bench/grpo_step.py --threads 1             # a CPU other processes are busy on: 2 threads can stall 10x
 """
 
