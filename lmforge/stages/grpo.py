@@ -143,6 +143,8 @@ def sequence_kl(model, ref, tok, prompts, max_new_tokens: int, seed: int, device
     from lmforge.rl import rows_from_rollouts, token_logps
     from lmforge.tokenizer import END_OF_TURN
 
+    if not prompts:
+        return 0.0
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
                             stop_ids=(tok.special[END_OF_TURN], tok.eos_id))
     outs = Engine(model, tok, batch_size=64).generate(prompts, params)
@@ -176,7 +178,7 @@ def run(ctx) -> dict:
     from lmforge.rl import RolloutBatches, RolloutSource
     from lmforge.stages.common import load_world, model_dir
     from lmforge.tokenizer import Tokenizer
-    from lmforge.train.distributed import barrier, resolve_device
+    from lmforge.train.distributed import barrier, mean_over_ranks, resolve_device
     from lmforge.train.metrics import read_metrics
     from lmforge.train.trainer import Trainer
 
@@ -196,12 +198,17 @@ def run(ctx) -> dict:
 
     tools = TOOLS if gc.calculator else None
 
+    mine = heldout[info.rank::info.world_size]  # under torchrun each rank scores its share
+
+    def pooled(mean: float, n: int) -> float:  # a mean over this rank's n items -> over every rank's
+        return mean_over_ranks(mean * n, n, info, device) if info.enabled else mean
+
     def accuracies(m) -> tuple[float, float]:  # (greedy, mean over eval_samples samples at the RL temperature)
-        greedy = word_problem_accuracy(m.eval(), tok, heldout, gc.max_new_tokens, tools)
+        greedy = pooled(word_problem_accuracy(m.eval(), tok, mine, gc.max_new_tokens, tools), len(mine))
         if gc.eval_samples < 1:
             return greedy, float("nan")
-        return greedy, word_problem_accuracy(m, tok, heldout, gc.max_new_tokens, tools, gc.temperature,
-                                             gc.eval_samples, seed=cfg.seed + 7)
+        return greedy, pooled(word_problem_accuracy(m, tok, mine, gc.max_new_tokens, tools, gc.temperature,
+                                                    gc.eval_samples, seed=cfg.seed + 7), len(mine))
 
     acc_before, sampled_before = accuracies(model)
     reward = VerifiableMath(format_bonus=gc.format_reward)
@@ -221,8 +228,9 @@ def run(ctx) -> dict:
     trainer.run(start_step=start)
     model.eval()
     acc_after, sampled_after = accuracies(model)
-    kl = sequence_kl(model, ref, tok, [render_prompt(e.messages[:-1], tok) for e in heldout[:64]],
-                     gc.max_new_tokens, cfg.seed, device)
+    kl_prompts = [render_prompt(e.messages[:-1], tok) for e in heldout[:64]][info.rank::info.world_size]
+    kl = sequence_kl(model, ref, tok, kl_prompts, gc.max_new_tokens, cfg.seed, device)
+    kl = pooled(kl, len(kl_prompts))
     if info.is_main:
         save_model(model.cpu(), out / "model", src)
     barrier(info)  # rank 0's metrics file is complete before any rank reads it

@@ -13,6 +13,7 @@ Output: `ppo/model/` (the policy). `eval_ppo` judges it against the SFT model.
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -202,7 +203,7 @@ def run(ctx) -> dict:
     from lmforge.stages.common import load_world, model_dir
     from lmforge.tokenizer import Tokenizer
     from lmforge.toyworld.judge import preference_prompts
-    from lmforge.train.distributed import barrier, resolve_device
+    from lmforge.train.distributed import barrier, mean_over_ranks, resolve_device
     from lmforge.train.metrics import read_metrics
     from lmforge.train.trainer import Trainer
 
@@ -228,7 +229,8 @@ def run(ctx) -> dict:
     make = make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, cfg.seed, device, bf16, kl_ctl, info)
     batches = PPOBatches(make, tc.micro_batch_size, pc.ppo_epochs * pc.minibatches, pc.minibatches)
     both = PolicyAndValue(policy, value)
-    score_before = heldout_score(policy, tok, heldout, rm_source, pc.max_new_tokens)
+    mine = heldout[info.rank::info.world_size]  # under torchrun each rank scores its share
+    score_before = mean_over_ranks(*heldout_score(policy, tok, mine, rm_source, pc.max_new_tokens), info, device)
     trainer = Trainer(cfg=tc, model=both, module=PPOModule(pc, pc.temperature), batches=batches, out_dir=out,
                       device=device, lr=tc.lr, info=info, step_stats=lambda: batches.last_stats)
     start = resume_step(ctx, trainer, "ppo")
@@ -236,7 +238,7 @@ def run(ctx) -> dict:
             f"{pc.minibatches} minibatches, kl_coef {pc.kl_coef}; held-out reward-model score before: "
             f"{score_before:.3f}")
     trainer.run(start_step=start)
-    score_after = heldout_score(policy, tok, heldout, rm_source, pc.max_new_tokens)
+    score_after = mean_over_ranks(*heldout_score(policy, tok, mine, rm_source, pc.max_new_tokens), info, device)
     if info.is_main:
         save_model(policy.cpu(), out / "model", src)
     barrier(info)  # rank 0's metrics file is complete before any rank reads it
@@ -249,14 +251,17 @@ def run(ctx) -> dict:
             "kl_last": mean("kl"), "response_length_last": mean("response_length")}
 
 
-def heldout_score(policy, tok, examples, rm_source, max_new_tokens: int) -> float:
-    """Mean reward-model score of greedy answers to held-out prompts."""
+def heldout_score(policy, tok, examples, rm_source, max_new_tokens: int) -> tuple[float, int]:
+    """(summed reward-model score, count) of greedy answers to held-out prompts."""
     from lmforge.rewards import RewardRequest
     from lmforge.stages.eval_dpo import greedy_answers
 
+    if not examples:
+        return 0.0, 0
     prompts = [e.messages[:-1] for e in examples]
     answers = greedy_answers(policy, tok, prompts, max_new_tokens)
-    return statistics.fmean(rm_source.score([RewardRequest(p, a) for p, a in zip(prompts, answers, strict=True)]))
+    scores = rm_source.score([RewardRequest(p, a) for p, a in zip(prompts, answers, strict=True)])
+    return math.fsum(scores), len(scores)
 
 
 def run_eval(ctx) -> dict:

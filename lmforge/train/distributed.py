@@ -111,6 +111,16 @@ def all_gather_rows(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return out
 
 
+def mean_over_ranks(total: float, count: int, info: DistInfo, device: torch.device) -> float:
+    """(sum of every rank's `total`) / (sum of every rank's `count`): a mean over sharded work.
+
+    >>> mean_over_ranks(3.0, 4, DistInfo(), torch.device("cpu"))
+    0.75
+    """
+    t = all_reduce_sum(torch.tensor([float(total), float(count)], dtype=torch.float64, device=device), info)
+    return float(t[0] / t[1]) if float(t[1]) else float("nan")
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
