@@ -44,8 +44,15 @@ def _pipeline_command(args, until: str | None) -> int:
 
     cfg = load_run_config(find_recipe(args.recipe), args.overrides)
     if args.dry_run:
+        from lmforge.config import check_paths
+
         print(dump_yaml(cfg), end="")
-        return 0
+        problems, checked, hub = check_paths(cfg)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"dry run: {checked} local data path(s) checked, {len(problems)} missing"
+              + (f"; {hub} Hub dataset id(s) not checked (they need the network)" if hub else ""), file=sys.stderr)
+        return 2 if problems else 0
     from lmforge.pipeline import stages_up_to
 
     stages_up_to(cfg, until)  # a stage the recipe does not list is an error before anything is deleted
@@ -160,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         if recipe:
             p.add_argument("recipe", help="recipe YAML (or the name of one in recipes/)")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.n_layer=6")
-        p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the resolved config, check that the local data files it names exist, and exit")
         p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
         p.add_argument("--fresh", action="store_true",
                        help="delete this stage's and later stages' outputs first (an evaluation stage: its own "

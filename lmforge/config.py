@@ -320,3 +320,39 @@ class RunConfig:
 
 def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     return load_config(RunConfig, path, overrides)
+
+
+def check_paths(cfg: RunConfig) -> tuple[list[str], int, int]:
+    """The local files and directories that the recipe's stages would read (every `path` of a data
+    source, decontamination set or word list in the sections of the stages it runs): (problems, one line
+    each naming the key; how many were checked; how many are Hub ids, which need the network to check).
+    For `--dry-run`: a missing file is found before anything trains."""
+    import glob
+
+    sections = set(cfg.stages) | ({"data"} if {"curate", "pretrain"} & set(cfg.stages) else set())
+    problems: list[str] = []
+    counts = [0, 0]
+
+    def visit(obj, key: str) -> None:
+        if dataclasses.is_dataclass(obj):
+            path = getattr(obj, "path", None)
+            if isinstance(path, str) and path:
+                hub = "hf" in (getattr(obj, "format", ""), getattr(obj, "file_format", ""))
+                if hub and not Path(path).exists():
+                    counts[1] += 1
+                else:
+                    counts[0] += 1
+                    if not Path(path).exists() and not (glob.has_magic(path) and glob.glob(path, recursive=True)):
+                        why = "no files match" if glob.has_magic(path) else "file not found"
+                        problems.append(f"{key}.path: {path}: {why}")
+            for f in dataclasses.fields(obj):
+                visit(getattr(obj, f.name), f"{key}.{f.name}")
+        elif isinstance(obj, (list, tuple)):
+            for i, item in enumerate(obj):
+                visit(item, f"{key}.{i}")
+
+    for f in dataclasses.fields(cfg):
+        if f.name in sections:
+            visit(getattr(cfg, f.name), f.name)
+    return problems, counts[0], counts[1]
+

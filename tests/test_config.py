@@ -134,6 +134,28 @@ def test_dry_run_prints_resolved_config(capsys):
     assert dump_yaml(load_run_config(ROOT / "recipes/demo.yaml", ["model.n_layer=7"])) == out
 
 
+def test_dry_run_checks_the_local_data_files_of_the_stages_it_would_run(tmp_path, capsys):
+    """--dry-run reads nothing, but a data file that is not there is found before anything trains: each
+    missing path is one line naming its key (exit 2); Hub ids are counted, not checked; a section of a
+    stage the recipe does not run is not checked."""
+    real = tmp_path / "chat.jsonl"
+    real.write_text('{"messages": []}\n')
+    sources = (f"sft.sources=[{{path: {real}}}, {{path: {tmp_path}/missing.jsonl}}, {{path: '{tmp_path}/*.parquet'}}, "
+               f"{{path: someone/chats, file_format: hf}}]")
+    args = ["run", str(ROOT / "recipes/demo.yaml"), "stages=[sft]", sources,
+            f"dpo.sources=[{{path: {tmp_path}/not_run.jsonl}}]", "--dry-run"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "sources:" in captured.out  # the resolved config is still printed
+    assert captured.err.splitlines() == [
+        f"error: sft.sources.1.path: {tmp_path}/missing.jsonl: file not found",
+        f"error: sft.sources.2.path: {tmp_path}/*.parquet: no files match",
+        "dry run: 3 local data path(s) checked, 2 missing; 1 Hub dataset id(s) not checked (they need the network)"]
+    assert main(["run", str(ROOT / "recipes/demo.yaml"), "stages=[sft]", f"sft.sources=[{{path: {real}}}]",
+                 "--dry-run"]) == 0
+    assert capsys.readouterr().err == "dry run: 1 local data path(s) checked, 0 missing\n"
+
+
 def test_batch_tokens_and_depth_preset_derive_grad_accum():
     from lmforge.stages.pretrain import resolve_batch
     from lmforge.train.config import TrainConfig
