@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lmforge.data.chat_sources import ChatSourceConfig
 from lmforge.errors import FieldError, LmforgeError, above_zero, check_fields, non_negative, one_of, positive
 from lmforge.pipeline import Stage
 from lmforge.stages.common import resume_step
@@ -36,6 +37,11 @@ class GRPOConfig:
     init: str = "sft"                 # starting policy (and reference): a stage of this run or a checkpoint dir
     task: str = "word_problem"        # toyworld task the prompts come from (training entities)
     n_prompts: int = 2000             # prompt pool (drawn without replacement, epoch by epoch)
+    # real data instead of toyworld: chat records whose last reply ends in the answer's number ("#### 72"),
+    # e.g. GSM8K's train split through `fields: {instruction: question, output: answer}`
+    sources: list[ChatSourceConfig] = field(default_factory=list)
+    eval_sources: list[ChatSourceConfig] = field(default_factory=list)  # held-out problems (e.g. GSM8K test);
+                                      # empty: eval_examples of `sources` (at most 10%), kept out of training
     prompts_per_step: int = 16
     group_size: int = 8
     max_new_tokens: int = 64
@@ -52,7 +58,7 @@ class GRPOConfig:
     format_reward: float = 0.1        # bonus for ending with a "#### n" line
     length_penalty: float = 0.0       # subtracted when a completion hits max_new_tokens unfinished
     malformed_penalty: float = 0.0    # subtracted when a reply does not end its turn or leaves a tool call open
-    eval_examples: int = 200          # held-out word problems scored before and after: greedy, and
+    eval_examples: int = 200          # held-out problems scored before and after: greedy, and
     eval_samples: int = 4             # this many samples each at `temperature` (the policy RL trains)
     calculator: bool = False          # rollouts and evaluation run the calculator tool (sft.calculator)
     train: TrainConfig = field(default_factory=_grpo_train_defaults)
@@ -155,6 +161,67 @@ def sequence_kl(model, ref, tok, prompts, max_new_tokens: int, seed: int, device
     return float(diff.sum(1).mean())
 
 
+def source_problems(gc: GRPOConfig, seed: int) -> tuple[list, list, dict]:
+    """(train, held-out, stats) problems from grpo.sources (and grpo.eval_sources): (messages up to the
+    question, {"answer": the reference reply's final number}). Held out of `sources` when there are no
+    eval_sources: the first eval_examples (at most 10%), and every copy of them (upsampled sources)."""
+    train, skipped = _problems(gc.sources, seed, "grpo.sources")
+    if gc.eval_sources:
+        heldout, _ = _problems(gc.eval_sources, seed, "grpo.eval_sources")
+        heldout = heldout[:gc.eval_examples]
+    else:
+        n = min(gc.eval_examples, len(train) // 10)
+        if n == 0:
+            raise LmforgeError(f"grpo.sources: {len(train)} problems are too few to hold {gc.eval_examples} out for "
+                               f"evaluation (10% at most); add problems, or set grpo.eval_sources")
+        heldout = train[:n]
+        held = {repr(p) for p in heldout}
+        train = [p for p in train[n:] if repr(p) not in held]
+    if not train:
+        raise LmforgeError("grpo.sources: every problem is a copy of a held-out one; nothing is left to train on")
+    return train, heldout, {"train_problems": len(train), "heldout_problems": len(heldout), "skipped_records": skipped}
+
+
+def _problems(sources: list, seed: int, key: str) -> tuple[list, int]:
+    """(messages without the last reply, {"answer"}) per conversation whose last reply holds a number."""
+    from lmforge.data.chat_sources import mix
+    from lmforge.rewards.math import VerifiableMath
+
+    convs, stats = mix(sources, seed=seed)
+    final_number = VerifiableMath().prediction  # "#### n" when there is one, else the last number
+    out = []
+    for conv in convs:
+        answer = final_number(conv[-1]["content"]) if len(conv) > 1 and conv[-1]["role"] == "assistant" else None
+        if answer is not None:
+            out.append((conv[:-1], {"answer": answer, "task": "source"}))
+    skipped = len(convs) - len(out) + sum(row["skipped"] for row in stats["sources"])
+    if not out:
+        raise LmforgeError(f"{key}: none of {len(convs)} conversations ends with an assistant reply holding a number "
+                           f"(the verifiable answer, e.g. '#### 72'); for GSM8K-style records set "
+                           f"fields: {{instruction: question, output: answer}}")
+    return out, skipped
+
+
+def answer_accuracy(model, tok, problems, max_new_tokens: int, tools=None, temperature: float = 0.0,
+                    samples: int = 1, seed: int = 0) -> float:
+    """Share of answers (greedy, or `samples` each at `temperature`) whose final number is the problem's."""
+    from lmforge.chat import render_prompt
+    from lmforge.engine import Engine, SamplingParams
+    from lmforge.rewards import RewardRequest
+    from lmforge.rewards.math import VerifiableMath
+    from lmforge.tokenizer import END_OF_TURN
+
+    if not problems:
+        return 0.0
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                            stop_ids=(tok.special[END_OF_TURN], tok.eos_id))
+    outs = Engine(model, tok, tools=tools, batch_size=64).generate([render_prompt(m, tok) for m, _ in problems],
+                                                                   params, n=samples)
+    reqs = [RewardRequest(m, tok.decode(a.ids, skip_special=True).strip(), meta)
+            for (m, meta), answers in zip(problems, outs, strict=True) for a in answers]
+    return sum(VerifiableMath().score(reqs)) / len(reqs)
+
+
 def check_processes(gc: GRPOConfig, info) -> None:
     """Under torchrun: DDP only, and every process gets whole groups that split into the updates' slices."""
     if info.enabled and gc.train.parallel == "fsdp2":
@@ -191,24 +258,28 @@ def run(ctx) -> dict:
     torch.manual_seed(cfg.seed)
     model = load_model(src, device)
     ref = copy.deepcopy(model).eval().requires_grad_(False)      # the starting policy, frozen
-    world = load_world(ctx)
-    train_prompts, _ = rl_prompts(world, gc.task, gc.n_prompts, cfg.seed)
-    _, heldout = rl_prompts(world, gc.task, gc.eval_examples, cfg.seed + 50_000, split="heldout", evaluation=True)
     from lmforge.tools import TOOLS
 
     tools = TOOLS if gc.calculator else None
-
+    if gc.sources:  # real data: (messages, {"answer"}) items, scored by the same verifier as the reward
+        train_prompts, heldout, data_stats = source_problems(gc, cfg.seed)
+        score = answer_accuracy
+    else:
+        world = load_world(ctx)
+        train_prompts, _ = rl_prompts(world, gc.task, gc.n_prompts, cfg.seed)
+        _, heldout = rl_prompts(world, gc.task, gc.eval_examples, cfg.seed + 50_000, split="heldout", evaluation=True)
+        data_stats, score = {}, word_problem_accuracy
     mine = heldout[info.rank::info.world_size]  # under torchrun each rank scores its share
 
     def pooled(mean: float, n: int) -> float:  # a mean over this rank's n items -> over every rank's
         return mean_over_ranks(mean * n, n, info, device) if info.enabled else mean
 
     def accuracies(m) -> tuple[float, float]:  # (greedy, mean over eval_samples samples at the RL temperature)
-        greedy = pooled(word_problem_accuracy(m.eval(), tok, mine, gc.max_new_tokens, tools), len(mine))
+        greedy = pooled(score(m.eval(), tok, mine, gc.max_new_tokens, tools), len(mine))
         if gc.eval_samples < 1:
             return greedy, float("nan")
-        return greedy, pooled(word_problem_accuracy(m, tok, mine, gc.max_new_tokens, tools, gc.temperature,
-                                                    gc.eval_samples, seed=cfg.seed + 7), len(mine))
+        return greedy, pooled(score(m, tok, mine, gc.max_new_tokens, tools, gc.temperature, gc.eval_samples,
+                                    seed=cfg.seed + 7), len(mine))
 
     acc_before, sampled_before = accuracies(model)
     reward = VerifiableMath(format_bonus=gc.format_reward)
@@ -228,7 +299,8 @@ def run(ctx) -> dict:
     trainer.run(start_step=start)
     model.eval()
     acc_after, sampled_after = accuracies(model)
-    kl_prompts = [render_prompt(e.messages[:-1], tok) for e in heldout[:64]][info.rank::info.world_size]
+    kl_prompts = [render_prompt(e[0] if gc.sources else e.messages[:-1], tok)
+                  for e in heldout[:64]][info.rank::info.world_size]
     kl = sequence_kl(model, ref, tok, kl_prompts, gc.max_new_tokens, cfg.seed, device)
     kl = pooled(kl, len(kl_prompts))
     if info.is_main:
@@ -238,7 +310,8 @@ def run(ctx) -> dict:
     tail = logs[-5:]
     mean = lambda k: round(statistics.fmean(r[k] for r in tail if k in r), 4) if any(k in r for r in tail) else None
     first = [r["reward"] for r in logs[:5] if "reward" in r]
-    return {"steps": tc.steps, "heldout_acc_before": round(acc_before, 4), "heldout_acc_after": round(acc_after, 4),
+    return {**data_stats, "steps": tc.steps, "heldout_acc_before": round(acc_before, 4),
+            "heldout_acc_after": round(acc_after, 4),
             "heldout_acc_gain": round(acc_after - acc_before, 4),
             "heldout_sampled_acc_before": round(sampled_before, 4),
             "heldout_sampled_acc_after": round(sampled_after, 4),
@@ -247,6 +320,6 @@ def run(ctx) -> dict:
             "response_length_last": mean("response_length"), "logp_max_diff": mean("logp_max_diff")}
 
 
-STAGE = Stage("grpo", run, requires=("toyworld",), distributed=True,
+STAGE = Stage("grpo", run, distributed=True,  # toyworld unless grpo.sources: load_world's error says so
               description="GRPO / RLOO with verifiable rewards on toyworld word problems",
               inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "dpo", "grpo"))
