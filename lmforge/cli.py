@@ -47,7 +47,9 @@ def _pipeline_command(args, until: str | None) -> int:
         from lmforge.config import check_paths
 
         print(dump_yaml(cfg), end="")
-        problems, checked, hub = check_paths(cfg)
+        from lmforge.pipeline import stages_up_to
+
+        problems, checked, hub = check_paths(cfg, stages_up_to(cfg, until))
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         print(f"dry run: {checked} local data path(s) checked, {len(problems)} missing"

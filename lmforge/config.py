@@ -322,19 +322,25 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
     return load_config(RunConfig, path, overrides)
 
 
-def check_paths(cfg: RunConfig) -> tuple[list[str], int, int]:
-    """The local files and directories that the recipe's stages would read (every `path` of a data
-    source, decontamination set or word list in the sections of the stages it runs): (problems, one line
+def check_paths(cfg: RunConfig, stages: list[str] | None = None) -> tuple[list[str], int, int]:
+    """The local files and directories that `stages` (default: the recipe's) would read: every `path` of a
+    data source, decontamination set or word list in the sections they use. Returns (problems, one line
     each naming the key; how many were checked; how many are Hub ids, which need the network to check).
+    A source of weight 0 and a part switched off (`enabled: false`) are not read, so not checked.
     For `--dry-run`: a missing file is found before anything trains."""
     import glob
 
-    sections = set(cfg.stages) | ({"data"} if {"curate", "pretrain"} & set(cfg.stages) else set())
+    run = set(cfg.stages if stages is None else stages)
+    sections = set(run) | ({"sft"} if "specialize" in run else set())   # specialize rehearses sft's mixture
+    if ("curate" in run and not cfg.curate.sources) or ("pretrain" in run and "curate" not in run):
+        sections.add("data")
     problems: list[str] = []
     counts = [0, 0]
 
     def visit(obj, key: str) -> None:
         if dataclasses.is_dataclass(obj):
+            if getattr(obj, "enabled", True) is False or getattr(obj, "weight", 1) == 0:
+                return
             path = getattr(obj, "path", None)
             if isinstance(path, str) and path:
                 hub = "hf" in (getattr(obj, "format", ""), getattr(obj, "file_format", ""))
@@ -342,9 +348,11 @@ def check_paths(cfg: RunConfig) -> tuple[list[str], int, int]:
                     counts[1] += 1
                 else:
                     counts[0] += 1
-                    if not Path(path).exists() and not (glob.has_magic(path) and glob.glob(path, recursive=True)):
-                        why = "no files match" if glob.has_magic(path) else "file not found"
-                        problems.append(f"{key}.path: {path}: {why}")
+                    if glob.has_magic(path) and not Path(path).exists():
+                        if not any(Path(m).is_file() for m in glob.glob(path, recursive=True)):
+                            problems.append(f"{key}.path: {path}: no files match")
+                    elif not Path(path).exists():
+                        problems.append(f"{key}.path: {path}: file not found")
             for f in dataclasses.fields(obj):
                 visit(getattr(obj, f.name), f"{key}.{f.name}")
         elif isinstance(obj, (list, tuple)):
@@ -355,4 +363,3 @@ def check_paths(cfg: RunConfig) -> tuple[list[str], int, int]:
         if f.name in sections:
             visit(getattr(cfg, f.name), f.name)
     return problems, counts[0], counts[1]
-

@@ -27,12 +27,16 @@ from lmforge.utils import atomic_write_text, read_json, upstream_reruns, write_j
 class Stage:
     name: str
     run: Callable[[RunContext], dict]     # returns the stage's metrics (flat: name -> number/string)
-    requires: tuple[str, ...] = ()        # stages whose outputs it reads
+    requires: tuple[str, ...] | Callable = ()  # stages whose outputs it reads (or cfg -> those stages)
     distributed: bool = False             # runs on every rank (training); else on rank 0 only
     description: str = ""
     inputs: tuple[str, ...] = ()          # config sections its outputs depend on (to detect stale results)
     measures_only: bool = False           # writes metrics no later stage reads (evaluations): redoing it
                                           # leaves the later stages current
+
+    def needs(self, cfg) -> tuple[str, ...]:
+        """The stages this one reads, for this config."""
+        return tuple(self.requires(cfg)) if callable(self.requires) else self.requires
 
 
 @dataclass
@@ -116,7 +120,7 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
     ctx = RunContext(cfg=cfg, info=info or DistInfo(), resume=resume)
     names = stages_up_to(cfg, until)
     for i, name in enumerate(names):  # before any work: a stage's inputs come from complete or earlier stages
-        missing = [r for r in STAGES[name].requires if not ctx.is_complete(r) and r not in names[:i]]
+        missing = [r for r in STAGES[name].needs(cfg) if not ctx.is_complete(r) and r not in names[:i]]
         if missing:
             raise LmforgeError(f"stage '{name}' needs {', '.join(missing)} first; add it to stages, before '{name}'")
     redo = False  # a stage was redone: every later one is too

@@ -156,6 +156,23 @@ def test_dry_run_checks_the_local_data_files_of_the_stages_it_would_run(tmp_path
     assert capsys.readouterr().err == "dry run: 1 local data path(s) checked, 0 missing\n"
 
 
+def test_dry_run_path_check_follows_what_the_stages_read(tmp_path):
+    """Only the stages the command runs, and what they read: specialize rehearses sft's mixture;
+    a weight-0 source and a switched-off part are never read; a glob must match a file, not a directory."""
+    from lmforge.config import check_paths
+
+    (tmp_path / "subdir").mkdir()
+    miss = f"{tmp_path}/missing.jsonl"
+    cfg = load_run_config(ROOT / "recipes/demo.yaml", [
+        "stages=[sft,dpo,specialize]", f"sft.sources=[{{path: {miss}}}, {{path: {tmp_path}/nope.jsonl, weight: 0}}]",
+        f"dpo.sources=[{{path: '{tmp_path}/sub*'}}]", "curate.decontam.enabled=false",
+        f"curate.decontam.sets=[{{name: gsm8k, path: {miss}}}]"])
+    assert check_paths(cfg, ["sft"]) == ([f"sft.sources.0.path: {miss}: file not found"], 1, 0)
+    assert check_paths(cfg, ["specialize"])[0] == [f"sft.sources.0.path: {miss}: file not found"]
+    assert check_paths(cfg, ["dpo"]) == ([f"dpo.sources.0.path: {tmp_path}/sub*: no files match"], 1, 0)
+    assert check_paths(cfg, ["curate"]) == ([], 0, 0)  # decontamination is off: its set is never read
+
+
 def test_batch_tokens_and_depth_preset_derive_grad_accum():
     from lmforge.stages.pretrain import resolve_batch
     from lmforge.train.config import TrainConfig

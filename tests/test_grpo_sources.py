@@ -27,12 +27,15 @@ def test_records_become_problems_with_their_final_number(tmp_path):
     """Each record: the question as the prompt, the reference's "#### n" as the answer (as written:
     "1,002"); a reply without any number is skipped and counted; eval_sources give the held-out set."""
     train = write_problems(tmp_path / "train.jsonl", 30, start=1000,
-                           extra=[{"question": "Say hi.", "answer": "Hi there!"}])
+                           extra=[{"question": "Say hi.", "answer": "Hi there!"},
+                                  {"question": "Give 3 tips.", "answer": "Here are 3 tips: sleep, eat, walk."},
+                                  {"question": "Half of 3/2?", "answer": "It is 3/4."}])
     test = write_problems(tmp_path / "test.jsonl", 5, start=7)
     gc = GRPOConfig(sources=[ChatSourceConfig(path=str(train), fields=GSM8K_FIELDS)],
                     eval_sources=[ChatSourceConfig(path=str(test), fields=GSM8K_FIELDS)], eval_examples=3)
     problems, heldout, stats = source_problems(gc, seed=0)
-    assert stats == {"train_problems": 30, "heldout_problems": 3, "skipped_records": 1}
+    # replies that do not end in a number are skipped: free text, a number inside the text, a fraction
+    assert stats == {"train_problems": 30, "heldout_problems": 3, "skipped_records": 3, "dropped_heldout_copies": 0}
     messages, meta = next(p for p in problems if "1000 pens" in p[0][0]["content"])
     assert messages == [{"role": "user", "content": "Ann has 1000 pens and buys 2 more. How many pens does she have?"}]
     assert meta == {"answer": "1,002", "task": "source"}
@@ -43,27 +46,50 @@ def test_without_eval_sources_a_tenth_is_held_out_and_never_trained_on(tmp_path)
     path = write_problems(tmp_path / "train.jsonl", 40)
     source = ChatSourceConfig(path=str(path), fields=GSM8K_FIELDS, weight=2.0)  # every problem twice
     problems, heldout, stats = source_problems(GRPOConfig(sources=[source], eval_examples=200), seed=0)
-    assert stats["heldout_problems"] == len(heldout) == 8  # 10% of the 80 drawn
-    assert not {repr(p) for p in heldout} & {repr(p) for p in problems}
-    assert stats["train_problems"] == len(problems) and len(problems) >= 80 - 2 * 8
+    prompts = [repr(m) for m, _ in heldout]
+    assert stats["heldout_problems"] == len(heldout) == len(set(prompts)) and 4 <= len(heldout) <= 8  # of 80 drawn
+    assert not set(prompts) & {repr(m) for m, _ in problems}  # the copies of held-out problems are dropped
+    # a held-out prompt drawn once among the first 8 has its other copy in the rest: dropped
+    assert stats["dropped_heldout_copies"] == 2 * len(heldout) - 8
+    assert stats["train_problems"] == len(problems) == 80 - 8 - stats["dropped_heldout_copies"]
+
+
+def test_a_question_in_both_sources_and_eval_sources_is_not_trained_on(tmp_path):
+    train = write_problems(tmp_path / "train.jsonl", 20)
+    test = write_problems(tmp_path / "test.jsonl", 5, start=18)  # 18 and 19 are in train too
+    gc = GRPOConfig(sources=[ChatSourceConfig(path=str(train), fields=GSM8K_FIELDS)],
+                    eval_sources=[ChatSourceConfig(path=str(test), fields=GSM8K_FIELDS)], eval_examples=5)
+    problems, heldout, stats = source_problems(gc, seed=0)
+    assert (stats["train_problems"], stats["heldout_problems"], stats["dropped_heldout_copies"]) == (18, 5, 2)
+    same = GRPOConfig(sources=gc.sources, eval_sources=gc.sources, eval_examples=50)
+    with pytest.raises(LmforgeError, match="^grpo.sources: every problem's prompt is also a held-out one; nothing "
+                                           "is left to train on$"):
+        source_problems(same, seed=0)
 
 
 def test_sources_without_a_verifiable_answer_are_a_one_line_error(tmp_path):
     path = tmp_path / "chat.jsonl"
     path.write_text(json.dumps({"instruction": "Say hi.", "output": "Hi!"}) + "\n")
     gc = GRPOConfig(sources=[ChatSourceConfig(path=str(path))])
-    msg = (r"^grpo.sources: none of 1 conversations ends with an assistant reply holding a number \(the "
-           r"verifiable answer, e.g. '#### 72'\); for GSM8K-style records set fields: \{instruction: question, "
-           r"output: answer\}$")
+    msg = (r"^grpo.sources: none of 1 conversations ends with an assistant reply whose last line is '#### "
+           r"<number>' or ends in a number \(the verifiable answer\); for GSM8K-style records set fields: "
+           r"\{instruction: question, output: answer\}$")
     with pytest.raises(LmforgeError, match=msg):
         source_problems(gc, seed=0)
     few = write_problems(tmp_path / "few.jsonl", 5)
-    with pytest.raises(LmforgeError, match=r"^grpo.sources: 5 problems are too few to hold 200 out for evaluation"):
+    with pytest.raises(LmforgeError, match=r"^grpo.sources: 5 problems; holding 10% out for evaluation needs at "
+                                           r"least 10 \(add problems, or give held-out ones in grpo.eval_sources\)$"):
         source_problems(GRPOConfig(sources=[ChatSourceConfig(path=str(few), fields=GSM8K_FIELDS)]), seed=0)
 
 
-def test_grpo_stage_trains_on_sources_without_toyworld_prompts(tmp_path):
+def test_grpo_stage_trains_on_sources_without_toyworld_prompts(tmp_path, monkeypatch):
+    import lmforge.stages.grpo as grpo
     from lmforge.cli import main
+
+    def no_toyworld(*a, **k):
+        raise AssertionError("the stage drew toyworld prompts")
+
+    monkeypatch.setattr(grpo, "rl_prompts", no_toyworld)
 
     train = write_problems(tmp_path / "train.jsonl", 24)
     test = write_problems(tmp_path / "test.jsonl", 6, start=50)
@@ -82,17 +108,25 @@ def test_grpo_stage_trains_on_sources_without_toyworld_prompts(tmp_path):
     assert main(args) == 0
     s = json.loads((tmp_path / "g/summary.json").read_text())["grpo"]
     assert (s["train_problems"], s["heldout_problems"], s["skipped_records"]) == (24, 6, 0)
+    # without toyworld in the recipe's stages, grpo with sources does not ask for it (before, it did)
+    from lmforge.config import load_run_config
+    from lmforge.stages import STAGES
+
+    cfg = load_run_config(ROOT / "recipes/demo.yaml", ["stages=[grpo]", f"grpo.sources=[{src(train)}]"])
+    assert STAGES["grpo"].needs(cfg) == () and STAGES["grpo"].needs(load_run_config(ROOT / "recipes/demo.yaml")) \
+        == ("toyworld",)
     assert 0.0 <= s["heldout_acc_before"] <= 1.0 and s["steps"] == 3
 
 
 def test_gsm8k_train_reads_as_grpo_problems():
     """The real GSM8K train split: every one of its 7,473 records has a "#### n" answer the verifier parses;
     its test split is the held-out set (never trained on)."""
-    from lmforge.eval.tasks.math import parse_number
-
     train, test = shared_data("gsm8k", "train.jsonl"), shared_data("gsm8k", "test.jsonl")
     gc = GRPOConfig(sources=[ChatSourceConfig(path=str(train), fields=GSM8K_FIELDS)],
                     eval_sources=[ChatSourceConfig(path=str(test), fields=GSM8K_FIELDS)], eval_examples=1319)
     problems, heldout, stats = source_problems(gc, seed=0)
-    assert stats == {"train_problems": 7473, "heldout_problems": 1319, "skipped_records": 0}
-    assert all(parse_number(meta["answer"]) is not None for _, meta in problems + heldout)
+    assert stats == {"train_problems": 7473, "heldout_problems": 1319, "skipped_records": 0,
+                     "dropped_heldout_copies": 0}
+    records = [json.loads(line) for line in train.read_text().splitlines()]
+    by_question = {r["question"]: r["answer"].rsplit("####", 1)[1].strip() for r in records}
+    assert all(meta["answer"] == by_question[m[0]["content"]] for m, meta in problems)  # the "####" number

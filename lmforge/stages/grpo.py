@@ -13,6 +13,7 @@ Output: `grpo/model/`.
 
 from __future__ import annotations
 
+import re
 import statistics
 from dataclasses import dataclass, field
 
@@ -164,42 +165,64 @@ def sequence_kl(model, ref, tok, prompts, max_new_tokens: int, seed: int, device
 def source_problems(gc: GRPOConfig, seed: int) -> tuple[list, list, dict]:
     """(train, held-out, stats) problems from grpo.sources (and grpo.eval_sources): (messages up to the
     question, {"answer": the reference reply's final number}). Held out of `sources` when there are no
-    eval_sources: the first eval_examples (at most 10%), and every copy of them (upsampled sources)."""
+    eval_sources: the first eval_examples (at most 10%). A training problem whose prompt is a held-out
+    one's (a copy from an upsampled source, or the same question in both) is dropped, and counted."""
     train, skipped = _problems(gc.sources, seed, "grpo.sources")
     if gc.eval_sources:
         heldout, _ = _problems(gc.eval_sources, seed, "grpo.eval_sources")
-        heldout = heldout[:gc.eval_examples]
     else:
         n = min(gc.eval_examples, len(train) // 10)
         if n == 0:
-            raise LmforgeError(f"grpo.sources: {len(train)} problems are too few to hold {gc.eval_examples} out for "
-                               f"evaluation (10% at most); add problems, or set grpo.eval_sources")
-        heldout = train[:n]
-        held = {repr(p) for p in heldout}
-        train = [p for p in train[n:] if repr(p) not in held]
-    if not train:
-        raise LmforgeError("grpo.sources: every problem is a copy of a held-out one; nothing is left to train on")
-    return train, heldout, {"train_problems": len(train), "heldout_problems": len(heldout), "skipped_records": skipped}
+            raise LmforgeError(f"grpo.sources: {len(train)} problems; holding 10% out for evaluation needs at least "
+                               f"10 (add problems, or give held-out ones in grpo.eval_sources)")
+        heldout, train = train[:n], train[n:]
+    seen: set[str] = set()
+    heldout = [p for p in heldout if not (repr(p[0]) in seen or seen.add(repr(p[0])))][:gc.eval_examples]
+    held = {repr(p[0]) for p in heldout}
+    kept = [p for p in train if repr(p[0]) not in held]
+    if not kept:
+        raise LmforgeError("grpo.sources: every problem's prompt is also a held-out one; nothing is left to train on")
+    return kept, heldout, {"train_problems": len(kept), "heldout_problems": len(heldout), "skipped_records": skipped,
+                           "dropped_heldout_copies": len(train) - len(kept)}
+
+
+def reference_answer(text: str) -> str | None:
+    r"""The verifiable answer a reference reply ends with: the number of a "#### n" line, else a number
+    that ends the reply; None when it ends otherwise (free text, "3/4", "1e3").
+
+    >>> [reference_answer(t) for t in ["So 4 + 6 = 10.\n#### 1,600", "It costs $18.", "It is 3/4.", "3 tips: eat."]]
+    ['1,600', '$18', None, None]
+    """
+    line = _ANSWER_LINE.search(text)
+    if line:
+        return line.group(1)
+    end = _ANSWER_END.search(text)
+    return end.group(1) if end else None
+
+
+_NUMBER = r"(-?\$?\d[\d,]*(?:\.\d+)?)"
+_ANSWER_LINE = re.compile(r"(?m)^[ \t]*####[ \t]*" + _NUMBER + r"[ \t]*\.?[ \t]*$")
+_ANSWER_END = re.compile(r"(?<![\w/.,^$-])" + _NUMBER + r"[ \t]*[.!]?\s*$")
 
 
 def _problems(sources: list, seed: int, key: str) -> tuple[list, int]:
-    """(messages without the last reply, {"answer"}) per conversation whose last reply holds a number."""
+    """(messages without the last reply, {"answer"}) per conversation whose last reply ends in a number;
+    and how many distinct records were skipped (unreadable, or not ending in a number)."""
     from lmforge.data.chat_sources import mix
-    from lmforge.rewards.math import VerifiableMath
 
     convs, stats = mix(sources, seed=seed)
-    final_number = VerifiableMath().prediction  # "#### n" when there is one, else the last number
-    out = []
+    out, bad = [], set()
     for conv in convs:
-        answer = final_number(conv[-1]["content"]) if len(conv) > 1 and conv[-1]["role"] == "assistant" else None
-        if answer is not None:
+        answer = reference_answer(conv[-1]["content"]) if len(conv) > 1 and conv[-1]["role"] == "assistant" else None
+        if answer is None:
+            bad.add(repr(conv))
+        else:
             out.append((conv[:-1], {"answer": answer, "task": "source"}))
-    skipped = len(convs) - len(out) + sum(row["skipped"] for row in stats["sources"])
     if not out:
-        raise LmforgeError(f"{key}: none of {len(convs)} conversations ends with an assistant reply holding a number "
-                           f"(the verifiable answer, e.g. '#### 72'); for GSM8K-style records set "
-                           f"fields: {{instruction: question, output: answer}}")
-    return out, skipped
+        raise LmforgeError(f"{key}: none of {len(convs)} conversations ends with an assistant reply whose last line "
+                           f"is '#### <number>' or ends in a number (the verifiable answer); for GSM8K-style "
+                           f"records set fields: {{instruction: question, output: answer}}")
+    return out, len(bad) + sum(row["skipped"] for row in stats["sources"])
 
 
 def answer_accuracy(model, tok, problems, max_new_tokens: int, tools=None, temperature: float = 0.0,
@@ -293,7 +316,8 @@ def run(ctx) -> dict:
     trainer = Trainer(cfg=tc, model=model, module=GRPOModule(gc, gc.temperature), batches=batches, out_dir=out,
                       device=device, lr=tc.lr, info=info, step_stats=lambda: batches.last_stats)
     start = resume_step(ctx, trainer, "grpo")
-    ctx.log(f"[grpo] {len(train_prompts)} {gc.task} prompts, {gc.prompts_per_step} x {gc.group_size} samples per "
+    ctx.log(f"[grpo] {len(train_prompts)} {'grpo.sources' if gc.sources else gc.task} prompts, "
+            f"{gc.prompts_per_step} x {gc.group_size} samples per "
             f"step, baseline={gc.baseline} scale={gc.scale} agg={gc.aggregation} beta={gc.beta}; "
             f"held-out accuracy before: {acc_before:.3f} greedy, {sampled_before:.3f} sampled")
     trainer.run(start_step=start)
@@ -320,6 +344,6 @@ def run(ctx) -> dict:
             "response_length_last": mean("response_length"), "logp_max_diff": mean("logp_max_diff")}
 
 
-STAGE = Stage("grpo", run, distributed=True,  # toyworld unless grpo.sources: load_world's error says so
-              description="GRPO / RLOO with verifiable rewards on toyworld word problems",
+STAGE = Stage("grpo", run, distributed=True, requires=lambda cfg: () if cfg.grpo.sources else ("toyworld",),
+              description="GRPO / RLOO with verifiable rewards on toyworld word problems (or grpo.sources)",
               inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "dpo", "grpo"))
