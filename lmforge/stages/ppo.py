@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lmforge.data.chat_sources import ChatSourceConfig
 from lmforge.errors import LmforgeError, above_zero, check_fields, fraction, non_negative, positive
 from lmforge.losses import IGNORE_INDEX
 from lmforge.pipeline import Stage
@@ -51,10 +52,14 @@ class PPOConfig:
     value_coef: float = 0.1
     length_penalty: float = 1.0       # subtracted from the score of completions cut at max_new_tokens
     tasks: dict[str, float] = field(default_factory=dict)   # prompt mix; empty: pairs.tasks or the default
+    # real prompts instead of toyworld's: chat records (any format SFT reads), each up to its last reply;
+    # eval_prompts of them (at most 10%) are held out for the before/after reward-model score
+    sources: list[ChatSourceConfig] = field(default_factory=list)
+    eval_prompts: int = 200
     train: TrainConfig = field(default_factory=_ppo_train_defaults)
 
     def __post_init__(self):
-        positive(self, "prompts_per_step", "n_prompts", "max_new_tokens", "ppo_epochs", "minibatches")
+        positive(self, "prompts_per_step", "n_prompts", "max_new_tokens", "ppo_epochs", "minibatches", "eval_prompts")
         check_fields(self, ["minibatches"], lambda v: self.prompts_per_step % v == 0,
                      f"a divisor of prompts_per_step ({self.prompts_per_step}): every rollout in one minibatch")
         above_zero(self, "temperature")
@@ -184,6 +189,27 @@ def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device,
     return make
 
 
+def source_prompts(pc: PPOConfig, seed: int) -> tuple[list, list, dict]:
+    """(train, held-out, stats) prompts from ppo.sources: each conversation up to its last reply (as is
+    when it ends with the user's turn). The first eval_prompts distinct ones (at most 10%) are held out."""
+    from lmforge.data.chat_sources import mix
+
+    convs, stats = mix(pc.sources, seed=seed)
+    prompts, seen = [], set()
+    for conv in convs:
+        prompt = conv[:-1] if conv[-1]["role"] == "assistant" else conv
+        if prompt and prompt[-1]["role"] == "user" and repr(prompt) not in seen:
+            seen.add(repr(prompt))
+            prompts.append(prompt)
+    n = min(pc.eval_prompts, len(prompts) // 10)
+    if len(prompts) - n < pc.prompts_per_step:
+        raise LmforgeError(f"ppo.sources: {len(prompts)} distinct prompts ending with a user turn; with 10% held out "
+                           f"for evaluation, fewer than ppo.prompts_per_step ({pc.prompts_per_step}) are left")
+    skipped = sum(row["skipped"] for row in stats["sources"])
+    return prompts[n:], prompts[:n], {"train_prompts": len(prompts) - n, "heldout_prompts": n,
+                                      "skipped_records": skipped}
+
+
 def check_processes(pc: PPOConfig, info) -> None:
     """Under torchrun: DDP only, and every process's share of the rollouts splits into the minibatches."""
     if info.enabled and pc.train.parallel == "fsdp2":
@@ -218,11 +244,17 @@ def run(ctx) -> dict:
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     rm_source = reward_source(ctx, pc.reward, "ppo.reward", device)
     value = copy.deepcopy(rm_source.model).train()                    # the critic starts as the RM
-    world = load_world(ctx)
-    mix = pc.tasks or ctx.cfg.pairs.tasks or None
-    exs = preference_prompts(world, pc.n_prompts, seed=cfg.seed + 70_000, split="train", tasks=mix)
-    prompts = [(e.messages[:-1], render_prompt(e.messages[:-1], tok)) for e in exs]
-    heldout = preference_prompts(world, 200, seed=cfg.seed + 80_000, split="heldout", entities="train", tasks=mix)
+    if pc.sources:
+        train_msgs, heldout, data_stats = source_prompts(pc, cfg.seed)
+    else:
+        world = load_world(ctx)
+        mix = pc.tasks or ctx.cfg.pairs.tasks or None
+        train_msgs = [e.messages[:-1] for e in
+                      preference_prompts(world, pc.n_prompts, seed=cfg.seed + 70_000, split="train", tasks=mix)]
+        heldout = [e.messages[:-1] for e in preference_prompts(world, pc.eval_prompts, seed=cfg.seed + 80_000,
+                                                               split="heldout", entities="train", tasks=mix)]
+        data_stats = {}
+    prompts = [(m, render_prompt(m, tok)) for m in train_msgs]
     kl_ctl = AdaptiveKLController(pc.kl_coef, pc.kl_target, 10_000) if pc.kl_target > 0 \
         else FixedKLController(pc.kl_coef)
     bf16 = tc.use_bf16(device)
@@ -245,20 +277,19 @@ def run(ctx) -> dict:
     logs = read_metrics(out, "train")
     tail = logs[-5:]
     mean = lambda k: round(statistics.fmean(r[k] for r in tail if k in r), 4) if tail else None
-    return {"steps": tc.steps, "rollout_batches": -(-tc.steps // (pc.ppo_epochs * pc.minibatches)),
+    return {**data_stats, "steps": tc.steps, "rollout_batches": -(-tc.steps // (pc.ppo_epochs * pc.minibatches)),
             "heldout_rm_score_before": round(score_before, 4), "heldout_rm_score_after": round(score_after, 4),
             "score_first": round(logs[0]["score"], 4) if logs else None, "score_last": mean("score"),
             "kl_last": mean("kl"), "response_length_last": mean("response_length")}
 
 
-def heldout_score(policy, tok, examples, rm_source, max_new_tokens: int) -> tuple[float, int]:
-    """(summed reward-model score, count) of greedy answers to held-out prompts."""
+def heldout_score(policy, tok, prompts, rm_source, max_new_tokens: int) -> tuple[float, int]:
+    """(summed reward-model score, count) of greedy answers to held-out prompts (message lists)."""
     from lmforge.rewards import RewardRequest
     from lmforge.stages.eval_dpo import greedy_answers
 
-    if not examples:
+    if not prompts:
         return 0.0, 0
-    prompts = [e.messages[:-1] for e in examples]
     answers = greedy_answers(policy, tok, prompts, max_new_tokens)
     scores = rm_source.score([RewardRequest(p, a) for p, a in zip(prompts, answers, strict=True)])
     return math.fsum(scores), len(scores)
@@ -274,7 +305,7 @@ def run_eval(ctx) -> dict:
     return metrics
 
 
-STAGE = Stage("ppo", run, requires=("toyworld",), distributed=True,
+STAGE = Stage("ppo", run, requires=lambda cfg: () if cfg.ppo.sources else ("toyworld",), distributed=True,
               description="PPO against the reward model with a KL penalty to the SFT model (RLHF)",
               inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "rm", "ppo"))
 EVAL_STAGE = Stage("eval_ppo", run_eval, measures_only=True, requires=("sft", "ppo"),

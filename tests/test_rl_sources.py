@@ -1,5 +1,6 @@
-"""GRPO on real data: chat records whose last reply ends in a number (GSM8K's format, read through
-`fields`) become verifiable problems; held-out problems come from eval_sources or out of the sources."""
+"""RL on real data. GRPO: chat records whose last reply ends in a number (GSM8K's format, read through
+`fields`) become verifiable problems; held-out problems come from eval_sources or out of the sources.
+PPO: chat records, each up to its last reply, become prompts for the reward model."""
 
 import json
 from pathlib import Path
@@ -130,3 +131,50 @@ def test_gsm8k_train_reads_as_grpo_problems():
     records = [json.loads(line) for line in train.read_text().splitlines()]
     by_question = {r["question"]: r["answer"].rsplit("####", 1)[1].strip() for r in records}
     assert all(meta["answer"] == by_question[m[0]["content"]] for m, meta in problems)  # the "####" number
+
+
+# ---- PPO -----------------------------------------------------------------------------------------
+def write_instructions(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"instruction": f"Name a color, number {i}.", "output": "Blue."}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def test_ppo_prompts_are_conversations_up_to_their_last_reply(tmp_path):
+    from lmforge.stages.ppo import PPOConfig, source_prompts
+
+    fixtures = ROOT / "tests/fixtures/chat"
+    many = write_instructions(tmp_path / "many.jsonl", 40)
+    pc = PPOConfig(prompts_per_step=8, sources=[ChatSourceConfig(path=str(many)),
+                                                 ChatSourceConfig(path=str(fixtures / "messages.jsonl"))])
+    train, heldout, stats = source_prompts(pc, seed=0)
+    assert stats == {"train_prompts": len(train), "heldout_prompts": len(heldout), "skipped_records": 0}
+    assert len(heldout) == (len(train) + len(heldout)) // 10
+    assert not {repr(p) for p in heldout} & {repr(p) for p in train}
+    every = train + heldout
+    assert all(p[-1]["role"] == "user" for p in every)  # the reference reply is dropped, the question kept
+    assert [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Capital of Velora?"}] in every
+    assert [{"role": "user", "content": "Name a color, number 7."}] in every
+    few = PPOConfig(prompts_per_step=32, sources=[ChatSourceConfig(path=str(fixtures / "messages.jsonl"))])
+    msg = (r"^ppo.sources: \d+ distinct prompts ending with a user turn; with 10% held out for evaluation, "
+           r"fewer than ppo.prompts_per_step \(32\) are left$")
+    with pytest.raises(LmforgeError, match=msg):
+        source_prompts(few, seed=0)
+
+
+def test_ppo_stage_trains_on_source_prompts(tmp_path):
+    from lmforge.config import load_run_config
+    from lmforge.stages import STAGES
+    from tests.test_preference_train import tiny_alignment_run
+
+    many = write_instructions(tmp_path / "many.jsonl", 30)
+    assert tiny_alignment_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft,pairs,rm,ppo]",
+                              f"ppo.sources=[{{path: {many}}}]", "ppo.prompts_per_step=8", "ppo.max_new_tokens=8",
+                              "ppo.train.steps=4", "ppo.train.progress=false", "ppo.train.tensorboard=false",
+                              "ppo.train.micro_batch_size=4") == 0
+    s = json.loads((tmp_path / "a/summary.json").read_text())["ppo"]
+    assert (s["train_prompts"], s["heldout_prompts"], s["steps"]) == (27, 3, 4)
+    assert "heldout_rm_score_after" in s
+    cfg = load_run_config(ROOT / "recipes/rlhf.yaml", [f"ppo.sources=[{{path: {many}}}]"])
+    assert STAGES["ppo"].needs(cfg) == () and STAGES["ppo"].needs(load_run_config(ROOT / "recipes/rlhf.yaml")) \
+        == ("toyworld",)
