@@ -162,6 +162,31 @@ def test_ppo_prompts_are_conversations_up_to_their_last_reply(tmp_path):
         source_prompts(few, seed=0)
 
 
+def test_prompt_only_records_read_as_prompts_where_asked(tmp_path):
+    """`prompts: true`: Alpaca without output, messages or ShareGPT ending with the user's turn read as
+    prompts (RL); without it they are errors as before, and SFT refuses such a source."""
+    from lmforge.data.chat_sources import need_replies, read_conversations
+    from lmforge.stages.ppo import PPOConfig, source_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"instruction": f"Name a color, number {i}."} for i in range(18)]
+    rows += [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]},
+             {"conversations": [{"from": "human", "value": "Why?"}]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(LmforgeError, match=r"prompts.jsonl:1: missing field 'output' \(fields: instruction\)$"):
+        read_conversations(ChatSourceConfig(path=str(path)))
+    convs, skipped = read_conversations(ChatSourceConfig(path=str(path), prompts=True))
+    assert skipped == 0 and convs[0] == [{"role": "user", "content": "Name a color, number 0."}]
+    assert convs[-2:] == [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}],
+                          [{"role": "user", "content": "Why?"}]]
+    train, heldout, stats = source_prompts(PPOConfig(prompts_per_step=8, sources=[
+        ChatSourceConfig(path=str(path), prompts=True)]), seed=0)
+    assert (stats["train_prompts"], stats["heldout_prompts"]) == (18, 2)
+    with pytest.raises(LmforgeError, match=r"^sft.sources.0.prompts: true reads records without replies \(RL "
+                                           r"prompts, ppo.sources\); sft trains on the replies: remove it$"):
+        need_replies([ChatSourceConfig(path=str(path), prompts=True)], "sft.sources")
+
+
 def test_ppo_stage_trains_on_source_prompts(tmp_path):
     from lmforge.config import load_run_config
     from lmforge.stages import STAGES

@@ -54,6 +54,7 @@ class ChatSourceConfig:
     weight: float = 1.0         # mixture weight: examples drawn = weight x conversations (see `mix`)
     skip_invalid: bool = False  # skip (and count) malformed records instead of failing
     fields: dict[str, str] = field(default_factory=dict)  # rename before reading: {format's name: record's}
+    prompts: bool = False       # records may end without a reply (RL prompts: ppo.sources); SFT needs replies
 
     def __post_init__(self):
         from lmforge.errors import FieldError
@@ -196,16 +197,16 @@ def normalize_messages(msgs: list) -> list:
     return out
 
 
-def _from_messages(rec: dict, where: str) -> list[dict]:
+def _from_messages(rec: dict, where: str, reply: bool = True) -> list[dict]:
     msgs = rec["messages"]
     if not isinstance(msgs, list):
         raise LmforgeError(f"{where}: field 'messages' must be a list, got {_json_type(msgs)}")
     out = normalize_messages(msgs)
-    validate(out, where)
+    validate(out, where, require_assistant=reply)
     return out
 
 
-def _from_sharegpt(rec: dict, where: str) -> list[dict]:
+def _from_sharegpt(rec: dict, where: str, reply: bool = True) -> list[dict]:
     turns = rec["conversations"]
     if not isinstance(turns, list):
         raise LmforgeError(f"{where}: field 'conversations' must be a list, got {_json_type(turns)}")
@@ -239,20 +240,21 @@ def _from_sharegpt(rec: dict, where: str) -> list[dict]:
         else:
             out.append({"role": _SHAREGPT_ROLES[src], "content": value})
     offset = len(out) - len(turns)  # 1 when a top-level system message was put first
-    validate(out, where, label=lambda i: "system" if i < offset else f"conversations[{i - offset}]")
+    validate(out, where, require_assistant=reply,
+             label=lambda i: "system" if i < offset else f"conversations[{i - offset}]")
     return out
 
 
-def _from_alpaca(rec: dict, where: str) -> list[dict]:
+def _from_alpaca(rec: dict, where: str, reply: bool = True) -> list[dict]:
     instruction = _need_str(rec, "instruction", where)
     extra = _need_str(rec, "input", where, optional=True)
-    output = _need_str(rec, "output", where)
+    output = _need_str(rec, "output", where, optional=not reply)
     system = _need_str(rec, "system", where, optional=True)
     out = [{"role": "system", "content": system}] if system.strip() else []
     user = "\n\n".join(x for x in (instruction, extra) if x.strip())
-    out += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    out += [{"role": "user", "content": user}] + ([{"role": "assistant", "content": output}] if reply or output else [])
     field = {"system": "system", "user": "instruction", "assistant": "output"}
-    validate(out, where, label=lambda i: field[out[i]["role"]])
+    validate(out, where, require_assistant=reply, label=lambda i: field[out[i]["role"]])
     return out
 
 
@@ -260,8 +262,9 @@ _CONVERTERS = {"messages": _from_messages, "sharegpt": _from_sharegpt, "alpaca":
 _KEY = {"messages": "messages", "sharegpt": "conversations", "alpaca": "instruction"}
 
 
-def to_messages(rec, fmt: str, where: str) -> list[dict]:
-    """One record as a validated list of messages; LmforgeError("<where>: ...") if malformed."""
+def to_messages(rec, fmt: str, where: str, reply: bool = True) -> list[dict]:
+    """One record as a validated list of messages; LmforgeError("<where>: ...") if malformed.
+    reply=False: a record may end without an assistant reply (a prompt)."""
     if not isinstance(rec, dict):
         raise LmforgeError(f"{where}: expected a JSON object, got {_json_type(rec)}")
     if fmt == "auto":
@@ -271,7 +274,7 @@ def to_messages(rec, fmt: str, where: str) -> list[dict]:
                                f"'instruction' field (fields: {', '.join(rec)})")
     elif _KEY[fmt] not in rec:
         raise LmforgeError(f"{where}: missing field '{_KEY[fmt]}' (fields: {', '.join(rec)})")
-    return _CONVERTERS[fmt](rec, where)
+    return _CONVERTERS[fmt](rec, where, reply)
 
 
 def renamed(rec, fields: dict[str, str], where: str):
@@ -300,7 +303,7 @@ def _read(cfg: ChatSourceConfig) -> tuple[list[list[dict]], int, str]:
             try:
                 if isinstance(rec, LmforgeError):
                     raise rec
-                convs.append(to_messages(renamed(rec, cfg.fields, where), cfg.format, where))
+                convs.append(to_messages(renamed(rec, cfg.fields, where), cfg.format, where, not cfg.prompts))
             except LmforgeError as e:
                 if not cfg.skip_invalid:
                     raise
@@ -366,6 +369,14 @@ def draw_mixture(parts: list[list], weights: list[float], seed: int, total: int 
         out += [items[j] for j in np.concatenate(idx).tolist()]
     order = np.random.default_rng(seed).permutation(len(out)).tolist()
     return [out[j] for j in order], counts
+
+
+def need_replies(sources: list[ChatSourceConfig], key: str) -> None:
+    """A one-line error for a source read as prompts (`prompts: true`) where training needs the replies."""
+    for i, cfg in enumerate(sources):
+        if cfg.prompts:
+            raise LmforgeError(f"{key}.{i}.prompts: true reads records without replies (RL prompts, ppo.sources); "
+                               f"{key.split('.')[0]} trains on the replies: remove it")
 
 
 def mix(sources: list[ChatSourceConfig], seed: int, total: int | None = None) -> tuple[list[list[dict]], dict]:

@@ -61,9 +61,10 @@ def domain_conversations(ctx) -> tuple[list, list, dict]:
     """(train, validation, stats) for the domain: specialize.sources, or toyworld examples."""
     sp = ctx.cfg.specialize
     if sp.sources:
-        from lmforge.data.chat_sources import mix
+        from lmforge.data.chat_sources import mix, need_replies
         from lmforge.stages.sft import hold_out, log_skipped
 
+        need_replies(sp.sources, "specialize.sources")
         convs, stats = mix(sp.sources, seed=ctx.cfg.seed)
         log_skipped(ctx, "specialize", stats)
         train, val = hold_out(convs, sp.val_examples, "specialize")
