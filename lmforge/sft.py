@@ -53,6 +53,9 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=_sft_train_defaults)
 
     def __post_init__(self):
+        from lmforge.data.chat_sources import need_replies
+
+        need_replies(self.sources)
         non_negative(self, "n_per_task", "val_examples")
         fraction(self, "replay_fraction", closed_top=False)
         fraction(self, "hasty_fraction")

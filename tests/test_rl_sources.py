@@ -156,8 +156,7 @@ def test_ppo_prompts_are_conversations_up_to_their_last_reply(tmp_path):
     assert [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Capital of Velora?"}] in every
     assert [{"role": "user", "content": "Name a color, number 7."}] in every
     few = PPOConfig(prompts_per_step=32, sources=[ChatSourceConfig(path=str(fixtures / "messages.jsonl"))])
-    msg = (r"^ppo.sources: \d+ distinct prompts ending with a user turn; with 10% held out for evaluation, "
-           r"fewer than ppo.prompts_per_step \(32\) are left$")
+    msg = r"^ppo.sources: 3 distinct prompts; with 1 held out for evaluation, fewer than ppo.prompts_per_step \(32\)"
     with pytest.raises(LmforgeError, match=msg):
         source_prompts(few, seed=0)
 
@@ -182,9 +181,34 @@ def test_prompt_only_records_read_as_prompts_where_asked(tmp_path):
     train, heldout, stats = source_prompts(PPOConfig(prompts_per_step=8, sources=[
         ChatSourceConfig(path=str(path), prompts=True)]), seed=0)
     assert (stats["train_prompts"], stats["heldout_prompts"]) == (18, 2)
-    with pytest.raises(LmforgeError, match=r"^sft.sources.0.prompts: true reads records without replies \(RL "
-                                           r"prompts, ppo.sources\); sft trains on the replies: remove it$"):
-        need_replies([ChatSourceConfig(path=str(path), prompts=True)], "sft.sources")
+    # found when the recipe loads, not when SFT starts (hours of pretraining later): sft, specialize, grpo
+    from lmforge.config import load_run_config
+
+    for key in ("sft.sources", "specialize.sources", "grpo.sources", "grpo.eval_sources"):
+        with pytest.raises(LmforgeError, match=rf"{key}.0.prompts: true reads records without replies \(RL prompts, "
+                                               r"for ppo.sources\); this stage needs the replies: remove it$"):
+            load_run_config(ROOT / "recipes/demo.yaml", [f"{key}=[{{path: {path}, prompts: true}}]"])
+    need_replies([ChatSourceConfig(path=str(path))])  # replies are read: fine
+
+
+def test_ppo_prompts_stop_at_the_last_user_turn_and_keep_weighted_copies(tmp_path):
+    """A tool exchange after the question is dropped with the reply; a record without a user turn is
+    skipped and counted; a source of weight 2 keeps both copies of its training prompts."""
+    from lmforge.stages.ppo import PPOConfig, source_prompts
+
+    call = {"role": "assistant", "content": "", "tool_calls": [{"name": "calculator", "arguments": "2+2"}]}
+    tool_chat = [{"role": "user", "content": "What is 2+2?"}, call, {"role": "tool", "content": "4"},
+                 {"role": "assistant", "content": "4."}]
+    path = tmp_path / "chats.jsonl"
+    rows = [{"messages": tool_chat}, {"messages": [{"role": "assistant", "content": "Hello."}]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    many = write_instructions(tmp_path / "many.jsonl", 20)
+    pc = PPOConfig(prompts_per_step=4, sources=[ChatSourceConfig(path=str(path), prompts=True),
+                                                 ChatSourceConfig(path=str(many), weight=2.0)])
+    train, heldout, stats = source_prompts(pc, seed=0)
+    assert [{"role": "user", "content": "What is 2+2?"}] in train + heldout
+    assert stats["skipped_records"] == 1 and stats["heldout_prompts"] == len(heldout) == 2  # 21 distinct
+    assert len(train) == 41 - 2 * 2 + sum(p == [{"role": "user", "content": "What is 2+2?"}] for p in heldout)
 
 
 def test_ppo_stage_trains_on_source_prompts(tmp_path):

@@ -371,12 +371,15 @@ def draw_mixture(parts: list[list], weights: list[float], seed: int, total: int 
     return [out[j] for j in order], counts
 
 
-def need_replies(sources: list[ChatSourceConfig], key: str) -> None:
-    """A one-line error for a source read as prompts (`prompts: true`) where training needs the replies."""
+def need_replies(sources: list[ChatSourceConfig], key: str = "sources") -> None:
+    """For a config's `__post_init__`: a source read as prompts (`prompts: true`) where the stage trains on
+    (or checks against) the replies is a one-line error, found when the recipe loads."""
+    from lmforge.errors import FieldError
+
     for i, cfg in enumerate(sources):
         if cfg.prompts:
-            raise LmforgeError(f"{key}.{i}.prompts: true reads records without replies (RL prompts, ppo.sources); "
-                               f"{key.split('.')[0]} trains on the replies: remove it")
+            raise FieldError(f"{key}.{i}.prompts", "true reads records without replies (RL prompts, for "
+                                                   "ppo.sources); this stage needs the replies: remove it")
 
 
 def mix(sources: list[ChatSourceConfig], seed: int, total: int | None = None) -> tuple[list[list[dict]], dict]:

@@ -65,6 +65,10 @@ class GRPOConfig:
     train: TrainConfig = field(default_factory=_grpo_train_defaults)
 
     def __post_init__(self):
+        from lmforge.data.chat_sources import need_replies
+
+        need_replies(self.sources)                      # the answer is read from the reply
+        need_replies(self.eval_sources, "eval_sources")
         one_of(self, "baseline", ("mean", "rloo"))
         one_of(self, "scale", ("group", "batch", "none"))
         one_of(self, "aggregation", ("token_mean", "seq_mean", "fixed_length"))

@@ -52,8 +52,9 @@ class PPOConfig:
     value_coef: float = 0.1
     length_penalty: float = 1.0       # subtracted from the score of completions cut at max_new_tokens
     tasks: dict[str, float] = field(default_factory=dict)   # prompt mix; empty: pairs.tasks or the default
-    # real prompts instead of toyworld's: chat records (any format SFT reads), each up to its last reply;
-    # eval_prompts of them (at most 10%) are held out for the before/after reward-model score
+    # real prompts instead of toyworld's (then n_prompts and tasks do not apply): chat records in any format
+    # SFT reads, each up to its last user turn; eval_prompts distinct ones (at most 10%) are held out for
+    # the before/after reward-model score
     sources: list[ChatSourceConfig] = field(default_factory=list)
     eval_prompts: int = 200
     train: TrainConfig = field(default_factory=_ppo_train_defaults)
@@ -190,24 +191,28 @@ def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device,
 
 
 def source_prompts(pc: PPOConfig, seed: int) -> tuple[list, list, dict]:
-    """(train, held-out, stats) prompts from ppo.sources: each conversation up to its last reply (as is
-    when it ends with the user's turn). The first eval_prompts distinct ones (at most 10%) are held out."""
+    """(train, held-out, stats) prompts from ppo.sources: each conversation up to its last user turn (what
+    followed, a reply or a tool exchange, is dropped). The first eval_prompts distinct prompts (at most
+    10%, at least 1) are held out, with every copy of them; the rest keep their copies, so a source's
+    `weight` still counts. A conversation without a user turn is skipped and counted."""
     from lmforge.data.chat_sources import mix
 
     convs, stats = mix(pc.sources, seed=seed)
-    prompts, seen = [], set()
+    prompts, skipped = [], sum(row["skipped"] for row in stats["sources"])
     for conv in convs:
-        prompt = conv[:-1] if conv[-1]["role"] == "assistant" else conv
-        if prompt and prompt[-1]["role"] == "user" and repr(prompt) not in seen:
-            seen.add(repr(prompt))
-            prompts.append(prompt)
-    n = min(pc.eval_prompts, len(prompts) // 10)
-    if len(prompts) - n < pc.prompts_per_step:
-        raise LmforgeError(f"ppo.sources: {len(prompts)} distinct prompts ending with a user turn; with 10% held out "
-                           f"for evaluation, fewer than ppo.prompts_per_step ({pc.prompts_per_step}) are left")
-    skipped = sum(row["skipped"] for row in stats["sources"])
-    return prompts[n:], prompts[:n], {"train_prompts": len(prompts) - n, "heldout_prompts": n,
-                                      "skipped_records": skipped}
+        last_user = max((i for i, m in enumerate(conv) if m["role"] == "user"), default=None)
+        if last_user is None:
+            skipped += 1
+        else:
+            prompts.append(conv[:last_user + 1])
+    distinct = list({repr(p): p for p in prompts}.values())
+    n = min(pc.eval_prompts, max(1, len(distinct) // 10))
+    held = {repr(p) for p in distinct[:n]}
+    train = [p for p in prompts if repr(p) not in held]
+    if len({repr(p) for p in train}) < pc.prompts_per_step:
+        raise LmforgeError(f"ppo.sources: {len(distinct)} distinct prompts; with {n} held out for evaluation, fewer "
+                           f"than ppo.prompts_per_step ({pc.prompts_per_step}) are left")
+    return train, distinct[:n], {"train_prompts": len(train), "heldout_prompts": n, "skipped_records": skipped}
 
 
 def check_processes(pc: PPOConfig, info) -> None:

@@ -31,13 +31,12 @@ def conversations(ctx) -> tuple[list, list, dict]:
     """(train conversations, validation conversations, stats)."""
     sc = ctx.cfg.sft
     if sc.sources:
-        from lmforge.data.chat_sources import mix, need_replies
+        from lmforge.data.chat_sources import mix
 
         if sc.hasty_fraction:
             raise LmforgeError("sft.hasty_fraction rewrites toyworld demonstrations; it does nothing with "
                                "sft.sources: set it to 0")
 
-        need_replies(sc.sources, "sft.sources")
         convs, stats = mix(sc.sources, seed=ctx.cfg.seed)
         skipped = sum(row["skipped"] for row in stats["sources"])
         log_skipped(ctx, "sft", stats)

@@ -47,7 +47,10 @@ class SpecializeConfig:
     train: TrainConfig = field(default_factory=_train_defaults)
 
     def __post_init__(self):
+        from lmforge.data.chat_sources import need_replies
         from lmforge.toyworld.tasks import TASKS
+
+        need_replies(self.sources)
 
         if self.task not in TASKS:
             raise FieldError("task", f"not a toyworld task (tasks: {', '.join(TASKS)}), got {self.task!r}")
@@ -61,10 +64,9 @@ def domain_conversations(ctx) -> tuple[list, list, dict]:
     """(train, validation, stats) for the domain: specialize.sources, or toyworld examples."""
     sp = ctx.cfg.specialize
     if sp.sources:
-        from lmforge.data.chat_sources import mix, need_replies
+        from lmforge.data.chat_sources import mix
         from lmforge.stages.sft import hold_out, log_skipped
 
-        need_replies(sp.sources, "specialize.sources")
         convs, stats = mix(sp.sources, seed=ctx.cfg.seed)
         log_skipped(ctx, "specialize", stats)
         train, val = hold_out(convs, sp.val_examples, "specialize")
