@@ -130,11 +130,14 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
         atomic_write_text(ctx.run_dir / "config.yaml", dump_yaml(cfg))
         _write_hardware(ctx.run_dir)
         _precision_notes(ctx, [n for n in names if not ctx.is_complete(n)])
+    from lmforge.config import RunConfig
+
+    default = RunConfig()  # options added since a stage ran are no change at their defaults (config_changes)
     for name in names:
         stage = STAGES[name]
         if ctx.is_complete(name):
             rec = ctx.record(name)
-            edits = config_changes(rec.get("config", {}), stage_config(cfg, stage))
+            edits = config_changes(rec.get("config", {}), stage_config(cfg, stage), stage_config(default, stage))
             # an earlier stage that ran again since this one did (`lmforge <earlier> --redo-changed`, or
             # --fresh): this one was built on outputs that are gone
             newer = upstream_reruns(rec, lambda e: ctx.finished(e) if ctx.is_complete(e) else None)
@@ -201,9 +204,33 @@ def stage_config(cfg, stage: Stage) -> dict:
     return flat
 
 
-def config_changes(old: dict, new: dict) -> list[str]:
+def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """The keys whose value differs between a stage's recorded config and the current one, as "k: a -> b".
+
+    An option added to lmforge after the stage ran is absent from its record; at its default it changes
+    nothing (new options default to the old behaviour), so it is not a change: a key missing from `old`
+    whose new value equals `defaults`' (the stage_config of a default RunConfig), and a key missing from
+    an old list item (a data source) whose new value is False, None, 0 or empty.
+
+    >>> config_changes({"a": 1, "s": [{"path": "x"}]}, {"a": 1, "b": 0, "s": [{"path": "x", "prompts": False}]},
+    ...                {"b": 0})
+    []
+    >>> config_changes({"a": 1}, {"a": 2, "b": 5}, {"b": 0})
+    ['a: 1 -> 2', 'b: None -> 5']
+    """
+    defaults = defaults or {}
+
+    def added_defaults_dropped(o, n):
+        if isinstance(o, list) and isinstance(n, list) and len(o) == len(n):
+            return [added_defaults_dropped(a, b) for a, b in zip(o, n, strict=True)]
+        if isinstance(o, dict) and isinstance(n, dict):
+            return {k: v for k, v in n.items() if k in o or v not in (False, None, 0, "", [], {})}
+        return n
+
     keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys
+            if not (k not in old and k in defaults and new.get(k) == defaults[k])
+            and old.get(k) != added_defaults_dropped(old.get(k), new.get(k))]
 
 
 def _precision_notes(ctx: RunContext, pending: list[str]) -> None:
