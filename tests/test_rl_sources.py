@@ -224,6 +224,11 @@ def test_ppo_stage_trains_on_source_prompts(tmp_path):
     s = json.loads((tmp_path / "a/summary.json").read_text())["ppo"]
     assert (s["train_prompts"], s["heldout_prompts"], s["steps"]) == (27, 3, 4)
     assert "heldout_rm_score_after" in s
+    from lmforge.cli import main
+
+    assert main(["eval_ppo", str(ROOT / "recipes/rlhf.yaml"), f"out_dir={tmp_path}", "name=a",
+                 "stages=[toyworld,tokenizer,pretrain,sft,pairs,rm,ppo,eval_ppo]",
+                 f"ppo.sources=[{{path: {many}}}]"]) == 2  # toyworld's judge: not for real prompts
     cfg = load_run_config(ROOT / "recipes/rlhf.yaml", [f"ppo.sources=[{{path: {many}}}]"])
     assert STAGES["ppo"].needs(cfg) == () and STAGES["ppo"].needs(load_run_config(ROOT / "recipes/rlhf.yaml")) \
         == ("toyworld",)

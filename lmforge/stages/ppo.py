@@ -303,6 +303,9 @@ def heldout_score(policy, tok, prompts, rm_source, max_new_tokens: int) -> tuple
 def run_eval(ctx) -> dict:
     from lmforge.stages.eval_dpo import compare
 
+    if ctx.cfg.ppo.sources:  # its prompts and judge are toyworld's: a score of other prompts than PPO trained on
+        raise LmforgeError("eval_ppo judges toyworld prompts with toyworld's hidden judge; with ppo.sources, leave it "
+                           "out of stages (the ppo stage reports heldout_rm_score_before/after on your prompts)")
     metrics = compare(ctx, {"sft": "sft", "ppo": "ppo"}, "sft", ctx.cfg.eval_dpo, "eval_ppo")
     if ctx.is_complete("ppo"):
         m = ctx.metrics("ppo")
