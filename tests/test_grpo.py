@@ -15,6 +15,7 @@ from lmforge.rl import RolloutBatches, RolloutSource, token_logps
 from lmforge.stages.grpo import GRPOConfig, GRPOModule
 from lmforge.train.config import TrainConfig
 from lmforge.train.trainer import Trainer
+from tests import tiny_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,17 +96,8 @@ def test_grpo_stage_runs_and_reports(tmp_path):
     from lmforge.cli import main
 
     args = ["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "name=g",
-            "stages=[toyworld,tokenizer,pretrain,sft,grpo]",
-            "model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=400",
-            "train.steps=4", "train.micro_batch_size=4", "train.seq_len=64", "train.progress=false",
-            "train.tensorboard=false", "train.eval_every=2", "train.eval_batches=1",
-            "toyworld.corpus.n_stories=10", "toyworld.corpus.n_arithmetic_docs=5", "toyworld.corpus.n_word_problems=5",
-            "sft.n_per_task=4", "sft.val_examples=20", "sft.train.steps=4", "sft.train.micro_batch_size=4",
-            "sft.train.progress=false", "sft.train.tensorboard=false",
-            "grpo.init=sft", "grpo.n_prompts=16", "grpo.prompts_per_step=2", "grpo.group_size=4",
-            "grpo.max_new_tokens=8",
-            "grpo.eval_examples=4", "grpo.beta=0.04", "grpo.train.steps=3", "grpo.train.progress=false",
-            "grpo.train.tensorboard=false"]
+            "stages=[toyworld,tokenizer,pretrain,sft,grpo]", *tiny_recipe.BASE, *tiny_recipe.GRPO,
+            "grpo.n_prompts=16", "grpo.eval_examples=4", "grpo.beta=0.04"]
     assert main(args) == 0
     s = json.loads((tmp_path / "g/summary.json").read_text())["grpo"]
     assert {"heldout_acc_before", "heldout_acc_after", "kl_to_reference", "reward_last"} <= set(s)

@@ -24,6 +24,7 @@ from lmforge.preference import (
 )
 from lmforge.train.config import TrainConfig
 from lmforge.train.trainer import Trainer
+from tests import tiny_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("Kamdu", "Velora", "Zali", "Finisdor", "Mosol", "Rarnoli", "Kuzol", "Gilo")
@@ -150,16 +151,7 @@ def tiny_alignment_run(tmp_path, *extra):
 
     args = ["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "name=a",
             "stages=[toyworld,tokenizer,pretrain,sft,pairs,rm,bon,dpo,eval_dpo,rlaif]",
-            "model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=400",
-            "train.steps=4", "train.micro_batch_size=4", "train.seq_len=64", "train.progress=false",
-            "train.tensorboard=false", "train.eval_every=2", "train.eval_batches=1",
-            "toyworld.corpus.n_stories=10", "toyworld.corpus.n_arithmetic_docs=5", "toyworld.corpus.n_word_problems=5",
-            "sft.n_per_task=4", "sft.val_examples=20", "sft.train.steps=4", "sft.train.micro_batch_size=4",
-            "sft.train.progress=false", "sft.train.tensorboard=false",
-            "pairs.n_prompts=40", "pairs.samples=3", "pairs.max_new_tokens=12", "pairs.val_fraction=0.3",
-            "pairs.temperature=1.0", "pairs.min_margin=0", "pairs.tasks={}", "pairs.all_pairs=true",
-            "rm.train.steps=4", "rm.train.micro_batch_size=4", "rm.train.progress=false",
-            "rm.train.tensorboard=false",
+            *tiny_recipe.BASE, *tiny_recipe.PAIRS_RM,
             "bon.n=4", "bon.n_prompts=6", "bon.max_new_tokens=12",
             "dpo.train.steps=4", "dpo.train.micro_batch_size=4", "dpo.train.progress=false",
             "dpo.train.tensorboard=false",

@@ -18,6 +18,7 @@ from lmforge.tokenizer import Tokenizer
 from lmforge.train.config import TrainConfig
 from lmforge.train.distributed import DistInfo
 from lmforge.train.trainer import Trainer
+from tests import tiny_recipe
 from tests.test_grpo import StartsWithVowel, tiny
 
 STEPS, P, G = 2, 4, 4
@@ -99,6 +100,28 @@ def _worker(rank, world, port, tok_dir, out):
     cleanup(info)
 
 
+def _results(out, prefix: str) -> tuple[list[dict], list[list[dict]]]:
+    """Each rank's saved tensors and step records; DDP must have kept the replicas' weights identical."""
+    ranks = [load_file(str(out / f"{prefix}{r}.safetensors")) for r in range(2)]
+    logs = [json.loads((out / f"{prefix}{r}.json").read_text()) for r in range(2)]
+    for k in ranks[0]:
+        if k.startswith("w."):
+            assert torch.equal(ranks[0][k], ranks[1][k]), k
+    return ranks, logs
+
+
+def assert_same_update(ddp_logs: list[dict], single: list[dict], ddp_tensors: dict, model) -> None:
+    """The DDP run's steps (rank 0's records and weights) against one process's on the same rollouts."""
+    for a, b in zip(ddp_logs, single, strict=True):
+        assert a["count"] == b["count"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5, abs=1e-7)
+    for k, v in model.state_dict().items():
+        # Adam divides by sqrt(v): float-order differences in near-zero gradients move weights by ~1e-6
+        # (a wrong gradient scale leaves Adam's step alike: the grad_norm check catches that)
+        assert torch.allclose(ddp_tensors[f"w.{k}"], v, atol=2e-5), k
+
+
 class Replay:
     """A rollout source that hands back recorded batches (the two ranks' rows, concatenated)."""
 
@@ -114,13 +137,7 @@ def test_two_processes_share_the_prompts_and_make_the_single_process_update(toy_
     data_dir, _ = toy_data
     tok_dir = data_dir.parent / "tok"
     _spawn(_worker, tok_dir, tmp_path)
-    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
-    logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-
-    # DDP kept the replicas identical
-    for k in ranks[0]:
-        if k.startswith("w."):
-            assert torch.equal(ranks[0][k], ranks[1][k]), k
+    ranks, logs = _results(tmp_path, "rank")
 
     recorded = []
     for step in range(STEPS):
@@ -151,15 +168,7 @@ def test_two_processes_share_the_prompts_and_make_the_single_process_update(toy_
     batches = RolloutBatches(Replay(recorded), micro_batch_size=2, skip_idle=True)
     trainer = Trainer(cfg=train_config(), model=model, module=GRPOModule(GC, 1.0), batches=batches,
                       out_dir=tmp_path / "single", device=torch.device("cpu"), lr=3e-3)
-    single = [trainer.train_step(step) for step in range(STEPS)]
-    for a, b in zip(logs[0], single, strict=True):
-        assert a["count"] == b["count"]
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5, abs=1e-7)
-    for k, v in model.state_dict().items():
-        # Adam divides by sqrt(v): float-order differences in near-zero gradients move weights by ~1e-6
-        # (a wrong gradient scale leaves Adam's step alike: the grad_norm check above catches that)
-        assert torch.allclose(ranks[0][f"w.{k}"], v, atol=2e-5), k
+    assert_same_update(logs[0], [trainer.train_step(step) for step in range(STEPS)], ranks[0], model)
 
 
 def test_prompts_per_step_must_split_across_processes(toy_data):
@@ -225,11 +234,7 @@ def test_ppo_on_two_processes_whitens_over_both_and_makes_the_single_process_upd
     data_dir, _ = toy_data
     tok_dir = data_dir.parent / "tok"
     _spawn(_ppo_worker, tok_dir, tmp_path)
-    ranks = [load_file(str(tmp_path / f"ppo{r}.safetensors")) for r in range(2)]
-    logs = [json.loads((tmp_path / f"ppo{r}.json").read_text()) for r in range(2)]
-    for k in ranks[0]:
-        if k.startswith("w."):
-            assert torch.equal(ranks[0][k], ranks[1][k]), k
+    ranks, logs = _results(tmp_path, "ppo")
     assert ranks[0]["ids"][0, :5].tolist() != ranks[1]["ids"][0, :5].tolist()  # different prompts
     assert logs[0][0]["score"] == logs[1][0]["score"] and logs[0][0]["kl"] == logs[1][0]["kl"]
 
@@ -252,30 +257,14 @@ def test_ppo_on_two_processes_whitens_over_both_and_makes_the_single_process_upd
     pc, policy, value, both, prompts, _ = ppo_parts(Tokenizer.load(tok_dir))
     batches = PPOBatches(lambda index: {**batch, "stats": {}}, 2, pc.ppo_epochs * pc.minibatches, pc.minibatches)
     trainer = ppo_trainer(pc, both, batches, tmp_path / "single")
-    single = [trainer.train_step(step) for step in range(STEPS)]
-    for a, b in zip(logs[0], single, strict=True):
-        assert a["count"] == b["count"]
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5, abs=1e-7)
-    for k, v in both.state_dict().items():
-        assert torch.allclose(ranks[0][f"w.{k}"], v, atol=2e-5), k  # Adam: see the GRPO test
+    assert_same_update(logs[0], [trainer.train_step(step) for step in range(STEPS)], ranks[0], both)
 
 
 # ---- the command line under torchrun ------------------------------------------------------------
-TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=400",
-        "train.steps=4", "train.micro_batch_size=4", "train.seq_len=64", "train.progress=false",
-        "train.tensorboard=false", "train.eval_every=2", "train.eval_batches=1",
-        "toyworld.corpus.n_stories=10", "toyworld.corpus.n_arithmetic_docs=5", "toyworld.corpus.n_word_problems=5",
-        "sft.n_per_task=4", "sft.val_examples=20", "sft.train.steps=4", "sft.train.micro_batch_size=4",
-        "sft.train.progress=false", "sft.train.tensorboard=false",
-        "pairs.n_prompts=40", "pairs.samples=3", "pairs.max_new_tokens=12", "pairs.val_fraction=0.3",
-        "pairs.temperature=1.0", "pairs.min_margin=0", "pairs.tasks={}", "pairs.all_pairs=true",
-        "rm.train.steps=4", "rm.train.micro_batch_size=4", "rm.train.progress=false", "rm.train.tensorboard=false",
+TINY = [*tiny_recipe.BASE, *tiny_recipe.PAIRS_RM, *tiny_recipe.GRPO,
         "ppo.prompts_per_step=8", "ppo.max_new_tokens=8", "ppo.n_prompts=20", "ppo.train.steps=4",
         "ppo.train.progress=false", "ppo.train.tensorboard=false", "ppo.train.micro_batch_size=4",
-        "grpo.init=sft", "grpo.n_prompts=16", "grpo.prompts_per_step=4", "grpo.group_size=4", "grpo.max_new_tokens=8",
-        "grpo.eval_examples=4", "grpo.eval_samples=1", "grpo.train.steps=3", "grpo.train.progress=false",
-        "grpo.train.tensorboard=false"]
+        "grpo.n_prompts=16", "grpo.prompts_per_step=4", "grpo.eval_examples=4", "grpo.eval_samples=1"]
 
 
 def test_torchrun_runs_the_training_stages_on_two_processes(tmp_path):

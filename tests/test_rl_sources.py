@@ -10,6 +10,7 @@ import pytest
 from lmforge.data.chat_sources import ChatSourceConfig
 from lmforge.errors import LmforgeError
 from lmforge.stages.grpo import GRPOConfig, source_problems
+from tests import tiny_recipe
 from tests.conftest import shared_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,16 +97,9 @@ def test_grpo_stage_trains_on_sources_without_toyworld_prompts(tmp_path, monkeyp
     test = write_problems(tmp_path / "test.jsonl", 6, start=50)
     src = lambda p: f"{{path: {p}, fields: {{instruction: question, output: answer}}}}"  # noqa: E731
     args = ["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "name=g",
-            "stages=[toyworld,tokenizer,pretrain,sft,grpo]",
-            "model.n_layer=1", "model.d_model=32", "model.n_head=2", "tokenizer.vocab_size=400",
-            "train.steps=4", "train.micro_batch_size=4", "train.seq_len=64", "train.progress=false",
-            "train.tensorboard=false", "train.eval_every=2", "train.eval_batches=1",
-            "toyworld.corpus.n_stories=10", "toyworld.corpus.n_arithmetic_docs=5", "toyworld.corpus.n_word_problems=5",
-            "sft.n_per_task=4", "sft.val_examples=20", "sft.train.steps=4", "sft.train.micro_batch_size=4",
-            "sft.train.progress=false", "sft.train.tensorboard=false",
-            "grpo.init=sft", f"grpo.sources=[{src(train)}]", f"grpo.eval_sources=[{src(test)}]",
-            "grpo.prompts_per_step=2", "grpo.group_size=4", "grpo.max_new_tokens=8", "grpo.eval_examples=6",
-            "grpo.eval_samples=1", "grpo.train.steps=3", "grpo.train.progress=false", "grpo.train.tensorboard=false"]
+            "stages=[toyworld,tokenizer,pretrain,sft,grpo]", *tiny_recipe.BASE, *tiny_recipe.GRPO,
+            f"grpo.sources=[{src(train)}]", f"grpo.eval_sources=[{src(test)}]", "grpo.eval_examples=6",
+            "grpo.eval_samples=1"]
     assert main(args) == 0
     s = json.loads((tmp_path / "g/summary.json").read_text())["grpo"]
     assert (s["train_problems"], s["heldout_problems"], s["skipped_records"]) == (24, 6, 0)
