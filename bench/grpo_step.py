@@ -47,7 +47,7 @@ on the random model).
 A benchmark, not a test: nothing asserts speed.
 
     python bench/grpo_step.py                         # d_model 256 x 4 layers, vocab 2048, 8 prompts x 8, 64 new
-    python bench/grpo_step.py --checkpoint runs/demo/dpo/model --group 16   # the demo's GRPO shape and model
+    python bench/grpo_step.py --demo                  # the demo's GRPO shape and model (after `make demo`)
     python bench/grpo_step.py --threads 1             # a CPU other processes are busy on: 2 threads can stall 10x
 """
 
@@ -248,7 +248,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(ap)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step (P)")
-    ap.add_argument("--group", type=int, default=8, help="samples per prompt (G); P x G rows per step")
+    ap.add_argument("--group", type=int, default=None, help="samples per prompt (G); P x G rows per step "
+                                                           "(default 8; 16 with --demo)")
     ap.add_argument("--max-new", type=int, default=64, help="max completion length in tokens (L)")
     ap.add_argument("--prompt-len", type=int, default=32, help="longest prompt text in tokens; others down to 80%%")
     ap.add_argument("--steps", type=int, default=3, help="timed steps")
@@ -263,7 +264,18 @@ def main():
                     help="torch intra-op threads (0: torch's default); 1 suffers less from other busy processes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="torch.compile lmforge's model (train.compile)")
+    ap.add_argument("--demo", nargs="?", const="runs/demo", default=None, metavar="RUN",
+                    help="the shape the demo's grpo stage trains at: RUN's (default runs/demo) DPO model, "
+                         "8 prompts x 16 samples (= --checkpoint RUN/dpo/model --group 16)")
     args = ap.parse_args()
+    if args.demo:
+        if args.checkpoint:
+            ap.error("--demo sets the checkpoint (RUN/dpo/model): give one of --demo and --checkpoint")
+        args.checkpoint = str(Path(args.demo) / "dpo" / "model")
+        if not (Path(args.checkpoint) / "model_config.json").exists():
+            ap.error(f"--demo: {args.checkpoint} has no model; run `make demo` first")
+    if args.group is None:
+        args.group = 16 if args.demo else 8
 
     import datasets
     import transformers
