@@ -47,12 +47,15 @@ def token_logps(model, ids: torch.Tensor, targets: torch.Tensor, temperature: fl
     (`lmforge.model.shared_prefix.pack_rows`; same numbers to float rounding)."""
     from lmforge.model.shared_prefix import pack_rows, supports
     from lmforge.model.transformer import Transformer
+    from lmforge.train.distributed import is_fsdp
 
     keep = targets != IGNORE_INDEX
     # the head and the log-softmax only where there is a target (a rollout row is about a third
     # prompt); a wrapped model (DDP, torch.compile) must be called through its forward: `keep` there
     inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or model
     sliced = isinstance(inner, Transformer) and type(inner).forward is Transformer.forward
+    if is_fsdp(inner):  # FSDP2 gathers weights in forward hooks: only a call of forward itself runs them
+        inner = None
     packs = prompt_packs(ids, keep) if sliced and inner is model and supports(model) else None
     if packs is not None and len(packs) < len(ids):
         used = torch.where(keep.any(1), ids.shape[1] - keep.flip(1).int().argmax(1), 1)  # through the last target
@@ -130,6 +133,10 @@ class RolloutSource:
     prompts: a list of (messages, meta) to draw from (seeded, without replacement per epoch);
     reward: a RewardSource; advantage: (rewards (B,), group_size) -> (B,) advantages.
 
+    rollout_model: under FSDP2 the policy's weights are sharded, and the engine needs them whole: a plain
+    copy of the policy (made before sharding), into which every batch first gathers the current weights
+    (`gather_full_weights`, a collective); it then samples and recomputes the log-probs.
+
     Under torchrun (`info` with world size W > 1) every rank draws the same `prompts_per_step` prompts
     and samples the groups of its own P / W of them (rank r: the r-th contiguous slice), with a seed of
     its own (rank 0's is the single-process seed). The per-row rewards, lengths and flags are
@@ -140,7 +147,7 @@ class RolloutSource:
     def __init__(self, model, tok, prompts: list[tuple[list[dict], dict]], reward, advantage: Callable,
                  *, prompts_per_step: int, group_size: int, max_new_tokens: int, temperature: float, seed: int,
                  ref_model=None, length_penalty: float = 0.0, malformed_penalty: float = 0.0, bf16: bool | None = None,
-                 device="cpu", tools=None, info=None):
+                 device="cpu", tools=None, info=None, rollout_model=None):
         from lmforge.chat import render_prompt
         from lmforge.train.distributed import DistInfo
 
@@ -151,6 +158,7 @@ class RolloutSource:
             raise ValueError(f"prompts_per_step ({prompts_per_step}) must be a multiple of the number of processes "
                              f"({self.info.world_size}): each process samples whole groups of its share")
         self.model, self.tok, self.reward, self.advantage = model, tok, reward, advantage
+        self.rollout_model = rollout_model  # FSDP2: a plain replica the rollouts run, its weights gathered per batch
         self.prompts = prompts
         self.encoded = [render_prompt(m, tok) for m, _ in prompts]
         self.P, self.G, self.max_new, self.temperature = prompts_per_step, group_size, max_new_tokens, temperature
@@ -188,7 +196,12 @@ class RolloutSource:
         stop = (self.tok.special[END_OF_TURN], self.tok.eos_id)
         params = SamplingParams(max_new_tokens=self.max_new, temperature=self.temperature, stop_ids=stop,
                                 seed=self.seed * 1_000_003 + batch_index + rank * 1_000_000_007, logprobs=True)
-        outs = Engine(self.model, self.tok, tools=self.tools, batch_size=per * self.G,
+        policy = self.model
+        if self.rollout_model is not None:  # the same weights, whole: every rank gathers them here
+            from lmforge.train.distributed import gather_full_weights
+
+            policy = gather_full_weights(self.model, self.rollout_model)
+        outs = Engine(policy, self.tok, tools=self.tools, batch_size=per * self.G,
                       bf16=self.bf16 and self.device.type == "cpu").generate(
             [self.encoded[i] for i in chosen], params, n=self.G)
         prompts = [self.encoded[i] for i in chosen for _ in range(self.G)]
@@ -207,13 +220,13 @@ class RolloutSource:
             rewards = rewards - self.malformed_penalty * broken
         ids, targets, eng = rows_from_rollouts(prompts, comps, self.tok.pad_id)
         ids, targets = ids.to(self.device), targets.to(self.device)
-        was_training = self.model.training
-        self.model.eval()
+        was_training = policy.training
+        policy.eval()
         checked = len(comps) if recompute_old else self.G  # rows whose engine log-probs are checked
         with torch.no_grad(), self._autocast():
-            trainer_side = token_logps(self.model, ids[:checked], targets[:checked], self.temperature)
+            trainer_side = token_logps(policy, ids[:checked], targets[:checked], self.temperature)
             ref = token_logps(self.ref_model, ids, targets, self.temperature) if self.ref_model is not None else None
-        self.model.train(was_training)
+        policy.train(was_training)
         old = trainer_side if recompute_old else torch.zeros(0, device=self.device)
         mask = targets != IGNORE_INDEX
         diff = (trainer_side.cpu() - eng[:checked]).abs()[mask[:checked].cpu()]

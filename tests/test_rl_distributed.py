@@ -1,5 +1,5 @@
-"""GRPO and PPO under torchrun (DDP, 2 CPU processes): each rank samples its share of the prompts,
-and the update is the one a single process makes from every rank's rollouts together."""
+"""GRPO and PPO under torchrun (DDP, and FSDP2 for GRPO; 2 CPU processes): each rank samples its share
+of the prompts, and the update is the one a single process makes from every rank's rollouts together."""
 
 import json
 import os
@@ -68,15 +68,19 @@ def _spawn(worker, tok_dir, out, timeout: float = 300.0):
         torch.set_num_threads(threads)
 
 
-def _worker(rank, world, port, tok_dir, out):
+def _worker(rank, world, port, tok_dir, out, parallel="ddp"):
+    import copy
+
     from lmforge.train.distributed import cleanup
 
     info = _join(rank, world, port)
     tok = Tokenizer.load(tok_dir)
     model = tiny(tok)
+    replica = copy.deepcopy(model) if parallel == "fsdp2" else None  # as the grpo stage makes it
     src = RolloutSource(model, tok, PROMPTS, StartsWithVowel(), batch_advantages, prompts_per_step=P, group_size=G,
-                        max_new_tokens=GC.max_new_tokens, temperature=1.0, seed=0, bf16=False, info=info)
-    batches = RolloutBatches(src, micro_batch_size=2, skip_idle=True)
+                        max_new_tokens=GC.max_new_tokens, temperature=1.0, seed=0, bf16=False, info=info,
+                        rollout_model=replica)
+    batches = RolloutBatches(src, micro_batch_size=2, skip_idle=replica is None)
     ran, make_micro = [], batches.batches
 
     def counted(step):  # how many micro-batches this rank runs: skip_idle makes it differ between ranks
@@ -85,8 +89,8 @@ def _worker(rank, world, port, tok_dir, out):
         return micro
 
     batches.batches = counted
-    trainer = Trainer(cfg=train_config(), model=model, module=GRPOModule(GC, 1.0), batches=batches,
-                      out_dir=out / f"rank{rank}", device=torch.device("cpu"), lr=3e-3, info=info,
+    trainer = Trainer(cfg=replace(train_config(), parallel=parallel), model=model, module=GRPOModule(GC, 1.0),
+                      batches=batches, out_dir=out / f"rank{rank}", device=torch.device("cpu"), lr=3e-3, info=info,
                       step_stats=lambda: batches.last_stats)
     records, tensors = [], {}
     for step in range(STEPS):
@@ -94,10 +98,21 @@ def _worker(rank, world, port, tok_dir, out):
         b = batches._batch
         tensors.update({f"{step}.ids": b.ids, f"{step}.targets": b.targets, f"{step}.advantages": b.advantages,
                         f"{step}.rewards": b.rewards})
-    tensors.update({f"w.{k}": v.detach().contiguous() for k, v in model.state_dict().items()})
-    save_file(tensors, str(out / f"rank{rank}.safetensors"))
-    (out / f"rank{rank}.json").write_text(json.dumps(records))
+    weights = model.state_dict()
+    if replica is not None:  # FSDP2: each rank holds a shard of every weight
+        from torch.distributed.tensor import DTensor
+
+        weights = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in weights.items()}
+        src.make(STEPS)  # the next rollouts sample from the trained weights: they were gathered into the replica
+        assert all(torch.equal(v, weights[k]) for k, v in replica.state_dict().items())
+    tensors.update({f"w.{k}": v.detach().contiguous() for k, v in weights.items()})
+    save_file(tensors, str(out / f"{parallel}{rank}.safetensors"))
+    (out / f"{parallel}{rank}.json").write_text(json.dumps(records))
     cleanup(info)
+
+
+def _fsdp2_worker(rank, world, port, tok_dir, out):
+    _worker(rank, world, port, tok_dir, out, parallel="fsdp2")
 
 
 def _results(out, prefix: str) -> tuple[list[dict], list[list[dict]]]:
@@ -133,11 +148,13 @@ class Replay:
         return self.recorded[index]
 
 
-def test_two_processes_share_the_prompts_and_make_the_single_process_update(toy_data, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_two_processes_share_the_prompts_and_make_the_single_process_update(toy_data, tmp_path, parallel):
+    """FSDP2: the policy is sharded; rollouts run on a replica its weights are gathered into each step."""
     data_dir, _ = toy_data
     tok_dir = data_dir.parent / "tok"
-    _spawn(_worker, tok_dir, tmp_path)
-    ranks, logs = _results(tmp_path, "rank")
+    _spawn(_worker if parallel == "ddp" else _fsdp2_worker, tok_dir, tmp_path)
+    ranks, logs = _results(tmp_path, parallel)
 
     recorded = []
     for step in range(STEPS):
@@ -161,8 +178,11 @@ def test_two_processes_share_the_prompts_and_make_the_single_process_update(toy_
                                      torch.cat([pad(r[f"{step}.targets"], -100) for r in ranks]),
                                      torch.zeros(0), None, adv, rewards, {}))
 
-    # skip_idle left the ranks different numbers of micro-batches to run (2 and 4 at step 0 with these seeds)
-    assert any(logs[0][t]["micro_batches"] != logs[1][t]["micro_batches"] for t in range(STEPS))
+    runs = [[logs[r][t]["micro_batches"] for t in range(STEPS)] for r in range(2)]
+    if parallel == "ddp":  # skip_idle left the ranks different numbers of micro-batches (2 and 4 at step 0 here)
+        assert runs[0] != runs[1]
+    else:  # every FSDP2 forward is a collective: both ranks run all their rows, in the same micro-batches
+        assert runs[0] == runs[1] == [P // 2 * G // 2] * STEPS
     # one process, from the same start, on the same rollouts: the same losses and weights
     model = tiny(Tokenizer.load(tok_dir))
     batches = RolloutBatches(Replay(recorded), micro_batch_size=2, skip_idle=True)
@@ -264,11 +284,12 @@ def test_ppo_on_two_processes_whitens_over_both_and_makes_the_single_process_upd
 TINY = [*tiny_recipe.BASE, *tiny_recipe.PAIRS_RM, *tiny_recipe.GRPO,
         "ppo.prompts_per_step=8", "ppo.max_new_tokens=8", "ppo.n_prompts=20", "ppo.train.steps=4",
         "ppo.train.progress=false", "ppo.train.tensorboard=false", "ppo.train.micro_batch_size=4",
-        "grpo.n_prompts=16", "grpo.prompts_per_step=4", "grpo.eval_examples=4", "grpo.eval_samples=1"]
+        "grpo.n_prompts=16", "grpo.prompts_per_step=4", "grpo.eval_examples=4", "grpo.eval_samples=1",
+        "grpo.train.parallel=fsdp2", "grpo.train.ckpt_every=2"]  # GRPO sharded: the replica, checkpoints, the model
 
 
 def test_torchrun_runs_the_training_stages_on_two_processes(tmp_path):
-    """`torchrun --nproc_per_node 2 -m lmforge run ...` at tiny sizes: pretrain, sft, rm, ppo and grpo
+    """`torchrun --nproc_per_node 2 -m lmforge run ...` at tiny sizes: pretrain, sft, rm, ppo and grpo (FSDP2)
     train on both processes (the log says world 2), rank 0 alone writes metrics and models."""
     import subprocess
     import sys
@@ -316,6 +337,9 @@ def test_settings_that_do_not_split_across_processes_are_one_line_errors(stage):
     with pytest.raises(LmforgeError, match=msg):
         check(cls(**bad), two)
     ok.train.parallel = "fsdp2"
-    with pytest.raises(LmforgeError, match=rf"^{stage}.train.parallel=fsdp2: rollouts need the whole policy on every "
-                                           rf"process; use {stage}.train.parallel=ddp$"):
+    if stage == "grpo":  # GRPO gathers the sharded policy into a replica for its rollouts
+        check(ok, two)
+        return
+    with pytest.raises(LmforgeError, match=r"^ppo.train.parallel=fsdp2: rollouts need the whole policy on every "
+                                           r"process; use ppo.train.parallel=ddp$"):
         check(ok, two)

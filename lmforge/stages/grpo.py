@@ -250,10 +250,7 @@ def answer_accuracy(model, tok, problems, max_new_tokens: int, tools=None, tempe
 
 
 def check_processes(gc: GRPOConfig, info) -> None:
-    """Under torchrun: DDP only, and every process gets whole groups that split into the updates' slices."""
-    if info.enabled and gc.train.parallel == "fsdp2":
-        raise LmforgeError("grpo.train.parallel=fsdp2: rollouts need the whole policy on every process; "
-                           "use grpo.train.parallel=ddp")
+    """Under torchrun: every process gets whole groups that split into the updates' slices."""
     if gc.prompts_per_step % info.world_size:
         raise LmforgeError(f"grpo.prompts_per_step ({gc.prompts_per_step}) must be a multiple of the number of "
                            f"processes ({info.world_size}): each samples whole groups of its share")
@@ -272,7 +269,7 @@ def run(ctx) -> dict:
     from lmforge.rl import RolloutBatches, RolloutSource
     from lmforge.stages.common import load_world, model_dir
     from lmforge.tokenizer import Tokenizer
-    from lmforge.train.distributed import barrier, mean_over_ranks, resolve_device
+    from lmforge.train.distributed import barrier, gather_full_weights, mean_over_ranks, resolve_device
     from lmforge.train.metrics import read_metrics
     from lmforge.train.trainer import Trainer
 
@@ -310,21 +307,32 @@ def run(ctx) -> dict:
 
     acc_before, sampled_before = accuracies(model)
     reward = VerifiableMath(format_bonus=gc.format_reward)
+    # FSDP2 shards the policy's weights; the engine (rollouts, evaluation) and the saved model need them whole:
+    # a plain replica, into which they are gathered when needed
+    replica = copy.deepcopy(model) if info.enabled and tc.parallel == "fsdp2" else None
+    # under FSDP2 every forward is a collective, so every rank runs the same micro-batches: no skipping
+    skip_idle = gc.skip_idle and replica is None
     source = RolloutSource(model, tok, train_prompts, reward, advantage_fn(gc), prompts_per_step=gc.prompts_per_step,
                            group_size=gc.group_size, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
                            seed=cfg.seed, ref_model=ref if gc.beta > 0 else None,
                            length_penalty=gc.length_penalty, malformed_penalty=gc.malformed_penalty,
-                           bf16=tc.use_bf16(device), device=device, tools=tools, info=info)
-    batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch, skip_idle=gc.skip_idle)
+                           bf16=tc.use_bf16(device), device=device, tools=tools, info=info, rollout_model=replica)
+    batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch, skip_idle=skip_idle)
 
     trainer = Trainer(cfg=tc, model=model, module=GRPOModule(gc, gc.temperature), batches=batches, out_dir=out,
                       device=device, lr=tc.lr, info=info, step_stats=lambda: batches.last_stats)
     start = resume_step(ctx, trainer, "grpo")
+    if replica is not None:
+        ctx.log(f"[grpo] FSDP2 over {info.world_size} processes: rollouts and evaluation run a whole copy of the "
+                f"policy, its weights gathered before each rollout batch; every row is trained"
+                f"{' (skip_idle is off: each forward is a collective)' if gc.skip_idle else ''}")
     ctx.log(f"[grpo] {len(train_prompts)} {'grpo.sources' if gc.sources else gc.task} prompts, "
             f"{gc.prompts_per_step} x {gc.group_size} samples per "
             f"step, baseline={gc.baseline} scale={gc.scale} agg={gc.aggregation} beta={gc.beta}; "
             f"held-out accuracy before: {acc_before:.3f} greedy, {sampled_before:.3f} sampled")
     trainer.run(start_step=start)
+    if replica is not None:
+        model = gather_full_weights(model, replica)
     model.eval()
     acc_after, sampled_after = accuracies(model)
     kl_prompts = [render_prompt(e[0] if gc.sources else e.messages[:-1], tok)

@@ -89,6 +89,33 @@ def parallelize(model: torch.nn.Module, info: DistInfo, mode: str, device: torch
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def is_fsdp(model: torch.nn.Module) -> bool:
+    """Whether `model` was sharded by FSDP2's `fully_shard` (its forward then gathers its weights: a collective)."""
+    if not dist.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+@torch.no_grad()
+def gather_full_weights(model: torch.nn.Module, replica: torch.nn.Module) -> torch.nn.Module:
+    """Copy `model`'s whole weights into `replica`, a plain module of the same structure, and return it.
+
+    Under FSDP2 every sharded parameter is all-gathered (`DTensor.full_tensor`): a collective, so every
+    rank calls this, at the same point. What needs the whole model outside the sharded forward (the
+    generation engine, a saved checkpoint) uses the replica: on each rank, one more copy of the weights.
+    """
+    from torch.distributed.tensor import DTensor
+
+    ours, theirs = dict(model.named_parameters()), dict(replica.named_parameters())
+    if ours.keys() != theirs.keys():
+        raise ValueError("gather_full_weights: the replica's parameters are not the model's")
+    for name, p in ours.items():
+        theirs[name].copy_(p.full_tensor() if isinstance(p, DTensor) else p)
+    return replica
+
+
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
