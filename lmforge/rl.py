@@ -54,9 +54,12 @@ def token_logps(model, ids: torch.Tensor, targets: torch.Tensor, temperature: fl
     # prompt); a wrapped model (DDP, torch.compile) must be called through its forward: `keep` there
     inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or model
     sliced = isinstance(inner, Transformer) and type(inner).forward is Transformer.forward
-    if is_fsdp(inner):  # FSDP2 gathers weights in forward hooks: only a call of forward itself runs them
+    # FSDP2 gathers a sharded module's weights in its forward hooks, a collective: every rank must run each
+    # block the same number of times (once), and a sharded root only through its forward
+    sharded = is_fsdp(inner, inside=True)
+    if is_fsdp(inner):
         inner = None
-    packs = prompt_packs(ids, keep) if sliced and inner is model and supports(model) else None
+    packs = prompt_packs(ids, keep) if sliced and inner is model and not sharded and supports(model) else None
     if packs is not None and len(packs) < len(ids):
         used = torch.where(keep.any(1), ids.shape[1] - keep.flip(1).int().argmax(1), 1)  # through the last target
         h, where = pack_rows(model, ids, used, packs)

@@ -1,4 +1,4 @@
-"""GRPO and PPO under torchrun (DDP, and FSDP2 for GRPO; 2 CPU processes): each rank samples its share
+"""GRPO and PPO under torchrun (DDP and FSDP2, 2 CPU processes): each rank samples its share
 of the prompts, and the update is the one a single process makes from every rank's rollouts together."""
 
 import json
@@ -220,14 +220,15 @@ def ppo_parts(tok):
     return pc, policy, value, PolicyAndValue(policy, value), prompts, FixedKLController(pc.kl_coef)
 
 
-def ppo_trainer(pc, both, batches, out, info=None):
+def ppo_trainer(pc, both, batches, out, info=None, parallel="ddp"):
     from lmforge.stages.ppo import PPOModule
 
-    return Trainer(cfg=train_config(), model=both, module=PPOModule(pc, pc.temperature), batches=batches, out_dir=out,
-                   device=torch.device("cpu"), lr=3e-3, info=info or DistInfo(), step_stats=lambda: batches.last_stats)
+    return Trainer(cfg=replace(train_config(), parallel=parallel), model=both, module=PPOModule(pc, pc.temperature),
+                   batches=batches, out_dir=out, device=torch.device("cpu"), lr=3e-3, info=info or DistInfo(),
+                   step_stats=lambda: batches.last_stats)
 
 
-def _ppo_worker(rank, world, port, tok_dir, out):
+def _ppo_worker(rank, world, port, tok_dir, out, parallel="ddp"):
     import copy
 
     from lmforge.stages.ppo import PPOBatches, make_rollouts
@@ -236,24 +237,38 @@ def _ppo_worker(rank, world, port, tok_dir, out):
     info = _join(rank, world, port)
     tok = Tokenizer.load(tok_dir)
     pc, policy, value, both, prompts, kl_ctl = ppo_parts(tok)
+    replicas = (copy.deepcopy(policy), copy.deepcopy(value)) if parallel == "fsdp2" else None  # as the stage does
     make = make_rollouts(pc, policy, value, copy.deepcopy(policy).eval(), StartsWithVowel(), tok, prompts, 0,
-                         torch.device("cpu"), False, kl_ctl, info)
+                         torch.device("cpu"), False, kl_ctl, info, replicas)
     batches = PPOBatches(make, 2, pc.ppo_epochs * pc.minibatches, pc.minibatches)
-    trainer = ppo_trainer(pc, both, batches, out / f"ppo{rank}", info)
+    trainer = ppo_trainer(pc, both, batches, out / f"ppo{rank}", info, parallel)
     records = [trainer.train_step(step) for step in range(STEPS)]
     tensors = {k: batches._batch[k] for k in PPO_KEYS}
-    tensors.update({f"w.{k}": v.detach().contiguous() for k, v in both.state_dict().items()})
+    weights = both.state_dict()
+    if replicas is not None:  # FSDP2: each rank holds a shard of every weight
+        from torch.distributed.tensor import DTensor
+
+        weights = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in weights.items()}
+        make(STEPS)  # the next rollouts run the trained policy and value model: gathered into the copies
+        for name, copied in zip(("policy", "value"), replicas, strict=True):
+            assert all(torch.equal(v, weights[f"{name}.{k}"]) for k, v in copied.state_dict().items())
+    tensors.update({f"w.{k}": v.detach().contiguous() for k, v in weights.items()})
     save_file(tensors, str(out / f"ppo{rank}.safetensors"))
     (out / f"ppo{rank}.json").write_text(json.dumps(records))
     cleanup(info)
 
 
-def test_ppo_on_two_processes_whitens_over_both_and_makes_the_single_process_update(toy_data, tmp_path):
+def _ppo_fsdp2_worker(rank, world, port, tok_dir, out):
+    _ppo_worker(rank, world, port, tok_dir, out, parallel="fsdp2")
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_ppo_on_two_processes_whitens_over_both_and_makes_the_single_process_update(toy_data, tmp_path, parallel):
     from lmforge.stages.ppo import PPOBatches
 
     data_dir, _ = toy_data
     tok_dir = data_dir.parent / "tok"
-    _spawn(_ppo_worker, tok_dir, tmp_path)
+    _spawn(_ppo_worker if parallel == "ddp" else _ppo_fsdp2_worker, tok_dir, tmp_path)
     ranks, logs = _results(tmp_path, "ppo")
     assert ranks[0]["ids"][0, :5].tolist() != ranks[1]["ids"][0, :5].tolist()  # different prompts
     assert logs[0][0]["score"] == logs[1][0]["score"] and logs[0][0]["kl"] == logs[1][0]["kl"]
@@ -284,12 +299,13 @@ def test_ppo_on_two_processes_whitens_over_both_and_makes_the_single_process_upd
 TINY = [*tiny_recipe.BASE, *tiny_recipe.PAIRS_RM, *tiny_recipe.GRPO,
         "ppo.prompts_per_step=8", "ppo.max_new_tokens=8", "ppo.n_prompts=20", "ppo.train.steps=4",
         "ppo.train.progress=false", "ppo.train.tensorboard=false", "ppo.train.micro_batch_size=4",
+        "ppo.train.parallel=fsdp2", "ppo.train.ckpt_every=2",
         "grpo.n_prompts=16", "grpo.prompts_per_step=4", "grpo.eval_examples=4", "grpo.eval_samples=1",
         "grpo.train.parallel=fsdp2", "grpo.train.ckpt_every=2"]  # GRPO sharded: the replica, checkpoints, the model
 
 
 def test_torchrun_runs_the_training_stages_on_two_processes(tmp_path):
-    """`torchrun --nproc_per_node 2 -m lmforge run ...` at tiny sizes: pretrain, sft, rm, ppo and grpo (FSDP2)
+    """`torchrun --nproc_per_node 2 -m lmforge run ...` at tiny sizes: pretrain, sft, rm, ppo and grpo (both FSDP2)
     train on both processes (the log says world 2), rank 0 alone writes metrics and models."""
     import subprocess
     import sys
@@ -336,10 +352,5 @@ def test_settings_that_do_not_split_across_processes_are_one_line_errors(stage):
     check(cls(**bad), DistInfo())  # one process: fine
     with pytest.raises(LmforgeError, match=msg):
         check(cls(**bad), two)
-    ok.train.parallel = "fsdp2"
-    if stage == "grpo":  # GRPO gathers the sharded policy into a replica for its rollouts
-        check(ok, two)
-        return
-    with pytest.raises(LmforgeError, match=r"^ppo.train.parallel=fsdp2: rollouts need the whole policy on every "
-                                           r"process; use ppo.train.parallel=ddp$"):
-        check(ok, two)
+    ok.train.parallel = "fsdp2"  # the sharded policy is gathered into a whole copy for the rollouts
+    check(ok, two)

@@ -128,18 +128,20 @@ class PPOModule:
         return (pg + self.pc.value_coef * vf) * n, stats
 
 
-def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device, bf16, kl_ctl, info=None):
+def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device, bf16, kl_ctl, info=None,
+                  replicas=None):
     """A function batch_index -> rollout batch dict (tensors + stats), closing over the models.
 
     Under torchrun (`info`, world size W) each rank samples its own P / W of the batch's prompts, with a
     seed of its own (rank 0: the single-process seed); advantages are whitened, and statistics and the adaptive KL
-    controller's input are averaged, over every rank's rollouts."""
+    controller's input are averaged, over every rank's rollouts. replicas: under FSDP2, plain copies of the
+    policy and the value model, into which each batch first gathers their sharded weights (every rank)."""
     from lmforge.engine import Engine, SamplingParams
     from lmforge.losses.rl import gae, kl_penalty, token_rewards, whiten
     from lmforge.rewards import RewardRequest
     from lmforge.rl import rows_from_rollouts, token_logps
     from lmforge.tokenizer import END_OF_TURN
-    from lmforge.train.distributed import DistInfo, all_reduce_sum
+    from lmforge.train.distributed import DistInfo, all_reduce_sum, gather_full_weights
 
     info = info or DistInfo()
     per = pc.prompts_per_step // info.world_size
@@ -155,13 +157,16 @@ def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device,
     def make(index: int) -> dict:
         import random
 
+        policy_now, value_now = policy, value
+        if replicas is not None:  # FSDP2: the engine and these forwards need whole weights
+            policy_now, value_now = (gather_full_weights(m, r) for m, r in zip((policy, value), replicas, strict=True))
         rng = random.Random(f"ppo:{seed}:{index}")
         chosen = rng.sample(range(len(prompts)), pc.prompts_per_step)[info.rank * per:(info.rank + 1) * per]
         params = SamplingParams(max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
                                 seed=seed + index + info.rank * 1_000_000_007,  # rank 0: the one-process seed
                                 stop_ids=(tok.special[END_OF_TURN], tok.eos_id))
         enc = [prompts[i][1] for i in chosen]
-        comps = [c[0] for c in Engine(policy, tok, batch_size=len(enc)).generate(enc, params)]
+        comps = [c[0] for c in Engine(policy_now, tok, batch_size=len(enc)).generate(enc, params)]
         texts = [tok.decode(c.ids, skip_special=True).strip() for c in comps]
         score = torch.tensor(rm_source.score([RewardRequest(prompts[i][0], t) for i, t in zip(chosen, texts,
                                                                                               strict=True)]))
@@ -171,11 +176,11 @@ def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device,
         ids, targets = ids.to(device), targets.to(device)
         mask = (targets != IGNORE_INDEX).float()
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            policy.eval()
-            old = token_logps(policy, ids, targets, pc.temperature)
+            policy_now.eval()
+            old = token_logps(policy_now, ids, targets, pc.temperature)
             ref_lp = token_logps(ref, ids, targets, pc.temperature)
-            old_v = value(ids).float() * mask
-            policy.train()
+            old_v = value_now(ids).float() * mask
+            policy_now.train()
         kl = kl_penalty(old, ref_lp, "k1") * mask
         rewards = token_rewards(score.to(device), kl, mask, kl_ctl.value)
         adv, ret = gae(rewards, old_v, mask, pc.gamma, pc.lam)
@@ -216,10 +221,7 @@ def source_prompts(pc: PPOConfig, seed: int) -> tuple[list, list, dict]:
 
 
 def check_processes(pc: PPOConfig, info) -> None:
-    """Under torchrun: DDP only, and every process's share of the rollouts splits into the minibatches."""
-    if info.enabled and pc.train.parallel == "fsdp2":
-        raise LmforgeError("ppo.train.parallel=fsdp2: rollouts need the whole policy on every process; "
-                           "use ppo.train.parallel=ddp")
+    """Under torchrun: every process's share of the rollouts splits into the minibatches."""
     if pc.prompts_per_step % (info.world_size * pc.minibatches):
         raise LmforgeError(f"ppo.prompts_per_step ({pc.prompts_per_step}) must be a multiple of the number of "
                            f"processes ({info.world_size}) x ppo.minibatches ({pc.minibatches}): each process "
@@ -234,7 +236,7 @@ def run(ctx) -> dict:
     from lmforge.stages.common import load_world, model_dir
     from lmforge.tokenizer import Tokenizer
     from lmforge.toyworld.judge import preference_prompts
-    from lmforge.train.distributed import barrier, mean_over_ranks, resolve_device
+    from lmforge.train.distributed import barrier, gather_full_weights, mean_over_ranks, resolve_device
     from lmforge.train.metrics import read_metrics
     from lmforge.train.trainer import Trainer
 
@@ -263,7 +265,10 @@ def run(ctx) -> dict:
     kl_ctl = AdaptiveKLController(pc.kl_coef, pc.kl_target, 10_000) if pc.kl_target > 0 \
         else FixedKLController(pc.kl_coef)
     bf16 = tc.use_bf16(device)
-    make = make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, cfg.seed, device, bf16, kl_ctl, info)
+    # FSDP2 shards both trained models; rollouts, evaluation and the saved model use whole copies (see make_rollouts)
+    replicas = (copy.deepcopy(policy), copy.deepcopy(value)) if info.enabled and tc.parallel == "fsdp2" else None
+    make = make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, cfg.seed, device, bf16, kl_ctl, info,
+                         replicas)
     batches = PPOBatches(make, tc.micro_batch_size, pc.ppo_epochs * pc.minibatches, pc.minibatches)
     both = PolicyAndValue(policy, value)
     mine = heldout[info.rank::info.world_size]  # under torchrun each rank scores its share
@@ -271,10 +276,15 @@ def run(ctx) -> dict:
     trainer = Trainer(cfg=tc, model=both, module=PPOModule(pc, pc.temperature), batches=batches, out_dir=out,
                       device=device, lr=tc.lr, info=info, step_stats=lambda: batches.last_stats)
     start = resume_step(ctx, trainer, "ppo")
+    if replicas is not None:
+        ctx.log(f"[ppo] FSDP2 over {info.world_size} processes: rollouts and evaluation run whole copies of the policy "
+                f"and the value model, their weights gathered before each rollout batch")
     ctx.log(f"[ppo] {len(prompts)} prompts, {pc.prompts_per_step} rollouts per batch, {pc.ppo_epochs} epochs x "
             f"{pc.minibatches} minibatches, kl_coef {pc.kl_coef}; held-out reward-model score before: "
             f"{score_before:.3f}")
     trainer.run(start_step=start)
+    if replicas is not None:
+        policy = gather_full_weights(policy, replicas[0])
     score_after = mean_over_ranks(*heldout_score(policy, tok, mine, rm_source, pc.max_new_tokens), info, device)
     if info.is_main:
         save_model(policy.cpu(), out / "model", src)

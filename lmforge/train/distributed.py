@@ -74,13 +74,18 @@ def resolve_device(choice: str, info: DistInfo | None = None, *, flag: str = "de
 
 
 def parallelize(model: torch.nn.Module, info: DistInfo, mode: str, device: torch.device) -> torch.nn.Module:
-    """Wrap for data parallelism: DDP (replicated weights) or FSDP2 (sharded per block)."""
+    """Wrap for data parallelism: DDP (replicated weights) or FSDP2 (sharded per block).
+
+    FSDP2 shards every transformer block in `model` (one model's, or a policy's and a value model's
+    trained together), then the root: the rest (embeddings, final norms, heads)."""
     if not info.enabled:
         return model
     if mode == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.model.layers:  # shard each block, then the root (embeddings, head)
+        from lmforge.model.transformer import Block
+
+        for block in [m for m in model.modules() if isinstance(m, Block)]:
             fully_shard(block)
         fully_shard(model)
         return model
@@ -89,13 +94,14 @@ def parallelize(model: torch.nn.Module, info: DistInfo, mode: str, device: torch
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def is_fsdp(model: torch.nn.Module) -> bool:
-    """Whether `model` was sharded by FSDP2's `fully_shard` (its forward then gathers its weights: a collective)."""
+def is_fsdp(model: torch.nn.Module, inside: bool = False) -> bool:
+    """Whether `model` was sharded by FSDP2's `fully_shard` (its forward then gathers its weights: a
+    collective); `inside`: whether any of its modules was (a model within a sharded root)."""
     if not dist.is_available():
         return False
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(model, FSDPModule)
+    return any(isinstance(m, FSDPModule) for m in model.modules()) if inside else isinstance(model, FSDPModule)
 
 
 @torch.no_grad()
