@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 import torch
 
 from lmforge.data.chat_sources import ChatSourceConfig
-from lmforge.errors import FieldError, LmforgeError, above_zero, check_fields, non_negative, one_of, positive
+from lmforge.errors import (
+    FieldError,
+    LmforgeError,
+    above_zero,
+    check_fields,
+    checkpoints_between_batches,
+    non_negative,
+    one_of,
+    positive,
+)
 from lmforge.pipeline import Stage
 from lmforge.stages.common import resume_step
 from lmforge.train.config import TrainConfig
@@ -84,6 +93,7 @@ class GRPOConfig:
         check_fields(self, ["clip_low"], lambda v: 0 < v < 1, "a number between 0 and 1")
         check_fields(self, ["clip_high"], lambda v: v >= self.clip_low, f"a number >= clip_low ({self.clip_low})")
         non_negative(self, "beta", "eval_samples", "format_reward", "length_penalty", "malformed_penalty")
+        checkpoints_between_batches(self.train, self.updates_per_batch, "updates_per_batch")
 
 
 class GRPOModule:

@@ -21,7 +21,15 @@ import torch
 from torch import nn
 
 from lmforge.data.chat_sources import ChatSourceConfig
-from lmforge.errors import LmforgeError, above_zero, check_fields, fraction, non_negative, positive
+from lmforge.errors import (
+    LmforgeError,
+    above_zero,
+    check_fields,
+    checkpoints_between_batches,
+    fraction,
+    non_negative,
+    positive,
+)
 from lmforge.losses import IGNORE_INDEX
 from lmforge.pipeline import Stage
 from lmforge.stages.common import check_task_mix, resume_step
@@ -67,6 +75,7 @@ class PPOConfig:
         non_negative(self, "kl_coef", "kl_target", "clip", "value_clip", "value_coef", "length_penalty")
         fraction(self, "gamma", "lam")
         check_task_mix(self, "tasks")
+        checkpoints_between_batches(self.train, self.ppo_epochs * self.minibatches, "ppo_epochs x minibatches")
 
 
 class PolicyAndValue(nn.Module):
