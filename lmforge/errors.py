@@ -88,23 +88,3 @@ def check_flags(*checks) -> None:
     for flag, value, ok, expected in checks:
         if not ok(value):
             raise LmforgeError(f"{flag}: expected {expected}, got {value}")
-
-
-def checkpoints_between_batches(train, updates: int, what: str) -> None:
-    """An RL stage trains `updates` optimizer steps on each rollout batch. A checkpoint inside a batch
-    cannot be resumed exactly: the batch's rollouts (and their old log-probs) came from the weights it
-    started with, which the checkpoint no longer holds. So checkpoints that fall before the last step
-    must fall on batch boundaries.
-
-    >>> from types import SimpleNamespace
-    >>> checkpoints_between_batches(SimpleNamespace(ckpt_every=20, steps=60), 4, "ppo_epochs x minibatches")
-    >>> try:
-    ...     checkpoints_between_batches(SimpleNamespace(ckpt_every=20, steps=60), 3, "updates_per_batch")
-    ... except FieldError as e:
-    ...     print(e)  # doctest: +ELLIPSIS
-    train.ckpt_every: expected a multiple of updates_per_batch (3), got 20: ...
-    """
-    if train.ckpt_every < train.steps and train.ckpt_every % updates:
-        raise FieldError("train.ckpt_every", f"expected a multiple of {what} ({updates}), got {train.ckpt_every}: "
-                                             f"a checkpoint inside a rollout batch could not be resumed exactly")
-

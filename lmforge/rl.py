@@ -130,6 +130,30 @@ def rows_from_rollouts(prompts: list[list[int]], completions, pad_id: int):
             torch.tensor(eng, dtype=torch.float32))
 
 
+def checkpoints_between_batches(tc, updates: int, key: str):
+    """`tc` with checkpoints only between rollout batches of `updates` optimizer steps each, and a log note.
+
+    A checkpoint inside a batch cannot be resumed exactly: the batch's rollouts (and their old log-probs)
+    came from the weights the batch started with, which the checkpoint no longer holds, so a resumed run
+    would sample other rollouts. `ckpt_every` is rounded up to a multiple of `updates` (the note says so).
+
+    >>> from lmforge.train.config import TrainConfig
+    >>> tc, note = checkpoints_between_batches(TrainConfig(steps=60, ckpt_every=20), 8, "ppo")
+    >>> tc.ckpt_every, note[:75]
+    (24, '[ppo] checkpoints every 24 steps: ppo.train.ckpt_every 20 rounded up to a m')
+    >>> checkpoints_between_batches(TrainConfig(steps=60, ckpt_every=20), 4, "ppo")[1] is None
+    True
+    """
+    import dataclasses
+
+    if tc.ckpt_every % updates == 0 or tc.ckpt_every >= tc.steps:
+        return tc, None
+    every = -(-tc.ckpt_every // updates) * updates
+    return dataclasses.replace(tc, ckpt_every=every), (
+        f"[{key}] checkpoints every {every} steps: {key}.train.ckpt_every {tc.ckpt_every} rounded up to a multiple "
+        f"of the {updates} updates of each rollout batch, so that a resumed run repeats the uninterrupted one")
+
+
 class RolloutSource:
     """Makes one rollout batch per call from the current policy.
 

@@ -72,11 +72,6 @@ def test_list_of_sources_override():
                           "one minibatch, got 3"),
     ("grpo.updates_per_batch=3", "override: grpo.updates_per_batch: expected a divisor of prompts_per_step x "
                                  "group_size (128): every rollout in one update's slice, got 3"),
-    # a checkpoint inside a rollout batch could not resume it exactly
-    ("grpo.updates_per_batch=8", "override: grpo.train.ckpt_every: expected a multiple of updates_per_batch (8), "
-                                 "got 20: a checkpoint inside a rollout batch could not be resumed exactly"),
-    ("ppo.ppo_epochs=3", "override: ppo.train.ckpt_every: expected a multiple of ppo_epochs x minibatches (6), "
-                         "got 20: a checkpoint inside a rollout batch could not be resumed exactly"),
     ("ppo.tasks={bogus: 1}", "override: ppo.tasks.bogus: not a toyworld task (tasks: "),
     ("ppo.tasks={qa: x}", "override: ppo.tasks.qa: expected a weight > 0, got 'x'"),
     ("rlaif.val_fraction=1.5", "override: rlaif.val_fraction: expected a number >= 0 and < 1, got 1.5"),

@@ -299,9 +299,10 @@ def test_ppo_on_two_processes_whitens_over_both_and_makes_the_single_process_upd
 TINY = [*tiny_recipe.BASE, *tiny_recipe.PAIRS_RM, *tiny_recipe.GRPO,
         "ppo.prompts_per_step=8", "ppo.max_new_tokens=8", "ppo.n_prompts=20", "ppo.train.steps=4",
         "ppo.train.progress=false", "ppo.train.tensorboard=false", "ppo.train.micro_batch_size=4",
-        "ppo.train.parallel=fsdp2", "ppo.train.ckpt_every=2",
+        "ppo.train.parallel=fsdp2",
         "grpo.n_prompts=16", "grpo.prompts_per_step=4", "grpo.eval_examples=4", "grpo.eval_samples=1",
-        "grpo.train.parallel=fsdp2", "grpo.train.ckpt_every=2"]  # GRPO sharded: the replica, checkpoints, the model
+        "grpo.train.parallel=fsdp2", "grpo.train.ckpt_every=2",  # GRPO sharded: the replica, checkpoints, the model
+        "grpo.train.weight_decay=0.1"]  # the tiny policy's rewards are all equal: decay alone moves its weights
 
 
 def test_torchrun_runs_the_training_stages_on_two_processes(tmp_path):
@@ -325,6 +326,11 @@ def test_torchrun_runs_the_training_stages_on_two_processes(tmp_path):
         logs = [json.loads(x) for x in (tmp_path / f"t/{stage}/metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in logs if r["kind"] == "train"] == logged, stage  # one writer, no duplicate lines
         assert (tmp_path / f"t/{stage}/model/model.safetensors").exists()
+    # the saved models are the trained ones (FSDP2: gathered into the whole copy), not their starting SFT model
+    start = load_file(str(tmp_path / "t/sft/model/model.safetensors"))
+    for stage in ("grpo", "ppo"):
+        trained = load_file(str(tmp_path / f"t/{stage}/model/model.safetensors"))
+        assert any(not torch.equal(trained[k], start[k]) for k in start), stage
 
 
 @pytest.mark.parametrize("stage", ["grpo", "ppo"])
@@ -334,7 +340,7 @@ def test_settings_that_do_not_split_across_processes_are_one_line_errors(stage):
 
     two = replace(DistInfo(), world_size=2)
     if stage == "grpo":
-        ok, check = GRPOConfig(prompts_per_step=4, group_size=4, updates_per_batch=8), grpo.check_processes
+        ok, check = GRPOConfig(prompts_per_step=4, group_size=4, updates_per_batch=4), grpo.check_processes
         with pytest.raises(LmforgeError, match=r"^grpo.prompts_per_step \(3\) must be a multiple of the number of "
                                                r"processes \(2\): each samples whole groups of its share$"):
             check(GRPOConfig(prompts_per_step=3), two)

@@ -25,7 +25,6 @@ from lmforge.errors import (
     LmforgeError,
     above_zero,
     check_fields,
-    checkpoints_between_batches,
     non_negative,
     one_of,
     positive,
@@ -93,7 +92,6 @@ class GRPOConfig:
         check_fields(self, ["clip_low"], lambda v: 0 < v < 1, "a number between 0 and 1")
         check_fields(self, ["clip_high"], lambda v: v >= self.clip_low, f"a number >= clip_low ({self.clip_low})")
         non_negative(self, "beta", "eval_samples", "format_reward", "length_penalty", "malformed_penalty")
-        checkpoints_between_batches(self.train, self.updates_per_batch, "updates_per_batch")
 
 
 class GRPOModule:
@@ -276,7 +274,7 @@ def run(ctx) -> dict:
     from lmforge.chat import render_prompt
     from lmforge.model.io import load_model, save_model
     from lmforge.rewards.math import VerifiableMath
-    from lmforge.rl import RolloutBatches, RolloutSource
+    from lmforge.rl import RolloutBatches, RolloutSource, checkpoints_between_batches
     from lmforge.stages.common import load_world, model_dir
     from lmforge.tokenizer import Tokenizer
     from lmforge.train.distributed import barrier, gather_full_weights, mean_over_ranks, resolve_device
@@ -285,6 +283,9 @@ def run(ctx) -> dict:
 
     cfg, info, gc = ctx.cfg, ctx.info, ctx.cfg.grpo
     tc, out = gc.train, ctx.stage_dir("grpo")
+    tc, note = checkpoints_between_batches(tc, gc.updates_per_batch, "grpo")
+    if note:
+        ctx.log(note)
     check_processes(gc, info)
     src = model_dir(ctx, gc.init, "grpo.init")
     tok = Tokenizer.load(src)
@@ -335,7 +336,7 @@ def run(ctx) -> dict:
     if replica is not None:
         ctx.log(f"[grpo] FSDP2 over {info.world_size} processes: rollouts and evaluation run a whole copy of the "
                 f"policy, its weights gathered before each rollout batch; every row is trained"
-                f"{' (skip_idle is off: each forward is a collective)' if gc.skip_idle else ''}")
+                f"{' (skip_idle is off: each forward is a collective)' if gc.skip_idle and gc.beta == 0 else ''}")
     ctx.log(f"[grpo] {len(train_prompts)} {'grpo.sources' if gc.sources else gc.task} prompts, "
             f"{gc.prompts_per_step} x {gc.group_size} samples per "
             f"step, baseline={gc.baseline} scale={gc.scale} agg={gc.aggregation} beta={gc.beta}; "

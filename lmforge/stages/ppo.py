@@ -25,7 +25,6 @@ from lmforge.errors import (
     LmforgeError,
     above_zero,
     check_fields,
-    checkpoints_between_batches,
     fraction,
     non_negative,
     positive,
@@ -75,7 +74,6 @@ class PPOConfig:
         non_negative(self, "kl_coef", "kl_target", "clip", "value_clip", "value_coef", "length_penalty")
         fraction(self, "gamma", "lam")
         check_task_mix(self, "tasks")
-        checkpoints_between_batches(self.train, self.ppo_epochs * self.minibatches, "ppo_epochs x minibatches")
 
 
 class PolicyAndValue(nn.Module):
@@ -241,6 +239,7 @@ def run(ctx) -> dict:
     from lmforge.chat import render_prompt
     from lmforge.losses.rl import AdaptiveKLController, FixedKLController
     from lmforge.model.io import load_model, save_model
+    from lmforge.rl import checkpoints_between_batches
     from lmforge.stages.bon import reward_source
     from lmforge.stages.common import load_world, model_dir
     from lmforge.tokenizer import Tokenizer
@@ -251,6 +250,9 @@ def run(ctx) -> dict:
 
     cfg, info, pc = ctx.cfg, ctx.info, ctx.cfg.ppo
     tc, out = pc.train, ctx.stage_dir("ppo")
+    tc, note = checkpoints_between_batches(tc, pc.ppo_epochs * pc.minibatches, "ppo")
+    if note:
+        ctx.log(note)
     check_processes(pc, info)
     device = resolve_device(tc.device, info)
     src = model_dir(ctx, pc.init, "ppo.init")
