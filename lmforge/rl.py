@@ -162,7 +162,8 @@ class RolloutSource:
 
     rollout_model: under FSDP2 the policy's weights are sharded, and the engine needs them whole: a plain
     copy of the policy (made before sharding), into which every batch first gathers the current weights
-    (`gather_full_weights`, a collective); it then samples and recomputes the log-probs.
+    (`gather_full_weights`, a collective) before it samples. The log-prob check (and the old log-probs)
+    still run the sharded model, the forward the update runs.
 
     Under torchrun (`info` with world size W > 1) every rank draws the same `prompts_per_step` prompts
     and samples the groups of its own P / W of them (rank r: the r-th contiguous slice), with a seed of
@@ -247,13 +248,14 @@ class RolloutSource:
             rewards = rewards - self.malformed_penalty * broken
         ids, targets, eng = rows_from_rollouts(prompts, comps, self.tok.pad_id)
         ids, targets = ids.to(self.device), targets.to(self.device)
-        was_training = policy.training
-        policy.eval()
+        # the trainer's own forward (under FSDP2 the sharded model: every rank runs it once on as many rows)
+        was_training = self.model.training
+        self.model.eval()
         checked = len(comps) if recompute_old else self.G  # rows whose engine log-probs are checked
         with torch.no_grad(), self._autocast():
-            trainer_side = token_logps(policy, ids[:checked], targets[:checked], self.temperature)
+            trainer_side = token_logps(self.model, ids[:checked], targets[:checked], self.temperature)
             ref = token_logps(self.ref_model, ids, targets, self.temperature) if self.ref_model is not None else None
-        policy.train(was_training)
+        self.model.train(was_training)
         old = trainer_side if recompute_old else torch.zeros(0, device=self.device)
         mask = targets != IGNORE_INDEX
         diff = (trainer_side.cpu() - eng[:checked]).abs()[mask[:checked].cpu()]

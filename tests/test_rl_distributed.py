@@ -168,6 +168,8 @@ def test_two_processes_share_the_prompts_and_make_the_single_process_update(toy_
         assert torch.allclose(adv, batch_advantages(rewards, G))
         assert logs[0][step]["reward"] == pytest.approx(float(rewards.mean()))
         assert logs[0][step]["reward"] == logs[1][step]["reward"]
+        # the engine's log-probs (FSDP2: the whole copy's) against the trainer's forward (the sharded model's)
+        assert logs[0][step]["logp_max_diff"] < 1e-4
         assert logs[0][step]["idle_fraction"] == pytest.approx(float((adv == 0).float().mean()))
         width = max(r[f"{step}.ids"].shape[1] for r in ranks)
 
