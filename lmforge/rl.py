@@ -298,9 +298,11 @@ class RolloutBatches:
     """
 
     def __init__(self, source: RolloutSource, micro_batch_size: int, updates_per_batch: int = 1,
-                 skip_idle: bool = False):
+                 skip_idle: bool = False, same_count_on_ranks: bool = False):
         self.source, self.micro, self.updates = source, micro_batch_size, updates_per_batch
         self.skip_idle = skip_idle
+        # FSDP2: every forward and backward is a collective, so every rank must run as many micro-batches
+        self.same_count = same_count_on_ranks and source.info.enabled
         self._index, self._batch = -1, None
         self.last_stats: dict = {}
 
@@ -348,4 +350,20 @@ class RolloutBatches:
             out.append((b.ids[r, :width], b.targets[r, :width], old, ref, b.advantages[r]))
         if idle:
             out[0] = (*out[0], b.targets[idle])
+        if self.same_count:
+            out += [self._filler(b, rows[0])] * (self._most_on_a_rank(len(out)) - len(out))
         return out
+
+    def _most_on_a_rank(self, n: int) -> int:
+        from lmforge.train.distributed import all_reduce_max
+
+        return int(all_reduce_max(torch.tensor(n, device=self.source.device), self.source.info))
+
+    @staticmethod
+    def _filler(b: RolloutBatch, r: int) -> tuple:
+        """A micro-batch that runs the model (so its collectives) and adds nothing: one column of row r,
+        no target, so no loss, no gradient and no count."""
+        old = b.old_logp[r:r + 1, :1] if b.old_logp.numel() else b.old_logp
+        ref = b.ref_logp[r:r + 1, :1] if b.ref_logp is not None else torch.zeros(0)
+        return (b.ids[r:r + 1, :1], torch.full_like(b.targets[r:r + 1, :1], IGNORE_INDEX), old, ref,
+                torch.zeros_like(b.advantages[r:r + 1]))

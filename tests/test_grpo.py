@@ -284,3 +284,21 @@ def test_constant_groups_get_exactly_zero_advantage():
     for scale in ("group", "batch", "none"):
         adv = group_advantages(r, 8, scale=scale)
         assert adv[:8].eq(0).all() and adv[8] > 0 and adv[9] < 0
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "fixed_length"])
+def test_a_filler_micro_batch_counts_nothing_and_gives_no_gradient(toy_data, aggregation):
+    """Under FSDP2 a rank with fewer busy rows runs fillers so that every rank makes the same collectives
+    (RolloutBatches(same_count_on_ranks=True)): each must add no count, no loss and no gradient."""
+    _, tok = toy_data
+    model = tiny(tok)
+    batch = source(model, tok).make(0)
+    filler = RolloutBatches._filler(batch, 3)
+    module = GRPOModule(GRPOConfig(prompts_per_step=4, group_size=4, max_new_tokens=6, aggregation=aggregation), 1.0)
+    assert module.count(filler) == 0
+    assert module.count((batch.ids, batch.targets)) == (int((batch.targets != -100).sum())
+                                                        if aggregation == "token_mean" else 16)
+    loss, stats = module.loss(model, filler)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and float(stats["clip_fraction"]) == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())

@@ -80,12 +80,12 @@ def _worker(rank, world, port, tok_dir, out, parallel="ddp"):
     src = RolloutSource(model, tok, PROMPTS, StartsWithVowel(), batch_advantages, prompts_per_step=P, group_size=G,
                         max_new_tokens=GC.max_new_tokens, temperature=1.0, seed=0, bf16=False, info=info,
                         rollout_model=replica)
-    batches = RolloutBatches(src, micro_batch_size=2, skip_idle=replica is None)
+    batches = RolloutBatches(src, micro_batch_size=2, skip_idle=True, same_count_on_ranks=replica is not None)
     ran, make_micro = [], batches.batches
 
-    def counted(step):  # how many micro-batches this rank runs: skip_idle makes it differ between ranks
+    def counted(step):  # micro-batches this rank runs (skip_idle makes it differ between ranks), and fillers
         micro = make_micro(step)
-        ran.append(len(micro))
+        ran.append((len(micro), sum(bool((m[1] == -100).all()) for m in micro)))
         return micro
 
     batches.batches = counted
@@ -94,7 +94,7 @@ def _worker(rank, world, port, tok_dir, out, parallel="ddp"):
                       step_stats=lambda: batches.last_stats)
     records, tensors = [], {}
     for step in range(STEPS):
-        records.append({**trainer.train_step(step), "micro_batches": ran[-1]})
+        records.append({**trainer.train_step(step), "micro_batches": ran[-1][0], "fillers": ran[-1][1]})
         b = batches._batch
         tensors.update({f"{step}.ids": b.ids, f"{step}.targets": b.targets, f"{step}.advantages": b.advantages,
                         f"{step}.rewards": b.rewards})
@@ -180,11 +180,11 @@ def test_two_processes_share_the_prompts_and_make_the_single_process_update(toy_
                                      torch.cat([pad(r[f"{step}.targets"], -100) for r in ranks]),
                                      torch.zeros(0), None, adv, rewards, {}))
 
-    runs = [[logs[r][t]["micro_batches"] for t in range(STEPS)] for r in range(2)]
+    runs, fillers = ([[logs[r][t][k] for t in range(STEPS)] for r in range(2)] for k in ("micro_batches", "fillers"))
     if parallel == "ddp":  # skip_idle left the ranks different numbers of micro-batches (2 and 4 at step 0 here)
-        assert runs[0] != runs[1]
-    else:  # every FSDP2 forward is a collective: both ranks run all their rows, in the same micro-batches
-        assert runs[0] == runs[1] == [P // 2 * G // 2] * STEPS
+        assert runs[0] != runs[1] and fillers == [[0] * STEPS] * 2
+    else:  # every FSDP2 forward is a collective: the rank with fewer busy rows runs empty micro-batches too
+        assert runs[0] == runs[1] and sum(map(sum, fillers)) > 0
     # one process, from the same start, on the same rollouts: the same losses and weights
     model = tiny(Tokenizer.load(tok_dir))
     batches = RolloutBatches(Replay(recorded), micro_batch_size=2, skip_idle=True)

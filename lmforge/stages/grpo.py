@@ -111,7 +111,7 @@ class GRPOModule:
     def _count(self, targets) -> int:
         if self.gc.aggregation == "token_mean":
             return int((targets != -100).sum())
-        return targets.shape[0]
+        return int((targets != -100).any(1).sum())  # rows: every rollout has a target; a filler row has none
 
     def loss(self, model, batch):
         from lmforge.losses.rl import aggregate, kl_penalty, policy_loss
@@ -321,22 +321,20 @@ def run(ctx) -> dict:
     # FSDP2 shards the policy's weights; the engine (rollouts, evaluation) and the saved model need them whole:
     # a plain replica, into which they are gathered when needed
     replica = copy.deepcopy(model) if info.enabled and tc.parallel == "fsdp2" else None
-    # under FSDP2 every forward is a collective, so every rank runs the same micro-batches: no skipping
-    skip_idle = gc.skip_idle and replica is None
     source = RolloutSource(model, tok, train_prompts, reward, advantage_fn(gc), prompts_per_step=gc.prompts_per_step,
                            group_size=gc.group_size, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
                            seed=cfg.seed, ref_model=ref if gc.beta > 0 else None,
                            length_penalty=gc.length_penalty, malformed_penalty=gc.malformed_penalty,
                            bf16=tc.use_bf16(device), device=device, tools=tools, info=info, rollout_model=replica)
-    batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch, skip_idle=skip_idle)
+    batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch, skip_idle=gc.skip_idle,
+                             same_count_on_ranks=replica is not None)
 
     trainer = Trainer(cfg=tc, model=model, module=GRPOModule(gc, gc.temperature), batches=batches, out_dir=out,
                       device=device, lr=tc.lr, info=info, step_stats=lambda: batches.last_stats)
     start = resume_step(ctx, trainer, "grpo")
     if replica is not None:
         ctx.log(f"[grpo] FSDP2 over {info.world_size} processes: rollouts and evaluation run a whole copy of the "
-                f"policy, its weights gathered before each rollout batch; every row is trained"
-                f"{' (skip_idle is off: each forward is a collective)' if gc.skip_idle and gc.beta == 0 else ''}")
+                f"policy, its weights gathered before each rollout batch")
     ctx.log(f"[grpo] {len(train_prompts)} {'grpo.sources' if gc.sources else gc.task} prompts, "
             f"{gc.prompts_per_step} x {gc.group_size} samples per "
             f"step, baseline={gc.baseline} scale={gc.scale} agg={gc.aggregation} beta={gc.beta}; "
