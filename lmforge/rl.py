@@ -350,7 +350,7 @@ class RolloutBatches:
             out.append((b.ids[r, :width], b.targets[r, :width], old, ref, b.advantages[r]))
         if idle:
             out[0] = (*out[0], b.targets[idle])
-        if self.same_count:
+        if self.same_count and self.skip_idle and b.ref_logp is None:  # only skipping makes the counts differ
             out += [self._filler(b, rows[0])] * (self._most_on_a_rank(len(out)) - len(out))
         return out
 
@@ -362,8 +362,7 @@ class RolloutBatches:
     @staticmethod
     def _filler(b: RolloutBatch, r: int) -> tuple:
         """A micro-batch that runs the model (so its collectives) and adds nothing: one column of row r,
-        no target, so no loss, no gradient and no count."""
-        old = b.old_logp[r:r + 1, :1] if b.old_logp.numel() else b.old_logp
-        ref = b.ref_logp[r:r + 1, :1] if b.ref_logp is not None else torch.zeros(0)
-        return (b.ids[r:r + 1, :1], torch.full_like(b.targets[r:r + 1, :1], IGNORE_INDEX), old, ref,
-                torch.zeros_like(b.advantages[r:r + 1]))
+        no target, so no loss and no gradient; its 0-d 6th tensor marks it, so it counts nothing."""
+        old = torch.zeros_like(b.old_logp[r:r + 1, :1]) if b.old_logp.numel() else b.old_logp
+        return (b.ids[r:r + 1, :1], torch.full_like(b.targets[r:r + 1, :1], IGNORE_INDEX), old, torch.zeros(0),
+                torch.zeros_like(b.advantages[r:r + 1]), torch.tensor(0))

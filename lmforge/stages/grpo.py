@@ -105,13 +105,16 @@ class GRPOModule:
         self.gc, self.temperature = gc, temperature
 
     def count(self, batch) -> int:
-        """Tokens (token_mean) or sequences; a 6th tensor holds the targets of rows counted but not run."""
+        """Tokens (token_mean) or sequences; a 6th tensor holds the targets of rows counted but not run,
+        or is 0-d: the mark of a filler micro-batch (`RolloutBatches`: run for FSDP2's collectives only)."""
+        if len(batch) > 5 and batch[5].dim() == 0:
+            return 0
         return sum(self._count(targets) for targets in (batch[1], *batch[5:]))
 
     def _count(self, targets) -> int:
         if self.gc.aggregation == "token_mean":
             return int((targets != -100).sum())
-        return int((targets != -100).any(1).sum())  # rows: every rollout has a target; a filler row has none
+        return targets.shape[0]
 
     def loss(self, model, batch):
         from lmforge.losses.rl import aggregate, kl_penalty, policy_loss
