@@ -54,17 +54,16 @@ def token_logps(model, ids: torch.Tensor, targets: torch.Tensor, temperature: fl
     # prompt); a wrapped model (DDP, torch.compile) must be called through its forward: `keep` there
     inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or model
     sliced = isinstance(inner, Transformer) and type(inner).forward is Transformer.forward
-    # FSDP2 gathers a sharded module's weights in its forward hooks, a collective: every rank must run each
-    # block the same number of times (once), and a sharded root only through its forward
-    sharded = is_fsdp(inner, inside=True)
-    if is_fsdp(inner):
-        inner = None
-    packs = prompt_packs(ids, keep) if sliced and inner is model and not sharded and supports(model) else None
+    # FSDP2 gathers a sharded module's weights in its forward hooks, a collective: a sharded root runs only
+    # through its forward, and every rank must run each block the same number of times (once: no packs)
+    fsdp_root = is_fsdp(inner)
+    direct = sliced and inner is model and not fsdp_root    # its blocks and head may be called one by one
+    packs = prompt_packs(ids, keep) if direct and supports(model) and not is_fsdp(model, inside=True) else None
     if packs is not None and len(packs) < len(ids):
         used = torch.where(keep.any(1), ids.shape[1] - keep.flip(1).int().argmax(1), 1)  # through the last target
         h, where = pack_rows(model, ids, used, packs)
         logits, tgt = model.lm_head(h[where[keep]]).float(), targets[keep]
-    elif sliced and inner is model:
+    elif direct:
         logits, tgt = model.lm_head(model.hidden(ids)[keep]).float(), targets[keep]
     elif sliced:
         logits, tgt = model(ids, keep=keep).float(), targets[keep]

@@ -20,15 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmforge.data.chat_sources import ChatSourceConfig
-from lmforge.errors import (
-    FieldError,
-    LmforgeError,
-    above_zero,
-    check_fields,
-    non_negative,
-    one_of,
-    positive,
-)
+from lmforge.errors import FieldError, LmforgeError, above_zero, check_fields, non_negative, one_of, positive
 from lmforge.pipeline import Stage
 from lmforge.stages.common import resume_step
 from lmforge.train.config import TrainConfig

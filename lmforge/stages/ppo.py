@@ -21,14 +21,7 @@ import torch
 from torch import nn
 
 from lmforge.data.chat_sources import ChatSourceConfig
-from lmforge.errors import (
-    LmforgeError,
-    above_zero,
-    check_fields,
-    fraction,
-    non_negative,
-    positive,
-)
+from lmforge.errors import LmforgeError, above_zero, check_fields, fraction, non_negative, positive
 from lmforge.losses import IGNORE_INDEX
 from lmforge.pipeline import Stage
 from lmforge.stages.common import check_task_mix, resume_step
