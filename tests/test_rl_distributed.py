@@ -222,12 +222,12 @@ def ppo_parts(tok):
     return pc, policy, value, PolicyAndValue(policy, value), prompts, FixedKLController(pc.kl_coef)
 
 
-def ppo_trainer(pc, both, batches, out, info=None, parallel="ddp", cfg=None):
+def ppo_trainer(pc, both, batches, out, info=None, parallel="ddp", cfg=None, stage_state=None):
     from lmforge.stages.ppo import PPOModule
 
     return Trainer(cfg=cfg or replace(train_config(), parallel=parallel), model=both,
                    module=PPOModule(pc, pc.temperature), batches=batches, out_dir=out, device=torch.device("cpu"),
-                   lr=3e-3, info=info or DistInfo(), step_stats=lambda: batches.last_stats)
+                   lr=3e-3, info=info or DistInfo(), step_stats=lambda: batches.last_stats, stage_state=stage_state)
 
 
 def _ppo_worker(rank, world, port, tok_dir, out, parallel="ddp"):

@@ -44,31 +44,56 @@ def test_killed_and_resumed_grpo_run_matches_uninterrupted(toy_data, tmp_path, u
     assert rewards[0] == rewards[1] and len(rewards[0]) == 5 and len(set(rewards[0])) > 1
 
 
-def test_killed_and_resumed_ppo_run_matches_uninterrupted(toy_data, tmp_path):
-    """PPO with a fixed KL coefficient (the adaptive controller's state is not checkpointed): 1 epoch x
-    2 minibatches per rollout batch, killed after step 6, resumed from its step-4 checkpoint."""
+def ppo_run(tok, out, adaptive: bool, steps: int = 8, save_state: bool = True):
+    """A tiny PPO trainer: 1 epoch x 2 minibatches per rollout batch, a checkpoint every 4 steps. The adaptive
+    KL controller aims at a target far below the measured KL with a short horizon, so its coefficient
+    moves every batch (by 20% x 4 / 10 = 8%)."""
     import copy
 
+    from lmforge.losses.rl import AdaptiveKLController
     from lmforge.stages.ppo import PPOBatches, make_rollouts
     from tests.test_grpo import StartsWithVowel
     from tests.test_rl_distributed import ppo_parts, ppo_trainer, train_config
 
+    pc, policy, value, both, prompts, kl_ctl = ppo_parts(tok)
+    if adaptive:
+        kl_ctl = AdaptiveKLController(pc.kl_coef, target=1e-6, horizon=10)
+    make = make_rollouts(pc, policy, value, copy.deepcopy(policy).eval(), StartsWithVowel(), tok, prompts, 0,
+                         torch.device("cpu"), False, kl_ctl)
+    batches = PPOBatches(make, 2, pc.ppo_epochs * pc.minibatches, pc.minibatches)
+    return ppo_trainer(pc, both, batches, out, cfg=replace(train_config(), steps=steps, ckpt_every=4, log_every=1),
+                       stage_state=kl_ctl if save_state else None)
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed_kl", "adaptive_kl"])
+def test_killed_and_resumed_ppo_run_matches_uninterrupted(toy_data, tmp_path, adaptive):
+    """PPO killed after step 6 and resumed from its step-4 checkpoint logs the uninterrupted run's losses,
+    reward-model scores and KL coefficients. With the adaptive controller the coefficient at the
+    checkpoint is restored from trainer_state.json ("stage_state"); restarted from its initial value, the
+    resumed run's rewards, and so its losses, would differ."""
     _, tok = toy_data
-
-    def trainer(out):
-        pc, policy, value, both, prompts, kl_ctl = ppo_parts(tok)
-        make = make_rollouts(pc, policy, value, copy.deepcopy(policy).eval(), StartsWithVowel(), tok, prompts, 0,
-                             torch.device("cpu"), False, kl_ctl)
-        batches = PPOBatches(make, 2, pc.ppo_epochs * pc.minibatches, pc.minibatches)
-        return ppo_trainer(pc, both, batches, out, cfg=replace(train_config(), steps=8, ckpt_every=4, log_every=1))
-
-    full = trainer(tmp_path / "full")
+    full = ppo_run(tok, tmp_path / "full", adaptive)
     full.run()
-    part = trainer(tmp_path / "part")
+    part = ppo_run(tok, tmp_path / "part", adaptive)
     part.run(stop_at=6)
-    resumed = trainer(tmp_path / "part")
+    resumed = ppo_run(tok, tmp_path / "part", adaptive)
     assert resumed.resume() == 4
     resumed.run(start_step=4)
     assert part.history[:4] + resumed.history == full.history
-    scores = [[r["score"] for r in read_metrics(tmp_path / d, "train")] for d in ("full", "part")]
-    assert scores[0] == scores[1] and len(scores[0]) == 8
+    logged = [read_metrics(tmp_path / d, "train") for d in ("full", "part")]
+    for key in ("score", "kl_coef"):
+        assert [r[key] for r in logged[0]] == [r[key] for r in logged[1]] and len(logged[0]) == 8
+    coefs = [r["kl_coef"] for r in logged[0]]
+    assert (len(set(coefs)) > 1) == adaptive  # the adaptive coefficient really moves, so restoring it matters
+
+
+def test_resuming_adaptive_kl_from_a_checkpoint_without_its_state_is_refused(toy_data, tmp_path):
+    """A checkpoint written without the controller's state (an older lmforge) cannot resume an adaptive
+    run exactly: a one-line error naming the file, not a silent restart of the coefficient."""
+    from lmforge.errors import LmforgeError
+
+    _, tok = toy_data
+    ppo_run(tok, tmp_path / "run", adaptive=True, steps=4, save_state=False).run()
+    resumed = ppo_run(tok, tmp_path / "run", adaptive=True, steps=8)
+    with pytest.raises(LmforgeError, match=r"step_00000004/trainer_state.json: \"stage_state\" has no 'kl_coef'"):
+        resumed.resume()

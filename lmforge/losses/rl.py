@@ -280,6 +280,13 @@ class AdaptiveKLController:
         self.value *= 1 + error * n_steps / self.horizon
         return self.value
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps (the coefficient moves; target and horizon come from the config)."""
+        return {"kl_coef": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["kl_coef"])
+
 
 class FixedKLController:
     """A constant KL coefficient with the controller interface (`value`, `update` does nothing)."""
@@ -289,6 +296,12 @@ class FixedKLController:
 
     def update(self, current_kl: float | Tensor, n_steps: int) -> float:
         return self.value
+
+    def state_dict(self) -> dict:  # nothing moves: the config's coefficient stands
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def entropy_from_logits(logits: Tensor, mask: Tensor) -> Tensor:

@@ -278,7 +278,7 @@ def run(ctx) -> dict:
     mine = heldout[info.rank::info.world_size]  # under torchrun each rank scores its share
     score_before = mean_over_ranks(*heldout_score(policy, tok, mine, rm_source, pc.max_new_tokens), info, device)
     trainer = Trainer(cfg=tc, model=both, module=PPOModule(pc, pc.temperature), batches=batches, out_dir=out,
-                      device=device, lr=tc.lr, info=info, step_stats=lambda: batches.last_stats)
+                      device=device, lr=tc.lr, info=info, step_stats=lambda: batches.last_stats, stage_state=kl_ctl)
     start = resume_step(ctx, trainer, "ppo")
     if replicas is not None:
         ctx.log(f"[ppo] FSDP2 over {info.world_size} processes: rollouts and evaluation run whole copies of the policy "

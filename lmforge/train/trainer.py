@@ -33,6 +33,14 @@ from lmforge.train.metrics import MetricsLogger, measure_peak_flops
 from lmforge.train.schedule import lr_at
 
 
+class StageState(Protocol):
+    """State a stage keeps outside the model and optimizer that resuming must restore (e.g. PPO's
+    adaptive KL coefficient): a JSON-serializable dict, saved in trainer_state.json as "stage_state"."""
+
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 class TrainModule(Protocol):
     """count: what the loss is normalized by (tokens, pairs, ...) in one micro-batch.
 
@@ -91,6 +99,7 @@ class Trainer:
     evaluate: Callable[[torch.nn.Module, int], dict] | None = None   # validation metrics
     sample: Callable[[torch.nn.Module, int], dict] | None = None     # text samples to log
     step_stats: Callable[[], dict] | None = None  # extra numbers logged with each step (e.g. rollout rewards)
+    stage_state: StageState | None = None    # the stage's own state that checkpoints keep (PPO's KL controller)
     tokens_per_row: int = 0                  # for throughput/MFU (0: not a token-level stage)
     flops_per_token: float = 0.0
     history: list = field(default_factory=list)
@@ -131,6 +140,12 @@ class Trainer:
             key = f"{self.config_key or self._default_config_key()}.steps"
             raise LmforgeError(f"{ckpt}: the checkpoint is at step {state['step']}, past {key}={self.cfg.steps}; "
                                f"set {key} to at least {state['step']} to continue it, or pass --fresh to start over")
+        if self.stage_state is not None:
+            try:  # a checkpoint from before stage_state existed holds none: {} (a stateless stage accepts it)
+                self.stage_state.load_state_dict(state.get("stage_state") or {})
+            except KeyError as e:
+                raise LmforgeError(f"{ckpt / 'trainer_state.json'}: \"stage_state\" has no {e} (an older lmforge "
+                                   f"wrote it); pass --fresh to start over") from None
         self.logger.truncate_after(state["step"])
         return state["step"]
 
@@ -140,8 +155,9 @@ class Trainer:
         return "train" if name == "pretrain" else f"{name}.train"
 
     def save(self, step: int) -> None:
+        extra = {"stage_state": self.stage_state.state_dict()} if self.stage_state is not None else None
         save_checkpoint(self.ckpt_dir, step, self.model, self.optimizer, tied=self.tied,
-                        is_main=self.info.is_main, keep=self.cfg.keep_checkpoints)
+                        is_main=self.info.is_main, extra=extra, keep=self.cfg.keep_checkpoints)
 
     def _grad_sync(self, sync_now: bool):
         """Skip the gradient all-reduce (DDP) / reduce-scatter (FSDP2) on all but the last micro-batch."""
