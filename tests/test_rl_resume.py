@@ -11,7 +11,7 @@ from lmforge.stages.grpo import GRPOConfig, GRPOModule
 from lmforge.train.config import TrainConfig
 from lmforge.train.metrics import read_metrics
 from lmforge.train.trainer import Trainer
-from tests.test_grpo import source, tiny
+from tests.test_grpo import StartsWithVowel, source, tiny
 
 
 @pytest.mark.parametrize("updates", [1, 2])
@@ -52,7 +52,6 @@ def ppo_run(tok, out, adaptive: bool, steps: int = 8, save_state: bool = True):
 
     from lmforge.losses.rl import AdaptiveKLController
     from lmforge.stages.ppo import PPOBatches, make_rollouts
-    from tests.test_grpo import StartsWithVowel
     from tests.test_rl_distributed import ppo_parts, ppo_trainer, train_config
 
     pc, policy, value, both, prompts, kl_ctl = ppo_parts(tok)
@@ -97,3 +96,58 @@ def test_resuming_adaptive_kl_from_a_checkpoint_without_its_state_is_refused(toy
     resumed = ppo_run(tok, tmp_path / "run", adaptive=True, steps=8)
     with pytest.raises(LmforgeError, match=r"step_00000004/trainer_state.json: \"stage_state\" has no 'kl_coef'"):
         resumed.resume()
+
+
+def _fsdp2_resume_worker(rank, world, port, tok_dir, out):
+    """Under FSDP2 (2 processes): GRPO for 4 steps, and the same run killed after step 3 and resumed
+    from its step-2 checkpoint (saved from the sharded model, loaded back into a new sharded one)."""
+    import copy
+    import json
+
+    import torch.distributed as dist
+
+    from lmforge.rl import RolloutSource
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.train.distributed import cleanup
+    from tests.test_rl_distributed import GC, PROMPTS, _join, batch_advantages, train_config
+
+    info = _join(rank, world, port)
+    tok = Tokenizer.load(tok_dir)
+
+    def trainer(name):
+        model = tiny(tok)
+        src = RolloutSource(model, tok, PROMPTS, StartsWithVowel(), batch_advantages, prompts_per_step=4,
+                            group_size=4, max_new_tokens=GC.max_new_tokens, temperature=1.0, seed=0, bf16=False,
+                            info=info, rollout_model=copy.deepcopy(model))
+        batches = RolloutBatches(src, micro_batch_size=2, skip_idle=True, same_count_on_ranks=True)
+        cfg = replace(train_config(), parallel="fsdp2", steps=4, ckpt_every=2, log_every=1)
+        return Trainer(cfg=cfg, model=model, module=GRPOModule(GC, 1.0), batches=batches, out_dir=out / name,
+                       device=torch.device("cpu"), lr=3e-3, info=info, step_stats=lambda: batches.last_stats)
+
+    full = trainer("full")
+    full.run()
+    part = trainer("part")
+    part.run(stop_at=3)
+    dist.barrier()  # rank 0 has finished writing the step-2 checkpoint that both ranks read
+    resumed = trainer("part")
+    start = resumed.resume()
+    resumed.run(start_step=start)
+    (out / f"resume{rank}.json").write_text(json.dumps(
+        {"start": start, "full": full.history, "resumed": part.history[:2] + resumed.history}))
+    cleanup(info)
+
+
+def test_killed_and_resumed_fsdp2_grpo_run_matches_uninterrupted(toy_data, tmp_path):
+    """The checkpoint of a sharded policy (gathered whole by rank 0) resumes into a new sharded one whose
+    whole copy samples the uninterrupted run's rollouts: same losses on both ranks."""
+    import json
+
+    from tests.test_rl_distributed import _spawn
+
+    data_dir, _ = toy_data
+    _spawn(_fsdp2_resume_worker, data_dir.parent / "tok", tmp_path)
+    logs = [json.loads((tmp_path / f"resume{r}.json").read_text()) for r in range(2)]
+    for log in logs:
+        assert log["start"] == 2 and len(log["full"]) == 4
+        assert log["resumed"] == log["full"]
+    assert logs[0]["full"] == logs[1]["full"] and len(set(logs[0]["full"])) > 1
