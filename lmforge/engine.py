@@ -177,8 +177,12 @@ class Engine:
 
     # -- public API ----------------------------------------------------------------------------
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1) -> list[list[Completion]]:
-        """Complete every prompt `n` times; returns completions indexed [prompt][sample]."""
+    def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1,
+                 progress: str | None = None) -> list[list[Completion]]:
+        """Complete every prompt `n` times; returns completions indexed [prompt][sample].
+
+        progress: a description to show a progress bar (completions done) under, for long calls.
+        """
         if n < 1:
             raise ValueError(f"n must be positive, got {n}")
         out: list[list[Completion]] = [[] for _ in prompts]
@@ -199,7 +203,12 @@ class Engine:
                 groups.append([])
             groups[-1].append(i)
         gen = torch.Generator(device=self._device()).manual_seed(params.seed)
-        with self._session() as decoder:
+        bar = contextlib.nullcontext()
+        if progress is not None:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(prompts) * n, desc=progress, unit="answer", leave=False, mininterval=1.0)
+        with self._session() as decoder, bar:
             for group in groups:
                 for s0 in range(0, n, self.batch_size):  # n > batch_size: a prompt's samples in pieces
                     k = min(n - s0, self.batch_size)
@@ -208,6 +217,8 @@ class Engine:
                         pass
                     for j, i in enumerate(group):
                         out[i].extend(r.completion() for r in rows[j * k:(j + 1) * k])
+                    if progress is not None:
+                        bar.update(len(group) * k)
         return out
 
     def stream(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:

@@ -107,6 +107,37 @@ def test_n_greedy_samples_are_identical_and_match_n_equal_one():
         assert [[c.ids for c in s] for s in outs] == [[o] * 3 for o in one]
 
 
+def test_progress_bar_counts_every_answer_and_changes_no_output(monkeypatch):
+    """generate(progress=...) shows a bar of prompts x n answers, advanced per run (2 runs of 2 prompts x 2
+    samples here); the outputs are those without it."""
+    import tqdm.auto
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, **kw):
+            self.total, self.desc, self.updates = total, desc, []
+            bars.append(self)
+
+        def update(self, k):
+            self.updates.append(k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    model, prompts = tiny(), prompts_of([5, 3, 7, 4])
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=3)
+    plain = ids(Engine(model, batch_size=4).generate(prompts, params, n=2))
+    assert bars == []
+    shown = ids(Engine(model, batch_size=4).generate(prompts, params, n=2, progress="sampling"))
+    assert shown == plain
+    assert [(b.desc, b.total, b.updates) for b in bars] == [("sampling", 8, [4, 4])]
+
+
 def test_sampling_leaves_the_global_rng_alone():
     model = tiny()
     state = torch.get_rng_state()

@@ -52,7 +52,7 @@ def reward_source(ctx, ref: str, key: str, device):
 def run(ctx) -> dict:
     from lmforge.model.io import load_model
     from lmforge.rewards import RewardRequest
-    from lmforge.stages.common import load_world, model_dir
+    from lmforge.stages.common import load_world, model_dir, progress_bar
     from lmforge.stages.pairs import sample_answers, write_jsonl
     from lmforge.tokenizer import Tokenizer
     from lmforge.toyworld.judge import judge_compare, judge_score, preference_prompts
@@ -69,7 +69,7 @@ def run(ctx) -> dict:
     prompts = [e.messages[:-1] for e in examples]
     ctx.log(f"[bon] {bc.n} samples for each of {len(examples)} {bc.split} prompts from {src}, scored by {rm.name}")
     samples = sample_answers(model, tok, prompts, bc.n, temperature=bc.temperature, top_k=bc.top_k,
-                             max_new_tokens=bc.max_new_tokens, seed=ctx.cfg.seed + 1)
+                             max_new_tokens=bc.max_new_tokens, seed=ctx.cfg.seed + 1, progress=progress_bar(ctx, "bon"))
     rewards = rm.score([RewardRequest(p, s) for p, ss in zip(prompts, samples, strict=True) for s in ss])
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k < bc.n] + [bc.n]
     judged = {k: [] for k in ks}

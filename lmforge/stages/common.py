@@ -79,6 +79,11 @@ def resume_step(ctx, trainer, name: str) -> int:
     return start
 
 
+def progress_bar(ctx, name: str) -> str | None:
+    """The description of a stage's progress bar (shown on the main process when `train.progress` is on), or None."""
+    return name if ctx.cfg.train.progress and ctx.info.is_main else None
+
+
 def load_world(ctx):
     from lmforge.toyworld import World
 

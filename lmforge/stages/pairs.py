@@ -47,15 +47,17 @@ class PairsConfig:
 
 
 def sample_answers(model, tok, prompts: list[list[dict]], n: int, *, temperature: float, top_k: int,
-                   max_new_tokens: int, seed: int, batch_size: int = 64) -> list[list[str]]:
-    """n sampled replies per prompt (plain text), through the batched engine."""
+                   max_new_tokens: int, seed: int, batch_size: int = 64,
+                   progress: str | None = None) -> list[list[str]]:
+    """n sampled replies per prompt (plain text), through the batched engine; `progress` names a progress bar."""
     from lmforge.chat import render_prompt
     from lmforge.engine import Engine, SamplingParams
     from lmforge.tokenizer import END_OF_TURN
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             stop_ids=(tok.special[END_OF_TURN], tok.eos_id), seed=seed)
-    outs = Engine(model, tok, batch_size=batch_size).generate([render_prompt(p, tok) for p in prompts], params, n=n)
+    outs = Engine(model, tok, batch_size=batch_size).generate([render_prompt(p, tok) for p in prompts], params, n=n,
+                                                              progress=progress)
     return [[tok.decode(c.ids, skip_special=True).strip() for c in samples] for samples in outs]
 
 
@@ -67,7 +69,7 @@ def write_jsonl(path, records) -> None:
 
 def run(ctx) -> dict:
     from lmforge.model.io import load_model
-    from lmforge.stages.common import load_world, model_dir
+    from lmforge.stages.common import load_world, model_dir, progress_bar
     from lmforge.tokenizer import Tokenizer
     from lmforge.toyworld.judge import label_pairs, preference_prompts
     from lmforge.train.distributed import resolve_device
@@ -83,7 +85,7 @@ def run(ctx) -> dict:
     ctx.log(f"[pairs] sampling {pc.samples} answers to {len(examples)} prompts from {src}")
     answers = sample_answers(model, tok, [e.messages[:-1] for e in examples], pc.samples,
                              temperature=pc.temperature, top_k=pc.top_k, max_new_tokens=pc.max_new_tokens,
-                             seed=ctx.cfg.seed)
+                             seed=ctx.cfg.seed, progress=progress_bar(ctx, "pairs"))
     labeled = label_pairs(world, examples, answers, all_pairs=pc.all_pairs, min_margin=pc.min_margin)
     # an empty answer (the model stopped at once) is a real sample but no valid chat turn: drop those pairs
     pairs = [p for p in labeled if p["chosen"].strip() and p["rejected"].strip()]

@@ -40,7 +40,7 @@ class RLAIFConfig:
 
 def run(ctx) -> dict:
     from lmforge.model.io import load_model
-    from lmforge.stages.common import load_world, model_dir
+    from lmforge.stages.common import load_world, model_dir, progress_bar
     from lmforge.stages.pairs import sample_answers, write_jsonl
     from lmforge.tokenizer import Tokenizer
     from lmforge.toyworld.judge import judge_score, preference_prompts
@@ -60,7 +60,8 @@ def run(ctx) -> dict:
         jc = AIJudgeConfig(**{**jc.__dict__, "checkpoint": ckpt})
     judge = jc.build()  # before sampling: a judge that cannot be built fails in seconds, not after minutes
     answers = sample_answers(model, tok, prompts, 2, temperature=rc.temperature, top_k=0,
-                             max_new_tokens=rc.max_new_tokens, seed=ctx.cfg.seed + 2)
+                             max_new_tokens=rc.max_new_tokens, seed=ctx.cfg.seed + 2,
+                             progress=progress_bar(ctx, "rlaif"))
     keep = [i for i, (a, b) in enumerate(answers) if a.strip() and b.strip() and a != b]
     if not keep:
         raise LmforgeError(f"rlaif: all {len(examples)} answer pairs are identical or empty: nothing to judge "
