@@ -207,7 +207,7 @@ class Engine:
         if progress is not None:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(prompts) * n, desc=progress, unit="answer", leave=False, mininterval=1.0)
+            bar = tqdm(total=len(todo) * n, desc=progress, unit="answer", leave=False, mininterval=1.0)
         with self._session() as decoder, bar:
             for group in groups:
                 for s0 in range(0, n, self.batch_size):  # n > batch_size: a prompt's samples in pieces

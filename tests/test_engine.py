@@ -109,7 +109,8 @@ def test_n_greedy_samples_are_identical_and_match_n_equal_one():
 
 def test_progress_bar_counts_every_answer_and_changes_no_output(monkeypatch):
     """generate(progress=...) shows a bar of prompts x n answers, advanced per run (2 runs of 2 prompts x 2
-    samples here); the outputs are those without it."""
+    samples here), that reaches its total: a prompt with no room left (64 tokens, the context) is answered
+    without a run and left out of it. The outputs are those without the bar."""
     import tqdm.auto
 
     bars = []
@@ -129,7 +130,7 @@ def test_progress_bar_counts_every_answer_and_changes_no_output(monkeypatch):
             return False
 
     monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
-    model, prompts = tiny(), prompts_of([5, 3, 7, 4])
+    model, prompts = tiny(), prompts_of([5, 3, 64, 7, 4])
     params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=3)
     plain = ids(Engine(model, batch_size=4).generate(prompts, params, n=2))
     assert bars == []

@@ -143,9 +143,12 @@ class Trainer:
         if self.stage_state is not None:
             try:  # a checkpoint from before stage_state existed holds none: {} (a stateless stage accepts it)
                 self.stage_state.load_state_dict(state.get("stage_state") or {})
-            except KeyError as e:
-                raise LmforgeError(f"{ckpt / 'trainer_state.json'}: \"stage_state\" has no {e} (an older lmforge "
-                                   f"wrote it); pass --fresh to start over") from None
+            except KeyError as e:  # e.g. an adaptive-KL run resumed from a checkpoint of a fixed-KL one
+                raise LmforgeError(f"{ckpt / 'trainer_state.json'}: \"stage_state\" has no {e} (written by an older "
+                                   f"lmforge, or by a run with other settings); pass --fresh to start over") from None
+            except (TypeError, ValueError) as e:
+                raise LmforgeError(f"{ckpt / 'trainer_state.json'}: \"stage_state\" is damaged ({e}); "
+                                   f"pass --fresh to start over") from None
         self.logger.truncate_after(state["step"])
         return state["step"]
 
