@@ -40,8 +40,10 @@ class RolloutBatch:
     stats: dict
 
 
-def token_logps(model, ids: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def token_logps(model, ids: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                entropy: bool = False):
     """(B, T) log p(target) under softmax(logits / temperature); 0 where the target is ignored.
+    entropy=True: also the (B, T) entropy of each of those next-token distributions (0 where ignored).
 
     Consecutive rows with the same prompt (a group's samples) run as one pack, the prompt once
     (`lmforge.model.shared_prefix.pack_rows`; same numbers to float rounding)."""
@@ -71,8 +73,13 @@ def token_logps(model, ids: torch.Tensor, targets: torch.Tensor, temperature: fl
         logits, tgt = model(ids).float(), targets.clamp(min=0)
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
-    lp = torch.log_softmax(logits, -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-    return lp.new_zeros(targets.shape).masked_scatter(keep, lp) if sliced else lp * keep
+    logp = torch.log_softmax(logits, -1)
+    lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    full = (lambda x: x.new_zeros(targets.shape).masked_scatter(keep, x)) if sliced else (lambda x: x * keep)
+    if not entropy:
+        return full(lp)
+    ent = -(logp.exp() * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(-1)  # a -inf logit adds 0, not nan
+    return full(lp), full(ent)
 
 
 def prompt_packs(ids: torch.Tensor, keep: torch.Tensor) -> list[list[int]]:
@@ -215,6 +222,7 @@ class RolloutSource:
         """One rollout batch; recompute_old=False (one update per batch) leaves `old_logp` empty."""
         from lmforge.engine import Engine, SamplingParams
         from lmforge.rewards import RewardRequest
+        from lmforge.rewards.config import reward_columns
         from lmforge.tokenizer import END_OF_TURN, END_TOOL_CALL, TOOL_CALL
         from lmforge.train.distributed import all_gather_rows, all_reduce_max
 
@@ -261,7 +269,7 @@ class RolloutSource:
         # per row: reward, length, truncated, malformed; (B_local, 4) -> (B, 4) in rank order
         local = torch.stack([rewards, mask.sum(1).float().cpu(), truncated, broken], 1)
         rows = all_gather_rows(local.to(self.device), self.info).cpu()
-        parts = getattr(self.reward, "last_parts", None) or {}  # name -> per-row scores of each summed source
+        parts = reward_columns(self.reward)  # reward_<part> / violations_<rule>: per-row details of the reward
         if parts:
             parts_rows = all_gather_rows(torch.tensor(list(parts.values()), dtype=torch.float64, device=self.device).T,
                                          self.info).cpu()
@@ -272,7 +280,7 @@ class RolloutSource:
                  "reward_std": float(all_rewards.std()) if len(all_rewards) > 1 else 0.0,
                  "response_length": float(rows[:, 1].mean()), "truncated_fraction": float(rows[:, 2].mean()),
                  "malformed_fraction": float(rows[:, 3].mean()), "logp_max_diff": float(max_diff)}
-        stats.update({f"reward_{k}": float(parts_rows[:, i].mean()) for i, k in enumerate(parts)})
+        stats.update({k: float(parts_rows[:, i].mean()) for i, k in enumerate(parts)})
         # advantages over the whole batch (a batch-scaled one needs every rank's rewards); this rank's rows
         lo = rank * len(rewards)
         adv = self.advantage(all_rewards, self.G)[lo:lo + len(rewards)]

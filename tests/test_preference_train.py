@@ -209,17 +209,22 @@ def test_pairs_with_no_pair_fails_and_writes_nothing_complete(tmp_path, monkeypa
 
 
 def test_ppo_stage_runs_and_reports(tmp_path):
-    """SFT -> pairs -> rm -> ppo -> eval_ppo at tiny sizes: PPO trains policy and value together."""
+    """SFT -> pairs -> rm -> ppo -> eval_ppo at tiny sizes: PPO trains policy and value together, here on the
+    reward model plus the written rules at half weight (k3 KL): each part and each rule logged per batch."""
     assert tiny_alignment_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft,pairs,rm,ppo,eval_ppo]",
                               "ppo.prompts_per_step=8", "ppo.max_new_tokens=8", "ppo.n_prompts=20",
                               "ppo.train.steps=4", "ppo.train.progress=false", "ppo.train.tensorboard=false",
-                              "ppo.train.micro_batch_size=4") == 0
+                              "ppo.train.micro_batch_size=4", "ppo.rewards=[{kind: rm}, {kind: rules, weight: 0.5}]",
+                              "ppo.kl_estimator=k3", "ppo.length_penalty=0") == 0
     summary = json.loads((tmp_path / "a/summary.json").read_text())
     s = summary["ppo"]
     assert s["rollout_batches"] == 1 and {"heldout_rm_score_before", "heldout_rm_score_after", "kl_last"} <= set(s)
     logs = [json.loads(x) for x in (tmp_path / "a/ppo/metrics.jsonl").read_text().splitlines()]
     rec = [r for r in logs if "score" in r][-1]
-    assert {"kl", "kl_coef", "value_loss", "explained_variance", "clip_fraction", "response_length"} <= set(rec)
+    assert {"kl", "kl_coef", "value_loss", "explained_variance", "clip_fraction", "response_length", "entropy",
+            "logp_max_diff", "violations_no_forbidden_help"} <= set(rec)
+    assert rec["score"] == pytest.approx(rec["reward_reward_model"] + 0.5 * rec["reward_rules"], abs=1e-5)
+    assert rec["kl"] >= 0  # k3: no negative token terms
     assert "ppo_win_rate_vs_sft" in summary["eval_ppo"]
     assert (tmp_path / "a/ppo/model/model.safetensors").exists()
 

@@ -22,6 +22,7 @@ import torch
 from lmforge.data.chat_sources import ChatSourceConfig
 from lmforge.errors import FieldError, LmforgeError, above_zero, check_fields, non_negative, one_of, positive
 from lmforge.pipeline import Stage
+from lmforge.rewards.config import RewardPartConfig, check_parts
 from lmforge.stages.common import resume_step
 from lmforge.train.config import TrainConfig
 
@@ -62,6 +63,9 @@ class GRPOConfig:
     eval_examples: int = 200          # held-out problems scored before and after: greedy, and
     eval_samples: int = 4             # this many samples each at `temperature` (the policy RL trains)
     calculator: bool = False          # rollouts and evaluation run the calculator tool (sft.calculator)
+    # weighted reward parts (kinds math, rules, rm, judge; see lmforge/rewards/config.py), each logged as
+    # reward_<name>; empty: the verifiable answer alone (math). Held-out accuracy is the answer's either way
+    rewards: list[RewardPartConfig] = field(default_factory=list)
     train: TrainConfig = field(default_factory=_grpo_train_defaults)
 
     def __post_init__(self):
@@ -84,6 +88,7 @@ class GRPOConfig:
         check_fields(self, ["clip_low"], lambda v: 0 < v < 1, "a number between 0 and 1")
         check_fields(self, ["clip_high"], lambda v: v >= self.clip_low, f"a number >= clip_low ({self.clip_low})")
         non_negative(self, "beta", "eval_samples", "format_reward", "length_penalty", "malformed_penalty")
+        check_parts(self.rewards, "rewards")
 
 
 class GRPOModule:
@@ -287,7 +292,9 @@ def run(ctx) -> dict:
     device = resolve_device(tc.device, info)
     torch.manual_seed(cfg.seed)
     model = load_model(src, device)
-    ref = copy.deepcopy(model).eval().requires_grad_(False)      # the starting policy, frozen
+    # the starting policy, frozen: the loss's KL term needs it through training; at beta 0 only the final
+    # KL report does, which loads it again then (no second model in memory while training)
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if gc.beta > 0 else None
     from lmforge.tools import TOOLS
 
     tools = TOOLS if gc.calculator else None
@@ -311,14 +318,20 @@ def run(ctx) -> dict:
         return greedy, pooled(score(m, tok, mine, gc.max_new_tokens, tools, gc.temperature, gc.eval_samples,
                                     seed=cfg.seed + 7), len(mine))
 
+    if gc.rewards:  # built before anything samples: a judge that cannot be reached fails in seconds
+        from lmforge.rewards.config import build_reward
+
+        reward = build_reward(ctx, gc.rewards, "grpo.rewards", device, policy=gc.init, format_bonus=gc.format_reward,
+                              world=None if gc.sources else world)
+    else:
+        reward = VerifiableMath(format_bonus=gc.format_reward)
     acc_before, sampled_before = accuracies(model)
-    reward = VerifiableMath(format_bonus=gc.format_reward)
     # FSDP2 shards the policy's weights; the engine (rollouts, evaluation) and the saved model need them whole:
     # a plain replica, into which they are gathered when needed
     replica = copy.deepcopy(model) if info.enabled and tc.parallel == "fsdp2" else None
     source = RolloutSource(model, tok, train_prompts, reward, advantage_fn(gc), prompts_per_step=gc.prompts_per_step,
                            group_size=gc.group_size, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
-                           seed=cfg.seed, ref_model=ref if gc.beta > 0 else None,
+                           seed=cfg.seed, ref_model=ref,
                            length_penalty=gc.length_penalty, malformed_penalty=gc.malformed_penalty,
                            bf16=tc.use_bf16(device), device=device, tools=tools, info=info, rollout_model=replica)
     batches = RolloutBatches(source, tc.micro_batch_size, gc.updates_per_batch, skip_idle=gc.skip_idle,
@@ -341,6 +354,8 @@ def run(ctx) -> dict:
     acc_after, sampled_after = accuracies(model)
     kl_prompts = [render_prompt(e[0] if gc.sources else e.messages[:-1], tok)
                   for e in heldout[:64]][info.rank::info.world_size]
+    if ref is None:
+        ref = load_model(src, device).eval()
     kl = sequence_kl(model, ref, tok, kl_prompts, gc.max_new_tokens, cfg.seed, device)
     kl = pooled(kl, len(kl_prompts))
     if info.is_main:

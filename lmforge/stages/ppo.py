@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from lmforge.data.chat_sources import ChatSourceConfig
-from lmforge.errors import LmforgeError, above_zero, check_fields, fraction, non_negative, positive
+from lmforge.errors import LmforgeError, above_zero, check_fields, fraction, non_negative, one_of, positive
 from lmforge.losses import IGNORE_INDEX
 from lmforge.pipeline import Stage
+from lmforge.rewards.config import RewardPartConfig, check_parts
 from lmforge.stages.common import check_task_mix, resume_step
 from lmforge.train.config import TrainConfig
 
@@ -41,7 +42,8 @@ class PPOConfig:
     n_prompts: int = 2000
     max_new_tokens: int = 48
     temperature: float = 1.0
-    kl_coef: float = 0.05             # initial coefficient of the per-token k1 penalty
+    kl_coef: float = 0.05             # initial coefficient of the per-token KL penalty
+    kl_estimator: str = "k1"          # k1 (log-ratio: unbiased, the classic penalty) | k3 (>= 0 per token) | k2
     kl_target: float = 0.0            # > 0: adaptive controller toward this sequence KL (nats)
     gamma: float = 1.0
     lam: float = 0.95
@@ -57,6 +59,9 @@ class PPOConfig:
     # the before/after reward-model score
     sources: list[ChatSourceConfig] = field(default_factory=list)
     eval_prompts: int = 200
+    # what the policy is rewarded with: weighted parts (kinds rm, rules, judge; see lmforge/rewards/config.py);
+    # empty: the `reward` model alone. The value model starts from `reward` either way
+    rewards: list[RewardPartConfig] = field(default_factory=list)
     train: TrainConfig = field(default_factory=_ppo_train_defaults)
 
     def __post_init__(self):
@@ -66,7 +71,9 @@ class PPOConfig:
         above_zero(self, "temperature")
         non_negative(self, "kl_coef", "kl_target", "clip", "value_clip", "value_coef", "length_penalty")
         fraction(self, "gamma", "lam")
+        one_of(self, "kl_estimator", ("k1", "k2", "k3"))
         check_task_mix(self, "tasks")
+        check_parts(self.rewards, "rewards", ("rm", "rules", "judge"))  # no verifiable answers in PPO's prompts
 
 
 class PolicyAndValue(nn.Module):
@@ -128,9 +135,14 @@ class PPOModule:
         return (pg + self.pc.value_coef * vf) * n, stats
 
 
-def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device, bf16, kl_ctl, info=None,
+def make_rollouts(pc, policy, value, ref, reward, tok, prompts, seed, device, bf16, kl_ctl, info=None,
                   replicas=None):
     """A function batch_index -> rollout batch dict (tensors + stats), closing over the models.
+
+    reward: a RewardSource scoring each completion (the reward model, or a WeightedSum of parts). Logged
+    per batch besides reward, KL and length: the policy's entropy on its own samples, each reward part
+    (`lmforge.rewards.config.reward_columns`), and the largest difference between the engine's
+    sampling log-probs and the trainer's recomputation (`logp_max_diff`; bf16 autocast makes it ~0.1).
 
     Under torchrun (`info`, world size W) each rank samples its own P / W of the batch's prompts, with a
     seed of its own (rank 0: the single-process seed); advantages are whitened, and statistics and the adaptive KL
@@ -139,9 +151,10 @@ def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device,
     from lmforge.engine import Engine, SamplingParams
     from lmforge.losses.rl import gae, kl_penalty, token_rewards, whiten
     from lmforge.rewards import RewardRequest
+    from lmforge.rewards.config import reward_columns
     from lmforge.rl import rows_from_rollouts, token_logps
     from lmforge.tokenizer import END_OF_TURN
-    from lmforge.train.distributed import DistInfo, all_reduce_sum, gather_full_weights
+    from lmforge.train.distributed import DistInfo, all_reduce_max, all_reduce_sum, gather_full_weights
 
     info = info or DistInfo()
     per = pc.prompts_per_step // info.world_size
@@ -164,31 +177,39 @@ def make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, seed, device,
         chosen = rng.sample(range(len(prompts)), pc.prompts_per_step)[info.rank * per:(info.rank + 1) * per]
         params = SamplingParams(max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
                                 seed=seed + index + info.rank * 1_000_000_007,  # rank 0: the one-process seed
-                                stop_ids=(tok.special[END_OF_TURN], tok.eos_id))
+                                stop_ids=(tok.special[END_OF_TURN], tok.eos_id), logprobs=True)
         enc = [prompts[i][1] for i in chosen]
         comps = [c[0] for c in Engine(policy_now, tok, batch_size=len(enc)).generate(enc, params)]
         texts = [tok.decode(c.ids, skip_special=True).strip() for c in comps]
-        score = torch.tensor(rm_source.score([RewardRequest(prompts[i][0], t) for i, t in zip(chosen, texts,
-                                                                                              strict=True)]))
+        score = torch.tensor(reward.score([RewardRequest(prompts[i][0], t) for i, t in zip(chosen, texts,
+                                                                                           strict=True)]))
+        columns = reward_columns(reward)
         cut = torch.tensor([c.finish_reason == "length" for c in comps], dtype=torch.float32)
         score = score - pc.length_penalty * cut
-        ids, targets, _ = rows_from_rollouts(enc, comps, tok.pad_id)
+        ids, targets, eng = rows_from_rollouts(enc, comps, tok.pad_id)
         ids, targets = ids.to(device), targets.to(device)
         mask = (targets != IGNORE_INDEX).float()
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             policy_now.eval()
-            old = token_logps(policy_now, ids, targets, pc.temperature)
+            old, ent = token_logps(policy_now, ids, targets, pc.temperature, entropy=True)
             ref_lp = token_logps(ref, ids, targets, pc.temperature)
             old_v = value_now(ids).float() * mask
             policy_now.train()
-        kl = kl_penalty(old, ref_lp, "k1") * mask
+        kl = kl_penalty(old, ref_lp, pc.kl_estimator) * mask
         rewards = token_rewards(score.to(device), kl, mask, kl_ctl.value)
         adv, ret = gae(rewards, old_v, mask, pc.gamma, pc.lam)
         adv = whiten(adv, mask, all_sum=all_sum if info.enabled else None)
         seq_kl = mean(kl.sum(1))
         kl_ctl.update(seq_kl, pc.prompts_per_step)
+        real = mask.bool()
+        diff = (old - eng.to(device)).abs()[real]
         stats = {"score": mean(score), "kl": seq_kl, "kl_coef": kl_ctl.value,
-                 "response_length": mean(mask.sum(1)), "truncated_fraction": mean(cut)}
+                 "response_length": mean(mask.sum(1)), "truncated_fraction": mean(cut),
+                 # mean over the batch's sampled tokens of each one's next-token entropy (collapse shows here)
+                 "entropy": float(all_sum(ent[real].float().sum()) / all_sum(mask.sum()).clamp(min=1)),
+                 "logp_max_diff": float(all_reduce_max(diff.max() if diff.numel() else torch.zeros((), device=device),
+                                                       info)),
+                 **{k: mean(torch.tensor(v)) for k, v in columns.items()}}
         return {"ids": ids, "targets": targets, "old_logp": old, "old_values": old_v, "adv": adv, "returns": ret,
                 "stats": stats}
 
@@ -271,7 +292,13 @@ def run(ctx) -> dict:
     bf16 = tc.use_bf16(device)
     # FSDP2 shards both trained models; rollouts, evaluation and the saved model use whole copies (see make_rollouts)
     replicas = (copy.deepcopy(policy), copy.deepcopy(value)) if info.enabled and tc.parallel == "fsdp2" else None
-    make = make_rollouts(pc, policy, value, ref, rm_source, tok, prompts, cfg.seed, device, bf16, kl_ctl, info,
+    reward = rm_source
+    if pc.rewards:
+        from lmforge.rewards.config import build_reward
+
+        reward = build_reward(ctx, pc.rewards, "ppo.rewards", device, policy=pc.init,
+                              world=None if pc.sources else world)
+    make = make_rollouts(pc, policy, value, ref, reward, tok, prompts, cfg.seed, device, bf16, kl_ctl, info,
                          replicas)
     batches = PPOBatches(make, tc.micro_batch_size, pc.ppo_epochs * pc.minibatches, pc.minibatches)
     both = PolicyAndValue(policy, value)
