@@ -48,8 +48,10 @@ from lmforge.tokenizer import (
 ROLES = ("system", "user", "assistant", "tool")
 _KEYS = {"system": ("role", "content"), "user": ("role", "content"),
          "assistant": ("role", "content", "tool_calls"), "tool": ("role", "content")}
-# A function name: no parentheses or spaces, so `name(arguments)` parses back unambiguously.
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+# A tool (function) name: no parentheses or spaces, so `name(arguments)` parses back unambiguously.
+# The one rule for tool names: the engine's call parser (engine._CALL) is built from it too.
+TOOL_NAME = r"[A-Za-z_][A-Za-z0-9_.\-]*"
+_NAME = re.compile(TOOL_NAME)
 
 
 def _json_type(v) -> str:

@@ -3,7 +3,8 @@
 Streams tokens as they are generated, keeps a multi-turn history trimmed to the context window
 (oldest turns go first; the system prompt stays), and understands /reset, /system TEXT,
 /help and /quit. `-p "prompt"` answers once and exits. Tool calls (the calculator) run inside
-the engine and their outputs are shown in brackets.
+the engine and their outputs are shown in brackets. Ctrl-C stops a reply (the part shown stays in
+the conversation); Ctrl-C or Ctrl-D at the prompt quits.
 """
 
 from __future__ import annotations
@@ -49,28 +50,65 @@ class ChatSession:
             nxt = next((i for i, m in enumerate(self.history[1:], 1) if m["role"] == "user"), len(self.history))
             self.history = self.history[nxt:]
 
-    def reply(self, text: str, out=sys.stdout) -> str:
-        """Add a user turn, stream the answer to `out`, return it."""
+    def reply(self, text: str, out=None) -> str:
+        """Add a user turn, stream the answer to `out`, keep it in the history, return its text.
+
+        Ctrl-C while streaming keeps what was shown, as a reply cut off by --max-new-tokens is kept
+        (the history then matches the screen), and re-raises for the caller to resume or stop.
+        """
         from lmforge.tokenizer import END_OF_TURN
 
+        out = out or sys.stdout  # looked up per call: a default bound at import misses redirection
         self.history.append({"role": "user", "content": text})
-        prompt = self.prompt_ids()
         generated: list[int] = []
         shown = ""
-        self.params.seed += 1  # a fresh sample each turn, still reproducible from --seed
-        for tid in self.engine.stream(prompt, self.params):
-            if tid in (self.tok.special[END_OF_TURN], self.tok.eos_id):
-                break
-            generated.append(tid)
-            text_now = self._visible(generated)
-            if text_now.startswith(shown):  # print only the new part (a multi-byte character may be partial)
-                out.write(text_now[len(shown):])
-                out.flush()
-                shown = text_now
-        out.write(self._visible(generated)[len(shown):] + "\n")
-        answer = self.tok.decode(generated, skip_special=True).strip()
-        self.history.append({"role": "assistant", "content": answer})
-        return answer
+        try:
+            prompt = self.prompt_ids()
+            self.params.seed += 1  # a fresh sample each turn, still reproducible from --seed
+            for tid in self.engine.stream(prompt, self.params):
+                if tid in (self.tok.special[END_OF_TURN], self.tok.eos_id):
+                    break
+                generated.append(tid)
+                text_now = self._visible(generated)
+                if text_now.startswith(shown):  # print only the new part (a multi-byte character may be partial)
+                    out.write(text_now[len(shown):])
+                    out.flush()
+                    shown = text_now
+        finally:  # also on Ctrl-C or an error: the history stays renderable either way
+            out.write(self._visible(generated)[len(shown):] + "\n")
+            self._keep(generated)
+        return self.tok.decode(generated, skip_special=True).strip()
+
+    def _keep(self, generated: list[int]) -> None:
+        """Store the generated turn as the template's messages, so the next render gives back the
+        very tokens the model produced: its tool calls and the forced outputs stay structured."""
+        from lmforge.chat import parse_turn
+
+        turn = self._renderable(parse_turn(generated, self.tok))
+        if turn:
+            self.history.extend(turn)
+        else:  # nothing renderable (an empty reply): forget the question too, or the next
+            self.history.pop()  # render would hold a user turn with no answer
+
+    def _renderable(self, turn: list[dict]) -> list[dict]:
+        """The longest start of `turn` the template can render with a user turn after it.
+
+        The template has no empty assistant text (an instant end of turn), no call without its
+        output and no turn ending right after a tool output; such a reply (empty, cut off by
+        Ctrl-C or max tokens inside a call, or a malformed call name) loses its tail, so that
+        history never fails validation on the next turn.
+        """
+        from lmforge.chat import validate
+
+        while turn:
+            try:
+                validate([*self.messages(), *turn, {"role": "user", "content": "next"}], "history")
+                return turn
+            except LmforgeError:
+                last = turn.pop()
+                if last.get("tool_calls") and last["content"].strip():  # keep the text before the call
+                    turn.append({"role": "assistant", "content": last["content"]})
+        return turn
 
     def _visible(self, ids: list[int]) -> str:
         """Decoded text with tool segments shown as [tool call ...] / [= result]."""
@@ -111,7 +149,10 @@ def run_chat(args) -> int:
     session = ChatSession(model, tok, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           max_new_tokens=args.max_new_tokens, system=args.system, seed=args.seed)
     if args.prompt is not None:
-        session.reply(args.prompt)
+        try:
+            session.reply(args.prompt)
+        except KeyboardInterrupt:  # not cli.py's training hint: there is nothing to resume
+            return 130
         return 0
     print(f"lmforge chat: {args.checkpoint} ({model.num_params() / 1e6:.1f}M parameters). {HELP}")
     while True:
@@ -136,7 +177,12 @@ def run_chat(args) -> int:
             print(f"unknown command {line.split()[0]}; {HELP}")
         else:
             sys.stdout.write("model> ")
-            session.reply(line)
+            try:
+                session.reply(line)
+            except KeyboardInterrupt:  # stops this reply only (the part shown is kept); Ctrl-C at the prompt quits
+                print("(interrupted)")
+            except LmforgeError as e:  # one bad turn does not end the conversation
+                print(f"error: {e}")
 
 
 def add_parser(sub) -> None:

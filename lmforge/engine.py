@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lmforge.chat import TOOL_NAME
 from lmforge.fast_decode import _Decoder
 from lmforge.group_decode import GroupCache
 from lmforge.model.transformer import KVCache, Transformer
@@ -142,7 +143,7 @@ class _Row:  # one sample's state in the run loop
         return Completion(self.ids, self.mask, self.finish or "length", self.logprobs)
 
 
-_CALL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*", re.DOTALL)
+_CALL = re.compile(rf"\s*({TOOL_NAME})\s*\((.*)\)\s*", re.DOTALL)  # names: chat.TOOL_NAME
 
 
 class Engine:
