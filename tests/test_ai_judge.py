@@ -4,7 +4,11 @@ The server is lmforge.serve's app run by uvicorn on a free localhost port in a b
 serving a tiny random checkpoint; the judge's HTTP backend talks to it over real sockets.
 """
 
+import asyncio
+import collections
+import contextlib
 import json
+import math
 import socket
 import threading
 import time
@@ -46,14 +50,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(ckpt, toy_data):
+@contextlib.contextmanager
+def serving(app):
+    """Runs an ASGI app with uvicorn on a free localhost port in a background thread; yields its URL."""
     import uvicorn
 
-    from lmforge.serve import create_app
-
-    torch.set_num_threads(1)
-    app = create_app(ckpt, model_name="judge", max_top_logprobs=toy_data[1].vocab_size)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -63,10 +64,21 @@ def server(ckpt, toy_data):
     while not srv.started:
         assert time.time() < deadline, "the test server did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(5)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(5)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(ckpt, toy_data):
+    from lmforge.serve import create_app
+
+    torch.set_num_threads(1)
+    with serving(create_app(ckpt, model_name="judge", max_top_logprobs=toy_data[1].vocab_size)) as url:
+        yield url
 
 
 def post(url, body, **kw):
@@ -248,6 +260,159 @@ def test_api_key_comes_from_the_named_variable(server, monkeypatch):
         judge.compare(CONV, GOOD, BAD)  # read for each request, never stored
     monkeypatch.setenv("LMFORGE_TEST_JUDGE_KEY", "sk-test-secret")
     assert 0 <= judge.compare(CONV, GOOD, BAD) <= 1  # the local server ignores the key
+
+
+# --- a misbehaving endpoint: retries, timeouts, client errors, bad replies ----------------------------------
+LP_A, LP_B = -0.1, -2.4
+P_A = 1 / (1 + math.exp(LP_B - LP_A))  # what a judge reads from REPLY (method "logprobs", one order)
+REPLY = {"id": "chatcmpl-1", "object": "chat.completion", "model": "judge",
+         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "A"},
+                      "logprobs": {"content": [{"token": "A", "logprob": LP_A,
+                                                "top_logprobs": [{"token": "A", "logprob": LP_A},
+                                                                 {"token": "B", "logprob": LP_B}]}]}}]}
+CLIENT_ERRORS = {400: "max_tokens is too large", 401: "Incorrect API key provided",
+                 403: "This key may not use the model", 404: "The model judge does not exist"}
+BAD_BODIES = {"empty": {}, "list": [], "no_choices": {"choices": []}, "legacy": {"choices": [{"text": "A"}]},
+              "no_content": {"choices": [{"message": {"role": "assistant"}}]},
+              "message_string": {"choices": [{"message": "A"}]}}
+
+
+@pytest.fixture(scope="module")
+def misbehaving_server():
+    """A real HTTP server whose /{case}/v1/chat/completions behaves as `case` says; `seen[case]` holds
+    the arrival time (time.monotonic) of each request for that case."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+
+    app, seen = FastAPI(), collections.defaultdict(list)
+
+    @app.post("/{case}/v1/chat/completions")
+    async def chat(case: str, request: Request):
+        seen[case].append(time.monotonic())
+        body = await request.json()
+        kind, _, arg = case.partition("-")
+        if kind == "fail":  # fail-{status}-{k}: that status for the first k requests, then a good reply
+            status, k = map(int, arg.split("-"))
+            if len(seen[case]) <= k:
+                return JSONResponse({"error": {"message": "overloaded, try again"}}, status)
+        elif kind == "always500":  # a multi-line plain-text body, as a proxy in front of a server sends
+            return PlainTextResponse("upstream error:\n   connect() failed\n", 500)
+        elif kind == "slow":
+            await asyncio.sleep(1.5)
+        elif kind == "status":
+            return JSONResponse({"error": {"message": CLIENT_ERRORS[int(arg)], "type": "invalid_request_error"}},
+                                int(arg))
+        elif kind == "html":  # 200, but not JSON (a login page, a web UI at the wrong path)
+            return HTMLResponse("<html>\n<body>Welcome</body>\n</html>")
+        elif kind == "json":  # 200, JSON, but not a chat completion
+            return JSONResponse(BAD_BODIES[arg])
+        elif kind == "nologprobs":  # a server that refuses logprobs, as some hosted APIs do
+            if body.get("logprobs"):
+                return JSONResponse({"error": {"message": "logprobs are not supported for this model"}}, 400)
+            return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "B"}}]}
+        return REPLY
+
+    with serving(app) as url:
+        yield url, seen
+
+
+@pytest.fixture
+def endpoint(misbehaving_server):
+    url, seen = misbehaving_server
+    seen.clear()
+    return url, seen
+
+
+@pytest.mark.parametrize("status, k", [(503, 2), (429, 1), (502, 3)])
+def test_429_and_5xx_are_retried_with_exponential_backoff(endpoint, status, k):
+    url, seen = endpoint
+    case = f"fail-{status}-{k}"
+    judge = AIJudge.http(f"{url}/{case}", "judge", tries=5, backoff=0.05, both_orders=False)
+    start = time.monotonic()
+    assert judge.compare(CONV, GOOD, BAD) == pytest.approx(P_A)
+    elapsed = time.monotonic() - start
+    assert len(seen[case]) == k + 1  # k failures, one success, nothing after it
+    gaps = [b - a for a, b in zip(seen[case], seen[case][1:], strict=False)]
+    assert all(g >= 0.05 * 2 ** i for i, g in enumerate(gaps)), gaps  # backoff, 2 x backoff, 4 x backoff
+    assert elapsed < 2  # 0.05 + 0.1 + 0.2 s of backoff at most: the delay is the configured one
+
+
+def test_a_persistent_5xx_fails_after_every_try_with_one_line(endpoint):
+    url, seen = endpoint
+    judge = AIJudge.http(f"{url}/always500", "judge", tries=3, backoff=0.01, both_orders=False)
+    with pytest.raises(LmforgeError) as e:
+        judge.compare(CONV, GOOD, BAD)
+    assert str(e.value) == f"AI judge at {url}/always500: HTTP 500 (upstream error: connect() failed) after 3 tries"
+    assert len(seen["always500"]) == 3
+    one = AIJudge.http(f"{url}/always500", "judge", tries=1, both_orders=False)
+    with pytest.raises(LmforgeError, match=r"HTTP 500 \(upstream error: connect\(\) failed\) after 1 try$"):
+        one.compare(CONV, GOOD, BAD)
+    assert len(seen["always500"]) == 4
+
+
+def test_a_slow_endpoint_times_out_with_one_line(endpoint):
+    url, seen = endpoint
+    judge = AIJudge.http(f"{url}/slow", "judge", timeout=0.5, tries=2, backoff=0.01, both_orders=False)
+    start = time.monotonic()
+    with pytest.raises(LmforgeError) as e:
+        judge.compare(CONV, GOOD, BAD)
+    elapsed = time.monotonic() - start
+    assert str(e.value) == f"AI judge at {url}/slow: timed out after 2 tries (timeout 0.5 s)"
+    assert len(seen["slow"]) == 2
+    assert 2 * 0.5 <= elapsed < 3  # each try waits the timeout, not the server's 1.5 s
+
+
+@pytest.mark.parametrize("status", sorted(CLIENT_ERRORS))
+def test_client_errors_are_not_retried(endpoint, status, monkeypatch):
+    url, seen = endpoint
+    monkeypatch.setenv("LMFORGE_TEST_JUDGE_KEY", "sk-wrong")
+    judge = AIJudge.http(f"{url}/status-{status}", "judge", api_key_env="LMFORGE_TEST_JUDGE_KEY", tries=3,
+                         backoff=0.01, both_orders=False)
+    with pytest.raises(LmforgeError) as e:
+        judge.compare(CONV, GOOD, BAD)
+    assert str(e.value) == f"AI judge at {url}/status-{status}: HTTP {status}: {CLIENT_ERRORS[status]}"
+    assert len(seen[f"status-{status}"]) == 1  # a bad key or request stays bad: no retry
+    assert "sk-wrong" not in str(e.value)
+
+
+@pytest.mark.parametrize("case, what", [
+    ("html", "the reply is not JSON"),
+    *[(f"json-{name}", "the reply has no choices[0].message.content") for name in BAD_BODIES],
+])
+def test_a_200_that_is_not_a_chat_completion_is_a_clear_error(endpoint, case, what):
+    url, seen = endpoint
+    judge = AIJudge.http(f"{url}/{case}", "judge", tries=3, backoff=0.01, both_orders=False)
+    with pytest.raises(LmforgeError) as e:
+        judge.compare(CONV, GOOD, BAD)
+    assert str(e.value) == f"AI judge at {url}/{case}: {what} (is this an OpenAI-compatible endpoint?)"
+    assert e.value.__cause__ is None and e.value.__suppress_context__  # no KeyError/JSON traceback attached
+    assert len(seen[case]) == 1
+
+
+def test_a_server_without_logprobs_is_asked_again_for_text_once(endpoint, capsys):
+    """The one 400 that is worth a second request: the endpoint refuses logprobs, so the judge reads texts."""
+    url, seen = endpoint
+    judge = AIJudge.http(f"{url}/nologprobs", "judge", tries=3, backoff=0.01, both_orders=False)
+    assert judge.compare(CONV, GOOD, BAD) == 0.0  # the reply "B"
+    assert len(seen["nologprobs"]) == 2
+    assert "no log-probs (logprobs are not supported for this model); reading reply texts instead" in \
+        capsys.readouterr().err
+    assert judge.compare(CONV, GOOD, BAD) == 0.0 and len(seen["nologprobs"]) == 3  # remembered: one request
+
+
+def test_retry_settings_come_from_the_config(endpoint):
+    url, seen = endpoint
+    assert (AIJudgeConfig().timeout, AIJudgeConfig().tries, AIJudgeConfig().backoff) == (10.0, 3, 0.5)
+    cfg = AIJudgeConfig(backend="http", base_url=f"{url}/fail-503-1", model="judge", timeout=0.5, tries=2,
+                        backoff=0.01, both_orders=False)
+    judge = cfg.build()
+    assert (judge.backend.timeout, judge.backend.tries, judge.backend.backoff) == (0.5, 2, 0.01)
+    assert judge.compare(CONV, GOOD, BAD) == pytest.approx(P_A) and len(seen["fail-503-1"]) == 2
+    cfg = AIJudgeConfig(backend="http", base_url=f"{url}/fail-503-2", model="judge", tries=2, backoff=0.01)
+    with pytest.raises(LmforgeError, match=r"HTTP 503 \(overloaded, try again\) after 2 tries$"):
+        cfg.build().compare(CONV, GOOD, BAD)
+    with pytest.raises(LmforgeError, match=r"^backoff: expected a number >= 0, got -1$"):
+        AIJudgeConfig(backend="http", base_url="http://x", model="m", backoff=-1)
 
 
 # --- pieces ------------------------------------------------------------------------------------------------

@@ -157,7 +157,8 @@ class HTTPBackend:
 
     api_key_env names the environment variable holding the API key; the key is read for each
     request and never stored, printed or logged. tries: attempts in all (connection errors,
-    timeouts, HTTP 429 and 5xx are retried after backoff, 2*backoff, ... seconds).
+    timeouts, HTTP 429 and 5xx are retried after backoff, 2*backoff, ... seconds; other 4xx are
+    not: a bad key or request stays bad). timeout: seconds per attempt.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, timeout: float = 10.0,
@@ -220,8 +221,8 @@ class HTTPBackend:
                 raise LmforgeError(f"AI judge at {self.base_url}: the reply is not JSON "
                                    f"(is this an OpenAI-compatible endpoint?)") from None
         n = self.tries
-        raise LmforgeError(f"AI judge at {self.base_url}: {reason} after {n} {'try' if n == 1 else 'tries'} "
-                           f"(timeout {self.timeout:g} s)")
+        waited = "" if reason.startswith("HTTP") else f" (timeout {self.timeout:g} s)"  # the server did answer
+        raise LmforgeError(f"AI judge at {self.base_url}: {reason} after {n} {'try' if n == 1 else 'tries'}{waited}")
 
     def ask_one(self, messages: list[dict], options: Sequence[str]) -> JudgeReply:
         body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
@@ -230,9 +231,9 @@ class HTTPBackend:
         out = self._post(body)
         try:
             choice = out["choices"][0]
-            text = choice["message"].get("content") or ""
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise LmforgeError(f"AI judge at {self.base_url}: the reply has no choices[0].message "
+            text = choice["message"]["content"] or ""  # null (no text) is "", a missing field is an error
+        except (KeyError, IndexError, TypeError):
+            raise LmforgeError(f"AI judge at {self.base_url}: the reply has no choices[0].message.content "
                                f"(is this an OpenAI-compatible endpoint?)") from None
         return JudgeReply(_option_logprobs(choice.get("logprobs"), options), text)
 
@@ -244,11 +245,13 @@ class HTTPBackend:
 
 
 def _error_message(r) -> str:
+    """The server's error message on one line (at most 200 characters): an error body's message, else its text."""
     try:
         err = r.json().get("error")
-        return str(err.get("message") if isinstance(err, dict) else err or r.text)[:200]
+        msg = str(err.get("message") if isinstance(err, dict) else err or r.text)
     except (ValueError, AttributeError):
-        return r.text[:200] or r.reason_phrase
+        msg = r.text
+    return " ".join(msg.split())[:200] or r.reason_phrase
 
 
 def _option_logprobs(logprobs, options: Sequence[str]) -> list[float] | None:
@@ -354,9 +357,9 @@ class AIJudgeConfig:
     base_url: str = ""            # http: e.g. http://localhost:8000 (with or without /v1)
     model: str = ""               # http: the model name the endpoint serves
     api_key_env: str = ""         # http: name of the environment variable holding the key ("": no key)
-    timeout: float = 10.0
-    tries: int = 3
-    backoff: float = 0.5
+    timeout: float = 10.0         # http: seconds to wait for each request (connect, send, read)
+    tries: int = 3                # http: attempts in all; connection errors, timeouts, 429 and 5xx are retried
+    backoff: float = 0.5          # http: seconds before the 2nd try, doubled for each one after
     top_logprobs: int = 20
     workers: int = 1              # http: requests in flight at once
     method: str = "logprobs"      # "logprobs" or "text"
