@@ -124,14 +124,14 @@ BAD_RECORDS = [
     ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}',
      "messages[1]: empty content"),
     ('{"messages": [{"role": "user", "content": "q", "lang": "en"}, {"role": "assistant", "content": "a"}]}',
-     "messages[0]: unknown key 'lang' in a user message (allowed: role, content)"),
+     "messages[0]: unknown key 'lang' in a user message (allowed: role, content, name, weight)"),
     ('{"messages": [{"role": "user", "content": "q"}]}', "no assistant message (nothing to train on)"),
     ('{"messages": "hi"}', "field 'messages' must be a list, got string"),
     ('{"conversations": [{"from": "human", "value": "q"}, {"from": "bot", "value": "a"}]}',
      "conversations[1]: unknown 'from' value 'bot' (expected one of: human, user, gpt, assistant, system, tool, "
      "observation, function_call)"),
     ('{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a", "lang": "en"}]}',
-     "conversations[1]: unknown key 'lang' (allowed: from, value)"),
+     "conversations[1]: unknown key 'lang' (allowed: from, value, weight)"),
     ('{"conversations": [{"from": "human"}]}', "conversations[0]: missing 'value'"),
     ('{"system": "s", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": ""}]}',
      "conversations[1]: empty content"),
@@ -145,6 +145,42 @@ BAD_RECORDS = [
      "cannot tell the record format: expected a 'messages', 'conversations' or 'instruction' field "
      "(fields: prompt, completion)"),
     ("[1, 2]", "expected a JSON object, got array"),
+    # unknown fields: inside a message or turn, every key; at the top level, near misses of the format's fields
+    ('{"messages": [{"role": "user", "contnet": "q"}, {"role": "assistant", "content": "a"}]}',
+     "messages[0]: unknown key 'contnet' in a user message (did you mean 'content'? allowed: role, content, name, "
+     "weight)"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_call": []}]}',
+     "messages[1]: unknown key 'tool_call' in an assistant message (did you mean 'tool_calls'? allowed: role, "
+     "content, tool_calls, name, weight)"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]}',
+     "messages[1]: weight 0 is not supported: lmforge trains on every assistant message and on nothing else"),
+    ('{"messages": [{"role": "user", "content": "q", "weight": 1}, {"role": "assistant", "content": "a"}]}',
+     "messages[0]: weight 1 is not supported: lmforge trains on every assistant message and on nothing else"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": "yes"}]}',
+     "messages[1]: 'weight' must be 0 or 1, got 'yes'"),
+    ('{"conversations": [{"from": "human", "valeu": "q"}, {"from": "gpt", "value": "a"}]}',
+     "conversations[0]: unknown key 'valeu' (did you mean 'value'? allowed: from, value, weight)"),
+    ('{"instruction": "q", "inptu": "ctx", "output": "a"}',
+     "unknown field 'inptu' (did you mean 'input'? alpaca records read instruction, input, output, system, history; "
+     "fields not close to these are ignored as metadata)"),
+    ('{"instruction": "q", "Output": "a"}',
+     "unknown field 'Output' (did you mean 'output'? alpaca records read instruction, input, output, system, "
+     "history; fields not close to these are ignored as metadata)"),
+    ('{"instrucion": "q", "output": "a"}',
+     "cannot tell the record format: expected a 'messages', 'conversations' or 'instruction' field "
+     "(fields: instrucion, output); did you mean 'instruction' for 'instrucion'?"),
+    ('{"sytem": "s", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+     "unknown field 'sytem' (did you mean 'system'? messages records read messages, system; fields not close to "
+     "these are ignored as metadata)"),
+    ('{"system_prompt": "Be kind.", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}',
+     "field 'system_prompt' is not read: sharegpt records take it as 'system' (rename it with fields: "
+     "{system: system_prompt})"),
+    ('{"system": "A", "messages": [{"role": "system", "content": "B"}, {"role": "user", "content": "q"}, '
+     '{"role": "assistant", "content": "a"}]}',
+     "a top-level 'system' and a different system message (messages[0]): keep one"),
+    ('{"instruction": "q", "output": "a", "history": [["q0"]]}',
+     'history[0]: expected [instruction, output] (two strings), got ["q0"]'),
+    ('{"instruction": "q", "output": "a", "history": [["q0", " "]]}', "history[0][1]: empty content"),
     ('{"a": 1', "invalid JSON (Expecting ',' delimiter)"),
 ]
 
@@ -154,6 +190,61 @@ def test_exact_record_errors(tmp_path, line, msg):
     p = tmp_path / "x.jsonl"
     p.write_text('{"instruction": "fine", "output": "ok"}\n\n' + line + "\n")
     assert error(p) == f"{p}:3: {msg}"  # the blank line still counts
+
+
+def test_metadata_fields_are_ignored_and_optional_keys_accepted(tmp_path):
+    """Real dumps carry ids, sources, categories and per-message names/weights: none of them is an error,
+    and none changes the conversation. Null or empty near misses lose nothing and pass too."""
+    recs = [
+        {"id": 7, "source": "x", "category": "qa", "conversation_id": "c1", "instruction_id": 3, "text": "t",
+         "instruction": "q", "input": "", "output": "a", "inptu": None, "ouput": ""},
+        # OpenAI fine-tuning: participant names and weights that match what lmforge trains on
+        {"messages": [{"role": "user", "content": "q", "name": "ann", "weight": 0},
+                      {"role": "assistant", "content": "a", "name": "bot", "weight": 1}], "tools": []},
+        # OpenHermes-style ShareGPT: per-turn weights (null, or 0 on human turns and 1 on gpt turns)
+        {"conversations": [{"from": "human", "value": "q", "weight": 0.0},
+                           {"from": "gpt", "value": "a", "weight": 1.0}],
+         "system_prompt": None, "skip_prompt_formatting": False, "hash": None},
+        {"conversations": [{"from": "human", "value": "q", "weight": None}, {"from": "gpt", "value": "a"}]},
+    ]
+    p = tmp_path / "meta.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    convs, skipped = read(p)
+    assert skipped == 0 and convs == [[u("q"), a("a")]] * 4
+
+
+def test_top_level_system_and_alpaca_history(tmp_path):
+    """A top-level "system" is read in every format (messages records used to drop it); alpaca's "history"
+    (LLaMA-Factory) holds the turns before the instruction; `fields` renames a system_prompt column."""
+    sys_ = {"role": "system", "content": "Be kind."}
+    recs = [{"system": "Be kind.", "messages": [u("q"), a("a")]},
+            {"system": "Be kind.", "messages": [sys_, u("q"), a("a")]},  # the same text twice: kept once
+            {"instruction": "q2", "output": "a2", "system": "Be kind.", "history": [["q1", "a1"]]}]
+    p = tmp_path / "sys.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert read(p)[0] == [[sys_, u("q"), a("a")], [sys_, u("q"), a("a")], [sys_, u("q1"), a("a1"), u("q2"), a("a2")]]
+    p.write_text(json.dumps({"system_prompt": "Be kind.", "conversations": [{"from": "human", "value": "q"},
+                                                                            {"from": "gpt", "value": "a"}]}) + "\n")
+    assert read(p, fields={"system": "system_prompt"})[0] == [[sys_, u("q"), a("a")]]
+
+
+def test_unknown_field_records_are_skipped_and_counted(tmp_path):
+    """skip_invalid: typo'd records are skipped and counted; the first one's error (file:line, field) is reported."""
+    p = tmp_path / "typos.jsonl"
+    p.write_text("\n".join([
+        json.dumps({"instruction": "q1", "output": "a1", "id": 1}),
+        json.dumps({"instruction": "q2", "inptu": "ctx", "output": "a2"}),
+        json.dumps({"messages": [{"role": "user", "contnet": "q3"}, {"role": "assistant", "content": "a3"}]}),
+        json.dumps({"conversations": [{"from": "human", "value": "q4"}, {"from": "gpt", "vaule": "a4"}]}),
+        json.dumps({"instruction": "q5", "output": "a5", "source": "s"}),
+    ]) + "\n")
+    assert error(p) == f"{p}:2: unknown field 'inptu' (did you mean 'input'? alpaca records read instruction, " \
+                       "input, output, system, history; fields not close to these are ignored as metadata)"
+    convs, skipped = read(p, skip_invalid=True)
+    assert convs == [[u("q1"), a("a1")], [u("q5"), a("a5")]] and skipped == 3
+    row = mix([ChatSourceConfig(path=str(p), skip_invalid=True)], seed=0)[1]["sources"][0]
+    assert row["skipped"] == 3 and row["conversations"] == 2
+    assert row["first_skipped"].startswith(f"{p}:2: unknown field 'inptu' (did you mean 'input'?")
 
 
 def test_explicit_format_and_file_errors(tmp_path):
@@ -192,7 +283,7 @@ def test_fields_rename_records_of_another_shape(tmp_path):
     with pytest.raises(FieldError) as e:
         ChatSourceConfig(path=str(p), fields={"instrucion": "question"})
     assert str(e.value) == "fields.instrucion: not a field the record formats read (did you mean 'instruction'?); " \
-                           "expected one of messages, conversations, system, instruction, input, output"
+                           "expected one of messages, conversations, system, instruction, input, output, history"
 
 
 # -------------------------------------------------------------- mixtures

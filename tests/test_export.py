@@ -36,6 +36,46 @@ def test_transformers_loads_export_with_equal_logits(toy_data, tmp_path, tied):
     assert torch.equal(load_model(tmp_path / "ckpt")(x), model(x))
 
 
+def _hf_ids(result):
+    # transformers 4.x returns a list of ids, 5.x a BatchEncoding
+    return list(result) if isinstance(result, list) else list(result["input_ids"])
+
+
+def test_exported_chat_template_gives_lmforge_ids(toy_data, tmp_path):
+    """transformers' apply_chat_template on the exported directory gives the ids lmforge trains on and prompts
+    with: a system turn, several user/assistant turns, an OpenAI-style tool call and its output, with and
+    without the generation prompt (none after a tool output: the assistant's turn is still open)."""
+    from lmforge.chat import render, render_prompt
+    from lmforge.data.chat_sources import normalize_messages
+
+    _, tok = toy_data
+    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=1, d_model=32, n_head=2, max_seq_len=64)
+    save_model(Transformer(cfg), tmp_path / "ckpt", tok_dir(toy_data))
+    export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    conv = [{"role": "system", "content": "You are Forge."},
+            {"role": "user", "content": "What is the capital of Zali?"},
+            {"role": "assistant", "content": "The capital of Zali is Finisdor."},
+            {"role": "user", "content": "And 12 + 7?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": {"expr": "12+7"}}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "19"},
+            {"role": "assistant", "content": "12 + 7 = 19."}]
+    ours = normalize_messages(conv)  # how lmforge reads OpenAI-style records (chat sources)
+    assert ours[4]["tool_calls"] == [{"name": "calculator", "arguments": '{"expr": "12+7"}'}]
+    assert _hf_ids(hf_tok.apply_chat_template(conv, tokenize=True, add_generation_prompt=False)) == render(ours, tok)[0]
+    prompts = 0
+    for k in range(1, len(conv)):  # every prefix: the conversation so far, and the prompt the engine would see
+        got = _hf_ids(hf_tok.apply_chat_template(conv[:k], tokenize=True, add_generation_prompt=False))
+        assert got == render(ours[:k], tok)[0], k
+        if conv[k]["role"] == "assistant":
+            got = _hf_ids(hf_tok.apply_chat_template(conv[:k], tokenize=True, add_generation_prompt=True))
+            assert got == render_prompt(ours[:k], tok), k
+            prompts += 1
+    assert prompts == 3
+    assert render_prompt(ours[:6], tok) == render(ours[:6], tok)[0]  # after the tool output: no new marker
+
+
 def tok_dir(toy_data):
     return toy_data[0].parent / "tok"
 

@@ -1,19 +1,29 @@
 """Conversations from JSONL/JSON, parquet and Hugging Face datasets, in three record formats.
 
 Record formats (`format`, detected per record with "auto"):
-- messages (OpenAI): {"messages": [{"role": ..., "content": ...}, ...]}. OpenAI's nested tool calls
-  ({"type": "function", "function": {"name", "arguments"}}, arguments as a string or object) are
+- messages (OpenAI): {"messages": [{"role": ..., "content": ...}, ...], "system" (optional)}. OpenAI's nested
+  tool calls ({"type": "function", "function": {"name", "arguments"}}, arguments as a string or object) are
   flattened to lmforge's {"name", "arguments": str}; `tool_call_id`/`name` of tool messages and
-  null-valued keys (parquet fills absent struct fields with null) are dropped.
+  null-valued keys (parquet fills absent struct fields with null) are dropped. A top-level "system"
+  becomes the first message (an error beside a different system message).
 - sharegpt: {"conversations": [{"from": "human"|"gpt"|"system"|..., "value": str}]}; optional
   top-level "system"; "function_call" turns (value: JSON {"name", "arguments"} or a list of them)
   become assistant tool calls, "observation"/"tool" turns tool outputs.
-- alpaca: {"instruction", "input" (optional), "output", "system" (optional)} -> user = instruction
-  + "\\n\\n" + input (an empty input is left out), assistant = output.
+- alpaca: {"instruction", "input" (optional), "output", "system" (optional), "history" (optional)} ->
+  user = instruction + "\\n\\n" + input (an empty input is left out), assistant = output; "history"
+  (LLaMA-Factory's earlier turns, [[instruction, output], ...]) comes before them.
 Records in another shape are read by renaming their fields first (`fields`, the format's name ->
 the record's): GSM8K's {"question", "answer"} with `fields: {instruction: question, output: answer}`
-reads as alpaca. Other top-level fields (ids, sources, tools) are ignored; unknown keys *inside* messages are errors,
-since they are usually typos. Content is kept verbatim (not stripped).
+reads as alpaca. Content is kept verbatim (not stripped).
+
+Unknown fields. Real records carry metadata (ids, sources, categories, tools), so other top-level
+fields are ignored, except the ones that look like a typo of a field the record's format reads
+("inptu", "ouput", "Instruction": at most one edit away, two for the long names) and the well-known
+name "system_prompt": those are errors ("did you mean 'input'?"), since ignoring them would silently
+drop text (a null or empty value loses nothing and is ignored). Inside a message or turn every key
+must be known: besides role/content/tool_calls (from/value), a message (or turn) may carry OpenAI's
+"name" (dropped) and "weight" (null, or what lmforge trains on anyway: 1 on assistant messages, 0 on the
+others); anything else is an error naming the key and the allowed ones.
 
 Every bad record is a one-line `LmforgeError` "<file>:<line>: ..." (JSONL) or "<file>: record <i>: ..."
 (JSON arrays, parquet, datasets; i counts from 0), or, with `skip_invalid`, skipped and counted.
@@ -30,18 +40,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.chat import validate
+from lmforge.data.record_fields import SHAREGPT_ROLES as _SHAREGPT_ROLES
+from lmforge.data.record_fields import TURN_KEYS, check_fields, message_allowed, message_keys, typo_of
 from lmforge.data.sources import _is_saved_hf_dir, _json_type, _one_line, _open_error, load_hf_split, resolve_files
 from lmforge.errors import LmforgeError
 
 FORMATS = ("auto", "messages", "sharegpt", "alpaca")
-RECORD_FIELDS = ("messages", "conversations", "system", "instruction", "input", "output")  # what `fields` may name
+RECORD_FIELDS = ("messages", "conversations", "system", "instruction", "input", "output", "history")  # `fields` names
 FILE_FORMATS = ("auto", "jsonl", "parquet", "hf")
 # .json may hold a JSON array (alpaca_data.json) or JSON lines: the reader looks at the first byte.
 _EXTENSIONS = {".jsonl.gz": "jsonl", ".json.gz": "jsonl", ".jsonl": "jsonl", ".json": "jsonl",
                ".parquet": "parquet"}
 _EXT_HELP = ".jsonl, .json, .jsonl.gz, .json.gz, .parquet, or a datasets.save_to_disk directory"
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "system": "system", "tool": "tool", "observation": "tool", "function_call": "assistant"}
 
 
 @dataclass
@@ -202,7 +212,18 @@ def _from_messages(rec: dict, where: str, reply: bool = True) -> list[dict]:
     if not isinstance(msgs, list):
         raise LmforgeError(f"{where}: field 'messages' must be a list, got {_json_type(msgs)}")
     out = normalize_messages(msgs)
-    validate(out, where, require_assistant=reply)
+    message_keys(out, where, lambda i: f"messages[{i}]", message_allowed)
+    system = _need_str(rec, "system", where, optional=True)
+    if system.strip():
+        first = out[0] if out and isinstance(out[0], dict) else {}
+        if first.get("role") != "system":
+            out.insert(0, {"role": "system", "content": system})
+        elif first.get("content") != system:  # the same text twice is fine
+            raise LmforgeError(f"{where}: a top-level 'system' and a different system message (messages[0]): "
+                               "keep one")
+    offset = len(out) - len(msgs)
+    validate(out, where, require_assistant=reply,
+             label=lambda i: "system" if i < offset else f"messages[{i - offset}]")
     return out
 
 
@@ -216,12 +237,11 @@ def _from_sharegpt(rec: dict, where: str, reply: bool = True) -> list[dict]:
         at = f"{where}: conversations[{i}]"
         if not isinstance(t, dict):
             raise LmforgeError(f"{at}: expected an object with 'from' and 'value', got {_json_type(t)}")
+        t = {k: v for k, v in t.items() if v is not None or k in ("from", "value")}  # parquet's nulls
+        message_keys([t], where, lambda _, i=i: f"conversations[{i}]", lambda _: TURN_KEYS)
         for k in ("from", "value"):
             if k not in t:
                 raise LmforgeError(f"{at}: missing '{k}'")
-        extra = [k for k in t if k not in ("from", "value")]
-        if extra:
-            raise LmforgeError(f"{at}: unknown key {extra[0]!r} (allowed: from, value)")
         src, value = t["from"], t["value"]
         if src not in _SHAREGPT_ROLES:
             raise LmforgeError(f"{at}: unknown 'from' value {src!r} (expected one of: {', '.join(_SHAREGPT_ROLES)})")
@@ -250,11 +270,22 @@ def _from_alpaca(rec: dict, where: str, reply: bool = True) -> list[dict]:
     extra = _need_str(rec, "input", where, optional=True)
     output = _need_str(rec, "output", where, optional=not reply)
     system = _need_str(rec, "system", where, optional=True)
+    history = rec.get("history") or []
+    if not isinstance(history, list):
+        raise LmforgeError(f"{where}: field 'history' must be a list of [instruction, output] pairs, "
+                           f"got {_json_type(history)}")
     out = [{"role": "system", "content": system}] if system.strip() else []
+    labels = ["system"] * len(out)
+    for j, pair in enumerate(history):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise LmforgeError(f"{where}: history[{j}]: expected [instruction, output] (two strings), "
+                               f"got {json.dumps(pair, ensure_ascii=False)[:80]}")
+        out += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+        labels += [f"history[{j}][0]", f"history[{j}][1]"]
     user = "\n\n".join(x for x in (instruction, extra) if x.strip())
     out += [{"role": "user", "content": user}] + ([{"role": "assistant", "content": output}] if reply or output else [])
-    field = {"system": "system", "user": "instruction", "assistant": "output"}
-    validate(out, where, require_assistant=reply, label=lambda i: field[out[i]["role"]])
+    labels += ["instruction", "output"]
+    validate(out, where, require_assistant=reply, label=lambda i: labels[i])
     return out
 
 
@@ -270,9 +301,12 @@ def to_messages(rec, fmt: str, where: str, reply: bool = True) -> list[dict]:
     if fmt == "auto":
         fmt = next((f for f in ("messages", "sharegpt", "alpaca") if _KEY[f] in rec), None)
         if fmt is None:
+            near = next(((k, n) for k in rec if (n := typo_of(k, tuple(_KEY.values())))), None)
+            hint = f"; did you mean {near[1]!r} for {near[0]!r}?" if near else ""
             raise LmforgeError(f"{where}: cannot tell the record format: expected a 'messages', 'conversations' or "
-                               f"'instruction' field (fields: {', '.join(rec)})")
-    elif _KEY[fmt] not in rec:
+                               f"'instruction' field (fields: {', '.join(map(str, rec))}){hint}")
+    check_fields(rec, fmt, where)
+    if _KEY[fmt] not in rec:
         raise LmforgeError(f"{where}: missing field '{_KEY[fmt]}' (fields: {', '.join(rec)})")
     return _CONVERTERS[fmt](rec, where, reply)
 
