@@ -4,7 +4,8 @@ padded, length-bucketed micro-batches.
 Packing several short conversations into one row would need a block-diagonal attention mask
 (and reset positions) to keep them from seeing each other. Padding each micro-batch only to
 its own longest conversation, after bucketing conversations of similar length together,
-wastes little (the demo measures and logs `pad_fraction`) and keeps attention exact.
+wastes little (the demo measures and logs `pad_fraction`: 0.099) and keeps attention exact; packed
+rows with the mask cost more per slot here (bench/sft_packing.py; docs/sft.md).
 """
 
 from __future__ import annotations
