@@ -370,7 +370,8 @@ def test_client_errors_are_not_retried(endpoint, status, monkeypatch):
                          backoff=0.01, both_orders=False)
     with pytest.raises(LmforgeError) as e:
         judge.compare(CONV, GOOD, BAD)
-    assert str(e.value) == f"AI judge at {url}/status-{status}: HTTP {status}: {CLIENT_ERRORS[status]}"
+    where = f" (POST {url}/status-{status}/v1/chat/completions)" if status == 404 else ""
+    assert str(e.value) == f"AI judge at {url}/status-{status}: HTTP {status}: {CLIENT_ERRORS[status]}{where}"
     assert len(seen[f"status-{status}"]) == 1  # a bad key or request stays bad: no retry
     assert "sk-wrong" not in str(e.value)
 

@@ -213,8 +213,9 @@ class HTTPBackend:
                 self.logprobs = False
                 body = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
                 return self._post({**body, "max_tokens": self.max_tokens})
-            if r.status_code != 200:
-                raise LmforgeError(f"AI judge at {self.base_url}: HTTP {r.status_code}: {msg}")
+            if r.status_code != 200:  # a 404 may be a wrong path as much as a wrong model name: show the URL
+                where = f" (POST {self.url})" if r.status_code == 404 else ""
+                raise LmforgeError(f"AI judge at {self.base_url}: HTTP {r.status_code}: {msg}{where}")
             try:
                 return r.json()
             except ValueError:
