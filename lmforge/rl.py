@@ -78,8 +78,9 @@ def token_logps(model, ids: torch.Tensor, targets: torch.Tensor, temperature: fl
     full = (lambda x: x.new_zeros(targets.shape).masked_scatter(keep, x)) if sliced else (lambda x: x * keep)
     if not entropy:
         return full(lp)
-    ent = -(logp.exp() * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(-1)  # a -inf logit adds 0, not nan
-    return full(lp), full(ent)
+    from lmforge.losses.rl import token_entropy
+
+    return full(lp), full(token_entropy(logp, inplace=not torch.is_grad_enabled()))
 
 
 def prompt_packs(ids: torch.Tensor, keep: torch.Tensor) -> list[list[int]]:

@@ -223,7 +223,7 @@ def test_ppo_stage_runs_and_reports(tmp_path):
     rec = [r for r in logs if "score" in r][-1]
     assert {"kl", "kl_coef", "value_loss", "explained_variance", "clip_fraction", "response_length", "entropy",
             "logp_max_diff", "violations_no_forbidden_help"} <= set(rec)
-    assert rec["score"] == pytest.approx(rec["reward_reward_model"] + 0.5 * rec["reward_rules"], abs=1e-5)
+    assert rec["score"] == pytest.approx(rec["reward_rm"] + 0.5 * rec["reward_rules"], abs=1e-5)
     assert rec["kl"] >= 0  # k3: no negative token terms
     assert "ppo_win_rate_vs_sft" in summary["eval_ppo"]
     assert (tmp_path / "a/ppo/model/model.safetensors").exists()

@@ -40,6 +40,11 @@ def test_reward_columns_give_each_part_and_each_rule_per_row():
      "grpo.rewards.2.kind: 'math' is already part 0; give each kind once"),
     (["grpo.rewards=[{kind: rm, weight: 0}]"], "grpo.rewards.0.weight: a part with weight 0 changes nothing"),
     (["grpo.rewards=[{kind: regex}]"], "grpo.rewards.0.kind: expected one of math, rules, rm, judge"),
+    (["grpo.rewards=[{kind: math, weight: .nan}]"], "grpo.rewards.0.weight: expected a finite number, got nan"),
+    (["grpo.rewards=[{kind: rules, model: sft}]"], "grpo.rewards.0.model: only an rm part reads a model (this "
+                                                   "part is 'rules')"),
+    (["ppo.rewards=[{kind: rm, judge: {backend: http, base_url: x, model: m}}]"],
+     "ppo.rewards.0.judge: only a judge part reads judge settings (this part is 'rm')"),
 ])
 def test_bad_reward_parts_are_one_line_errors(overrides, message):
     from lmforge.config import load_run_config
@@ -94,7 +99,8 @@ def tiny_grpo(tmp_path, *extra):
 def test_grpo_sums_weighted_reward_parts_and_logs_each_rule(tmp_path, monkeypatch):
     """grpo.rewards = math + 0.5 x rules (no length or format penalties): every logged batch's reward is
     reward_math + 0.5 x reward_rules, each rule's violation rate is logged, and at beta 0 the rollouts run
-    without a reference model (the final KL report loads the start again)."""
+    without a reference model; the final KL report loads the start again (at lr 0 the policy is the start:
+    KL exactly 0)."""
     import lmforge.rl
 
     refs = []
@@ -106,7 +112,7 @@ def test_grpo_sums_weighted_reward_parts_and_logs_each_rule(tmp_path, monkeypatc
 
     monkeypatch.setattr(lmforge.rl.RolloutSource, "__init__", spy)
     assert tiny_grpo(tmp_path, "grpo.rewards=[{kind: math}, {kind: rules, weight: 0.5}]", "grpo.beta=0",
-                     "grpo.malformed_penalty=0", "grpo.length_penalty=0") == 0
+                     "grpo.malformed_penalty=0", "grpo.length_penalty=0", "grpo.train.lr=0") == 0
     assert refs == [None]
     logs = [json.loads(x) for x in (tmp_path / "g/grpo/metrics.jsonl").read_text().splitlines()]
     train = [r for r in logs if "reward" in r]
@@ -115,7 +121,7 @@ def test_grpo_sums_weighted_reward_parts_and_logs_each_rule(tmp_path, monkeypatc
         assert r["reward"] == pytest.approx(r["reward_math"] + 0.5 * r["reward_rules"], abs=1e-6)
         assert {"violations_no_forbidden_help", "violations_no_human_claims"} <= set(r)
     summary = json.loads((tmp_path / "g/summary.json").read_text())["grpo"]
-    assert math.isfinite(summary["kl_to_reference"])
+    assert summary["kl_to_reference"] == 0.0  # lr 0: the reference the report loads is the policy's start
 
 
 def test_reward_parts_keep_the_default_reward_when_empty():
@@ -135,4 +141,21 @@ def test_grpo_rewards_with_a_local_ai_judge(tmp_path):
     train = [r for r in train if "reward" in r]
     assert len(train) == 3
     for r in train:
-        assert 0 <= r["reward_ai_judge"] <= 1 and r["reward"] == pytest.approx(r["reward_ai_judge"], abs=1e-6)
+        assert 0 <= r["reward_judge"] <= 1 and r["reward"] == pytest.approx(r["reward_judge"], abs=1e-6)
+
+
+def test_an_unreachable_http_judge_fails_before_any_sampling(tmp_path, capsys):
+    """An HTTP judge part answers a probe request when the stage builds it: a closed port is a one-line
+    error (exit 2) before the held-out evaluation and the first rollout, and GRPO leaves no metrics."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    judge = f"{{backend: http, base_url: 'http://127.0.0.1:{port}', model: m, tries: 1, timeout: 2}}"
+    assert tiny_grpo(tmp_path, f"grpo.rewards=[{{kind: math}}, {{kind: judge, judge: {judge}}}]") == 2
+    out = capsys.readouterr()
+    err = out.err.strip().splitlines()[-1]
+    assert err == f"error: AI judge at http://127.0.0.1:{port}: connection refused after 1 try (timeout 2 s)"
+    assert "held-out accuracy before" not in out.out + out.err  # failed before evaluating, let alone training
+    assert not (tmp_path / "g/grpo/metrics.jsonl").exists()

@@ -282,7 +282,7 @@ def _parse(text: str, options: Sequence[str]) -> float:
 class AIJudge:
     """Compares two answers (`compare`) and scores one (`score`, a RewardSource) by a constitution."""
 
-    name = "ai_judge"
+    name = "judge"
 
     def __init__(self, backend, *, constitution: str = CONSTITUTION, both_orders: bool = True,
                  labels: tuple[str, str] = ("A", "B"), yes_no: tuple[str, str] = ("Yes", "No"),

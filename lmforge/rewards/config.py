@@ -16,6 +16,7 @@ rate as `violations_<rule id>` (see `reward_columns`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from lmforge.errors import FieldError, one_of
@@ -29,12 +30,20 @@ class RewardPartConfig:
     kind: str = "math"               # math | rules | rm | judge
     weight: float = 1.0              # the part's factor in the sum (negative: a cost)
     model: str = "rm"                # rm: a reward-model stage of this recipe or a reward checkpoint dir
-    judge: AIJudgeConfig = field(default_factory=AIJudgeConfig)  # judge: local checkpoint "" = the policy
+    # judge: local checkpoint "" = the stage's starting policy, run on the stage's device unless
+    # judge.device names another
+    judge: AIJudgeConfig = field(default_factory=AIJudgeConfig)
 
     def __post_init__(self):
         one_of(self, "kind", KINDS)
+        if not math.isfinite(self.weight):
+            raise FieldError("weight", f"expected a finite number, got {self.weight}")
         if self.weight == 0:
             raise FieldError("weight", "a part with weight 0 changes nothing; leave it out")
+        if self.kind != "rm" and self.model != "rm":
+            raise FieldError("model", f"only an rm part reads a model (this part is {self.kind!r})")
+        if self.kind != "judge" and self.judge != AIJudgeConfig():
+            raise FieldError("judge", f"only a judge part reads judge settings (this part is {self.kind!r})")
 
 
 def check_parts(parts: list[RewardPartConfig], key: str, allowed: tuple[str, ...] = KINDS) -> None:
@@ -49,13 +58,15 @@ def check_parts(parts: list[RewardPartConfig], key: str, allowed: tuple[str, ...
 
 
 def build_reward(ctx, parts: list[RewardPartConfig], key: str, device, *, policy: str, format_bonus: float = 0.0,
-                 world=None):
-    """A WeightedSum of the parts (their sources built and checked before any sampling starts).
+                 world=None, loaded: dict | None = None):
+    """A WeightedSum of the parts, each built and checked before any sampling starts: checkpoints load,
+    and an HTTP judge answers one probe request, so an unreachable endpoint fails in seconds.
 
     policy: the stage's starting model, the default checkpoint of a local judge; format_bonus: the math
-    part's bonus for a final "#### n" line; world: toyworld's, which lets the rules check invented facts.
+    part's bonus for a final "#### n" line; world: toyworld's, which lets the rules check invented facts;
+    loaded: {model: RewardModelSource} the stage already holds (PPO's `reward`), not loaded twice.
     """
-    from lmforge.rewards import RuleSafety, VerifiableMath, WeightedSum
+    from lmforge.rewards import RewardRequest, RuleSafety, VerifiableMath, WeightedSum
     from lmforge.stages.bon import reward_source
     from lmforge.stages.common import model_dir
 
@@ -66,13 +77,16 @@ def build_reward(ctx, parts: list[RewardPartConfig], key: str, device, *, policy
         elif p.kind == "rules":
             src = RuleSafety(world=world)
         elif p.kind == "rm":
-            src = reward_source(ctx, p.model, f"{key}.{i}.model", device)
+            src = (loaded or {}).get(p.model) or reward_source(ctx, p.model, f"{key}.{i}.model", device)
         else:
             jc = p.judge
             if jc.backend == "local":
                 ckpt = str(model_dir(ctx, jc.checkpoint or policy, f"{key}.{i}.judge.checkpoint"))
-                jc = AIJudgeConfig(**{**jc.__dict__, "checkpoint": ckpt})
+                at = str(device) if jc.device == AIJudgeConfig.device else jc.device
+                jc = AIJudgeConfig(**{**jc.__dict__, "checkpoint": ckpt, "device": at})
             src = jc.build()
+            if jc.backend == "http":  # the first real request would come minutes later, after evaluation
+                src.score([RewardRequest([{"role": "user", "content": "Say hello."}], "Hello.")])
         sources.append((src, p.weight))
     return WeightedSum(sources)
 

@@ -17,7 +17,7 @@ class RewardModelSource:
     pairs; conversations longer than the model's context keep their last `max_seq_len` tokens.
     """
 
-    name = "reward_model"
+    name = "rm"
 
     def __init__(self, model, tok, *, batch_size: int = 32, device: str | torch.device = "cpu"):
         self.model, self.tok, self.batch_size, self.device = model.eval(), tok, batch_size, torch.device(device)

@@ -297,7 +297,7 @@ def run(ctx) -> dict:
         from lmforge.rewards.config import build_reward
 
         reward = build_reward(ctx, pc.rewards, "ppo.rewards", device, policy=pc.init,
-                              world=None if pc.sources else world)
+                              world=None if pc.sources else world, loaded={pc.reward: rm_source})
     make = make_rollouts(pc, policy, value, ref, reward, tok, prompts, cfg.seed, device, bf16, kl_ctl, info,
                          replicas)
     batches = PPOBatches(make, tc.micro_batch_size, pc.ppo_epochs * pc.minibatches, pc.minibatches)
