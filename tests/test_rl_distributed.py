@@ -240,7 +240,10 @@ def _ppo_worker(rank, world, port, tok_dir, out, parallel="ddp"):
     tok = Tokenizer.load(tok_dir)
     pc, policy, value, both, prompts, kl_ctl = ppo_parts(tok)
     replicas = (copy.deepcopy(policy), copy.deepcopy(value)) if parallel == "fsdp2" else None  # as the stage does
-    make = make_rollouts(pc, policy, value, copy.deepcopy(policy).eval(), StartsWithVowel(), tok, prompts, 0,
+    from lmforge.rewards import RuleSafety, WeightedSum
+
+    reward = WeightedSum([(StartsWithVowel(), 1.0), (RuleSafety(), 0.5)])  # per-part and per-rule columns too
+    make = make_rollouts(pc, policy, value, copy.deepcopy(policy).eval(), reward, tok, prompts, 0,
                          torch.device("cpu"), False, kl_ctl, info, replicas)
     batches = PPOBatches(make, 2, pc.ppo_epochs * pc.minibatches, pc.minibatches)
     trainer = ppo_trainer(pc, both, batches, out / f"ppo{rank}", info, parallel)
@@ -273,7 +276,11 @@ def test_ppo_on_two_processes_whitens_over_both_and_makes_the_single_process_upd
     _spawn(_ppo_worker if parallel == "ddp" else _ppo_fsdp2_worker, tok_dir, tmp_path)
     ranks, logs = _results(tmp_path, "ppo")
     assert ranks[0]["ids"][0, :5].tolist() != ranks[1]["ids"][0, :5].tolist()  # different prompts
-    assert logs[0][0]["score"] == logs[1][0]["score"] and logs[0][0]["kl"] == logs[1][0]["kl"]
+    # every rollout statistic is the whole batch's, the same on both ranks
+    stats = [k for k in logs[0][0] if k in ("score", "kl", "entropy", "logp_max_diff", "response_length")
+             or k.startswith(("reward_", "violations_"))]
+    assert {"entropy", "logp_max_diff", "reward_vowel", "reward_rules", "violations_no_repetition"} <= set(stats)
+    assert all(logs[0][0][k] == logs[1][0][k] for k in stats)
 
     # one batch in the order a single process slices its minibatches: [rank 0 mb 0, rank 1 mb 0, rank 0 mb 1, ...]
     width = max(r["ids"].shape[1] for r in ranks)
@@ -284,6 +291,13 @@ def test_ppo_on_two_processes_whitens_over_both_and_makes_the_single_process_upd
         padded = [torch.nn.functional.pad(r[k], (0, width - r[k].shape[1]), value=fill.get(k, 0.0)) for r in ranks]
         batch[k] = torch.cat([p[i * half:(i + 1) * half] for i in range(2) for p in padded])
     mask = batch["targets"] != -100
+    # the entropy is the mean over both ranks' sampled tokens, from the starting policy that sampled them
+    from lmforge.losses.rl import entropy_from_logits
+
+    with torch.no_grad():
+        start = ppo_parts(Tokenizer.load(tok_dir))[1]
+        want = float(entropy_from_logits(start(batch["ids"]).float(), mask.float()))
+    assert logs[0][0]["entropy"] == pytest.approx(want, abs=1e-5)
     # advantages whitened over both ranks' tokens together: mean 0, variance 1 there
     assert float(batch["adv"][mask].mean()) == pytest.approx(0.0, abs=1e-5)
     assert float(batch["adv"][mask].var()) == pytest.approx(1.0, abs=1e-4)
