@@ -98,7 +98,8 @@ def stages_up_to(cfg, until: str | None) -> list[str]:
     if until is None:
         return names
     if until not in names:
-        raise LmforgeError(f"stage '{until}' is not in this recipe's stages ({', '.join(names)})")
+        raise LmforgeError(f"stage '{until}' is not in this recipe's stages ({', '.join(names)}); add it with "
+                           f"stages=[{', '.join(names)}, {until}] or use a recipe that lists it")
     return names[: names.index(until) + 1]
 
 
