@@ -101,6 +101,9 @@ def next_steps(run_dir: Path, stages: list[str], overrides: list[str]) -> str:
     if not overrides:  # recipes/rlhf.yaml has its own run name: a copy of the demo's run starts it at PPO
         copy = "" if rlhf.exists() else f"cp -al {run_dir} {rlhf} && "
         lines.append(f"  {copy}lmforge run recipes/rlhf.yaml   # RLHF with PPO")
+        rlaif = run_dir.parent / "rlaif"
+        copy = "" if rlaif.exists() else f"cp -al {run_dir} {rlaif} && "
+        lines.append(f"  {copy}lmforge run recipes/rlaif.yaml --redo-changed   # AI-judge pairs, then DPO on them")
     return "\n".join(lines)
 
 

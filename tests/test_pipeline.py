@@ -205,9 +205,10 @@ def test_demo_ends_with_next_steps_that_keep_its_overrides(tmp_path):
     assert f"cp -al {tmp_path / 'demo'} {tmp_path / 'rlhf'} && lmforge run recipes/rlhf.yaml" in text
     (tmp_path / "rlhf").mkdir()  # copied already: a second cp -al would nest the copy inside it
     assert "  lmforge run recipes/rlhf.yaml" in next_steps(tmp_path / "demo", ["dpo"], [])
+    assert f"cp -al {tmp_path / 'demo'} {tmp_path / 'rlaif'} && lmforge run recipes/rlaif.yaml --redo-changed" in text
     text = next_steps(tmp_path / "demo", ["dpo"], ["seed=1", "data.sources=[{path: a b.txt}]", "stages=[dpo]"])
     assert "lmforge run recipes/specialize.yaml seed=1 'data.sources=[{path: a b.txt}]'   #" in text
-    assert "rlhf" not in text  # its own run name would not find this run's directory
+    assert "rlhf" not in text and "rlaif" not in text  # their own run names would not find this run's directory
     (tmp_path / "demo/rm/model").mkdir(parents=True)  # the reward model is no chat model
     (tmp_path / "demo/rm/model/model_config.json").write_text("{}")
     text = next_steps(tmp_path / "demo", ["dpo", "rm", "specialize"], [])
