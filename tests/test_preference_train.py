@@ -308,3 +308,19 @@ def test_reference_logps_equal_the_training_forward(toy_data):
             sums, _ = pair_logps(model, ids, targets, last)
         got = sums.detach().double().numpy().reshape(2, -1).T
         assert abs(got - ref[items]).max() < 1e-4  # (0 here: padding does not change a row's numbers)
+
+
+def test_dpo_trains_on_the_ai_judges_pairs(tmp_path):
+    """dpo.pairs=rlaif (recipes/rlaif.yaml): DPO reads the rlaif stage's train.jsonl and val.jsonl, not the
+    hidden judge's `pairs`, which this run does not even have."""
+    from lmforge.config import load_run_config
+    from lmforge.errors import LmforgeError
+
+    assert tiny_alignment_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft,rlaif,dpo]", "dpo.pairs=rlaif") == 0
+    summary = json.loads((tmp_path / "a/summary.json").read_text())
+    count = lambda name: len((tmp_path / f"a/rlaif/{name}.jsonl").read_text().splitlines())
+    assert summary["dpo"]["train_items"] == count("train") == summary["rlaif"]["train_pairs"]
+    assert summary["dpo"]["val_pairs"] == count("val") > 0
+    assert not (tmp_path / "a/pairs").exists()
+    with pytest.raises(LmforgeError, match=r"dpo.pairs: expected one of pairs, rlaif, got 'rm'"):
+        load_run_config(ROOT / "recipes/demo.yaml", ["dpo.pairs=rm"])

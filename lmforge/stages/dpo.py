@@ -39,7 +39,8 @@ class DPOConfig:
     label_smoothing: float = 0.1       # cdpo only: assumed share of flipped labels
     gamma: float = 0.5                 # simpo only: target reward margin
     orpo_lambda: float = 0.1           # orpo only: weight of the odds-ratio term
-    sources: list[PreferenceSourceConfig] = field(default_factory=list)  # empty: the `pairs` stage
+    sources: list[PreferenceSourceConfig] = field(default_factory=list)  # empty: the `pairs` stage's pairs
+    pairs: str = "pairs"               # without sources: the stage whose pairs to train on (pairs | rlaif)
     val_fraction: float = 0.1
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=_dpo_train_defaults)
@@ -51,6 +52,7 @@ class DPOConfig:
         non_negative(self, "beta", "gamma", "orpo_lambda")  # beta 0: the loss's own default
         check_fields(self, ["label_smoothing"], lambda v: 0 <= v < 0.5, "a number >= 0 and < 0.5")
         fraction(self, "val_fraction", closed_top=False)
+        one_of(self, "pairs", ("pairs", "rlaif"))
 
 
 def loss_params(dc: DPOConfig) -> dict:
@@ -116,7 +118,7 @@ def run(ctx) -> dict:
     torch.manual_seed(cfg.seed)
     model = load_model(src)
     max_len = min(tc.seq_len, model.cfg.max_seq_len - 1)
-    train_pairs, val_pairs = preference_data(ctx, dc.sources, dc.val_fraction, "dpo.sources")
+    train_pairs, val_pairs = preference_data(ctx, dc.sources, dc.val_fraction, "dpo.sources", dc.pairs)
     train = tokenize(dc, train_pairs, tok, max_len, cfg.seed)
     val = tokenize(dc.__class__(loss="dpo"), val_pairs, tok, max_len, cfg.seed)  # val: always pairs
     if len(train) == 0:
@@ -161,4 +163,4 @@ def run(ctx) -> dict:
 
 STAGE = Stage("dpo", run, distributed=True,
               description="preference optimization (DPO, IPO, cDPO, hinge, KTO, ORPO, SimPO)",
-              inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "dpo"))
+              inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "rlaif", "dpo"))

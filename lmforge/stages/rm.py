@@ -41,8 +41,9 @@ class RMConfig:
         non_negative(self, "margin")
 
 
-def preference_data(ctx, sources: list, val_fraction: float, key: str) -> tuple[list, list]:
-    """(train pairs, validation pairs) from recipe sources or from the `pairs` stage."""
+def preference_data(ctx, sources: list, val_fraction: float, key: str, stage: str = "pairs") -> tuple[list, list]:
+    """(train pairs, validation pairs) from recipe sources or from a stage that writes pairs (`pairs`,
+    `rlaif`): its train.jsonl and val.jsonl."""
     from lmforge.data.preference_sources import PreferenceSourceConfig, load_pairs_file, mix
 
     if sources:
@@ -50,9 +51,9 @@ def preference_data(ctx, sources: list, val_fraction: float, key: str) -> tuple[
                         for s in sources], seed=ctx.cfg.seed)
         n_val = int(round(len(pairs) * val_fraction))
         return pairs[n_val:], pairs[:n_val]
-    d = ctx.stage_dir("pairs")
-    if "pairs" not in ctx.cfg.stages and not (d / "train.jsonl").exists():
-        raise LmforgeError(f"{key}: no preference data; set {key} or add the 'pairs' stage before it")
+    d = ctx.stage_dir(stage)
+    if stage not in ctx.cfg.stages and not (d / "train.jsonl").exists():
+        raise LmforgeError(f"{key}: no preference data; set {key} or add the {stage!r} stage before it")
     return load_pairs_file(d / "train.jsonl"), load_pairs_file(d / "val.jsonl")
 
 
