@@ -216,10 +216,16 @@ def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[s
     >>> config_changes({"a": 1, "s": [{"path": "x"}]}, {"a": 1, "b": 0, "s": [{"path": "x", "prompts": False}]},
     ...                {"b": 0})
     []
-    >>> config_changes({"a": 1}, {"a": 2, "b": 5}, {"b": 0})
-    ['a: 1 -> 2', 'b: None -> 5']
+    >>> config_changes({"a": 1}, {"a": 2, "b": 5, "c": "x" * 200}, {"b": 0})[:2]
+    ['a: 1 -> 2', 'b: 0 -> 5']
+    >>> len(config_changes({}, {"c": "x" * 200})[0])  # a long value is cut after 80 characters
+    94
     """
     defaults = defaults or {}
+
+    def shown(d: dict, k: str) -> str:  # a key the record lacks had its default; long values cut
+        text = repr(d[k]) if k in d else repr(defaults.get(k))
+        return text if len(text) <= 80 else text[:80] + "..."
 
     def added_defaults_dropped(o, n):
         if isinstance(o, list) and isinstance(n, list) and len(o) == len(n):
@@ -229,7 +235,7 @@ def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[s
         return n
 
     keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys
+    return [f"{k}: {shown(old, k)} -> {shown(new, k)}" for k in keys
             if not (k not in old and k in defaults and new.get(k) == defaults[k])
             and old.get(k) != added_defaults_dropped(old.get(k), new.get(k))]
 
