@@ -99,7 +99,7 @@ def stages_up_to(cfg, until: str | None) -> list[str]:
         return names
     if until not in names:
         raise LmforgeError(f"stage '{until}' is not in this recipe's stages ({', '.join(names)}); add it with "
-                           f"stages=[{', '.join(names)}, {until}] or use a recipe that lists it")
+                           f"stages=[{','.join(names)},{until}] or use a recipe that lists it")
     return names[: names.index(until) + 1]
 
 

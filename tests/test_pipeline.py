@@ -114,7 +114,7 @@ def test_recipe_errors_come_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "t/toyworld").exists()
     assert run(tmp_path, "stages=[toyworld]", "--fresh", command="pretrain") == 2  # nothing deleted either
     assert capsys.readouterr().err == "error: stage 'pretrain' is not in this recipe's stages (toyworld); add it " \
-                                      "with stages=[toyworld, pretrain] or use a recipe that lists it\n"
+                                      "with stages=[toyworld,pretrain] or use a recipe that lists it\n"
     assert run(tmp_path, "stages=[]") == 2
     assert capsys.readouterr().err == "error: stages: the recipe lists no stages\n"
     (tmp_path / "afile").write_text("x")

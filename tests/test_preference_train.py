@@ -310,11 +310,15 @@ def test_reference_logps_equal_the_training_forward(toy_data):
         assert abs(got - ref[items]).max() < 1e-4  # (0 here: padding does not change a row's numbers)
 
 
-def test_dpo_trains_on_the_ai_judges_pairs(tmp_path):
+def test_dpo_trains_on_the_ai_judges_pairs(tmp_path, capsys):
     """dpo.pairs=rlaif (recipes/rlaif.yaml): DPO reads the rlaif stage's train.jsonl and val.jsonl, not the
-    hidden judge's `pairs`, which this run does not even have."""
+    hidden judge's `pairs`, which this run does not even have. rlaif listed after dpo is refused up front."""
     from lmforge.config import load_run_config
     from lmforge.errors import LmforgeError
+
+    assert tiny_alignment_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft,dpo,rlaif]", "dpo.pairs=rlaif") == 2
+    assert capsys.readouterr().err == "error: stage 'dpo' needs rlaif first; add it to stages, before 'dpo'\n"
+    assert not (tmp_path / "a").exists()
 
     assert tiny_alignment_run(tmp_path, "stages=[toyworld,tokenizer,pretrain,sft,rlaif,dpo]", "dpo.pairs=rlaif") == 0
     summary = json.loads((tmp_path / "a/summary.json").read_text())

@@ -161,6 +161,6 @@ def run(ctx) -> dict:
             "val_pref_accuracy_before": round(val_acc0, 4), "val_pref_accuracy": round(val_acc, 4)}
 
 
-STAGE = Stage("dpo", run, distributed=True,
+STAGE = Stage("dpo", run, distributed=True, requires=lambda cfg: () if cfg.dpo.sources else (cfg.dpo.pairs,),
               description="preference optimization (DPO, IPO, cDPO, hinge, KTO, ORPO, SimPO)",
-              inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "rlaif", "dpo"))
+              inputs=("seed", "toyworld", "tokenizer", "model", "sft", "pairs", "dpo"))

@@ -90,7 +90,7 @@ def compare(ctx, models: dict[str, str], baseline: str, ec: AlignEvalConfig, out
 
 def run(ctx) -> dict:
     metrics = compare(ctx, {"sft": "sft", "dpo": "dpo"}, "sft", ctx.cfg.eval_dpo, "eval_dpo")
-    if ctx.is_complete("rm"):  # the reward model's held-out accuracy, next to what it led to
+    if "rm" in ctx.cfg.stages and ctx.is_complete("rm"):  # the reward model's accuracy, next to what it led to
         metrics["rm_val_accuracy"] = ctx.metrics("rm").get("val_accuracy")
     return metrics
 

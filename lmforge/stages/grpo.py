@@ -362,7 +362,7 @@ def run(ctx) -> dict:
         save_model(model.cpu(), out / "model", src)
     barrier(info)  # rank 0's metrics file is complete before any rank reads it
     logs = read_metrics(out, "train")
-    k = max(1, min(5, len(logs) // 2))  # first and last k steps: different steps even in a short run
+    k = max(1, min(5, len(logs) // 2))  # first and last k records: apart in any run of 2 records or more
     tail = logs[-k:]
     mean = lambda k: round(statistics.fmean(r[k] for r in tail if k in r), 4) if any(k in r for r in tail) else None
     first = [r["reward"] for r in logs[:k] if "reward" in r]
