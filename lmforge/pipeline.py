@@ -211,12 +211,13 @@ def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[s
     An option added to lmforge after the stage ran is absent from its record; at its default it changes
     nothing (new options default to the old behaviour), so it is not a change: a key missing from `old`
     whose new value equals `defaults`' (the stage_config of a default RunConfig), and a key missing from
-    an old list item (a data source) whose new value is False, None, 0 or empty.
+    an old list item (a data source) whose new value is False, None, 0 or empty. A recorded key the stage
+    no longer reads (an option removed, or a section it stopped depending on) cannot change its result.
 
     >>> config_changes({"a": 1, "s": [{"path": "x"}]}, {"a": 1, "b": 0, "s": [{"path": "x", "prompts": False}]},
     ...                {"b": 0})
     []
-    >>> config_changes({"a": 1}, {"a": 2, "b": 5, "c": "x" * 200}, {"b": 0})[:2]
+    >>> config_changes({"a": 1, "gone": 3}, {"a": 2, "b": 5, "c": "x" * 200}, {"b": 0})[:2]
     ['a: 1 -> 2', 'b: 0 -> 5']
     >>> len(config_changes({}, {"c": "x" * 200})[0])  # a long value is cut after 80 characters
     94
@@ -234,7 +235,7 @@ def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[s
             return {k: v for k, v in n.items() if k in o or v not in (False, None, 0, "", [], {})}
         return n
 
-    keys = sorted(set(old) | set(new))
+    keys = sorted(new)
     return [f"{k}: {shown(old, k)} -> {shown(new, k)}" for k in keys
             if not (k not in old and k in defaults and new.get(k) == defaults[k])
             and old.get(k) != added_defaults_dropped(old.get(k), new.get(k))]
