@@ -104,6 +104,10 @@ def test_grpo_stage_runs_and_reports(tmp_path):
     logs = [json.loads(line) for line in (tmp_path / "g/grpo/metrics.jsonl").read_text().splitlines()]
     train = [r for r in logs if r.get("kind", r.get("split")) == "train" or "reward" in r]
     assert train and "kl" in train[-1] and "logp_max_diff" in train[-1]
+    # 3 logged steps: the first and last rewards are those of one step each (windows of up to 5, apart)
+    rewards = [r["reward"] for r in logs if "reward" in r]
+    assert len(rewards) == 3
+    assert (s["reward_first"], s["reward_last"]) == (round(rewards[0], 4), round(rewards[-1], 4))
 
 
 def test_init_from_a_stage_that_has_not_run_is_a_one_line_error(tmp_path, capsys):
