@@ -162,16 +162,16 @@ BAD_RECORDS = [
      "conversations[0]: unknown key 'valeu' (did you mean 'value'? allowed: from, value, weight)"),
     ('{"instruction": "q", "inptu": "ctx", "output": "a"}',
      "unknown field 'inptu' (did you mean 'input'? alpaca records read instruction, input, output, system, history; "
-     "fields not close to these are ignored as metadata)"),
+     "fields not close to these are metadata, as are ignore_fields)"),
     ('{"instruction": "q", "Output": "a"}',
      "unknown field 'Output' (did you mean 'output'? alpaca records read instruction, input, output, system, "
-     "history; fields not close to these are ignored as metadata)"),
+     "history; fields not close to these are metadata, as are ignore_fields)"),
     ('{"instrucion": "q", "output": "a"}',
      "cannot tell the record format: expected a 'messages', 'conversations' or 'instruction' field "
      "(fields: instrucion, output); did you mean 'instruction' for 'instrucion'?"),
     ('{"sytem": "s", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
      "unknown field 'sytem' (did you mean 'system'? messages records read messages, system; fields not close to "
-     "these are ignored as metadata)"),
+     "these are metadata, as are ignore_fields)"),
     ('{"system_prompt": "Be kind.", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}',
      "field 'system_prompt' is not read: sharegpt records take it as 'system' (rename it with fields: "
      "{system: system_prompt})"),
@@ -239,7 +239,7 @@ def test_unknown_field_records_are_skipped_and_counted(tmp_path):
         json.dumps({"instruction": "q5", "output": "a5", "source": "s"}),
     ]) + "\n")
     assert error(p) == f"{p}:2: unknown field 'inptu' (did you mean 'input'? alpaca records read instruction, " \
-                       "input, output, system, history; fields not close to these are ignored as metadata)"
+                       "input, output, system, history; fields not close to these are metadata, as are ignore_fields)"
     convs, skipped = read(p, skip_invalid=True)
     assert convs == [[u("q1"), a("a1")], [u("q5"), a("a5")]] and skipped == 3
     row = mix([ChatSourceConfig(path=str(p), skip_invalid=True)], seed=0)[1]["sources"][0]
@@ -336,3 +336,14 @@ def test_mix_errors(tmp_path):
     assert str(e.value) == "chat sources: the mixture is empty (weights: 0)"
     with pytest.raises(LmforgeError, match="total must be positive, got 0"):
         mix([_src(tmp_path, "x", 2)], seed=0, total=0)
+
+
+def test_ignore_fields_keeps_a_metadata_column_that_looks_like_a_field(tmp_path):
+    """An `inputs` column beside `input` is one edit from a field Alpaca reads: an error unless the source
+    lists it in ignore_fields, which drops it before reading (and only it)."""
+    p = tmp_path / "a.jsonl"
+    p.write_text(json.dumps({"instruction": "q", "input": "ctx", "inputs": ["tokens"], "output": "a"}) + "\n")
+    with pytest.raises(LmforgeError, match=r"a.jsonl:1: unknown field 'inputs' \(did you mean 'input'\?"):
+        read_conversations(ChatSourceConfig(path=str(p)))
+    convs, skipped = read(p, ignore_fields=["inputs"])
+    assert convs == [[{"role": "user", "content": "q\n\nctx"}, {"role": "assistant", "content": "a"}]] and not skipped

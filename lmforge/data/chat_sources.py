@@ -65,6 +65,9 @@ class ChatSourceConfig:
     skip_invalid: bool = False  # skip (and count) malformed records instead of failing
     fields: dict[str, str] = field(default_factory=dict)  # rename before reading: {format's name: record's}
     prompts: bool = False       # records may end without a reply (RL prompts: ppo.sources); SFT needs replies
+    # top-level fields that are metadata even though one resembles a field the format reads (an `inputs`
+    # column beside `input`): dropped before reading, never an error
+    ignore_fields: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         from lmforge.errors import FieldError
@@ -337,6 +340,8 @@ def _read(cfg: ChatSourceConfig) -> tuple[list[list[dict]], int, str]:
             try:
                 if isinstance(rec, LmforgeError):
                     raise rec
+                if cfg.ignore_fields and isinstance(rec, dict):
+                    rec = {k: v for k, v in rec.items() if k not in cfg.ignore_fields}
                 convs.append(to_messages(renamed(rec, cfg.fields, where), cfg.format, where, not cfg.prompts))
             except LmforgeError as e:
                 if not cfg.skip_invalid:

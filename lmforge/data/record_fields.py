@@ -57,7 +57,7 @@ def check_fields(rec: dict, fmt: str, where: str) -> None:
         near = typo_of(k, names)
         if near:
             raise LmforgeError(f"{where}: unknown field {k!r} (did you mean {near!r}? {fmt} records read "
-                               f"{', '.join(names)}; fields not close to these are ignored as metadata)")
+                               f"{', '.join(names)}; fields not close to these are metadata, as are ignore_fields)")
 
 
 def message_keys(msgs: list, where: str, label, allowed) -> None:
