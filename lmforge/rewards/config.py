@@ -66,9 +66,8 @@ def build_reward(ctx, parts: list[RewardPartConfig], key: str, device, *, policy
     part's bonus for a final "#### n" line; world: toyworld's, which lets the rules check invented facts;
     loaded: {model: RewardModelSource} the stage already holds (PPO's `reward`), not loaded twice.
     """
-    from lmforge.rewards import RewardRequest, RuleSafety, VerifiableMath, WeightedSum
+    from lmforge.rewards import RuleSafety, VerifiableMath, WeightedSum
     from lmforge.stages.bon import reward_source
-    from lmforge.stages.common import model_dir
 
     sources = []
     for i, p in enumerate(parts):
@@ -79,16 +78,26 @@ def build_reward(ctx, parts: list[RewardPartConfig], key: str, device, *, policy
         elif p.kind == "rm":
             src = (loaded or {}).get(p.model) or reward_source(ctx, p.model, f"{key}.{i}.model", device)
         else:
-            jc = p.judge
-            if jc.backend == "local":
-                ckpt = str(model_dir(ctx, jc.checkpoint or policy, f"{key}.{i}.judge.checkpoint"))
-                at = str(device) if jc.device == AIJudgeConfig.device else jc.device
-                jc = AIJudgeConfig(**{**jc.__dict__, "checkpoint": ckpt, "device": at})
-            src = jc.build()
-            if jc.backend == "http":  # the first real request would come minutes later, after evaluation
-                src.score([RewardRequest([{"role": "user", "content": "Say hello."}], "Hello.")])
+            src = build_judge(ctx, p.judge, f"{key}.{i}.judge", policy=policy, device=device)
         sources.append((src, p.weight))
     return WeightedSum(sources)
+
+
+def build_judge(ctx, jc: AIJudgeConfig, key: str, *, policy: str, device):
+    """An AIJudge from its config, for a stage: a local judge's checkpoint defaults to the stage's policy
+    (a stage of the recipe or a directory) and its device to the stage's; an HTTP judge answers one probe
+    request, so an unreachable endpoint fails in seconds, not after the sampling before its first use."""
+    from lmforge.rewards import RewardRequest
+    from lmforge.stages.common import model_dir
+
+    if jc.backend == "local":
+        ckpt = str(model_dir(ctx, jc.checkpoint or policy, f"{key}.checkpoint"))
+        at = str(device) if jc.device == AIJudgeConfig.device else jc.device
+        jc = AIJudgeConfig(**{**jc.__dict__, "checkpoint": ckpt, "device": at})
+    judge = jc.build()
+    if jc.backend == "http":
+        judge.score([RewardRequest([{"role": "user", "content": "Say hello."}], "Hello.")])
+    return judge
 
 
 def reward_columns(reward) -> dict[str, list[float]]:

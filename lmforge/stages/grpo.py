@@ -362,10 +362,10 @@ def run(ctx) -> dict:
         save_model(model.cpu(), out / "model", src)
     barrier(info)  # rank 0's metrics file is complete before any rank reads it
     logs = read_metrics(out, "train")
-    k = max(1, min(5, len(logs) // 2))  # first and last k records: apart in any run of 2 records or more
-    tail = logs[-k:]
+    window = max(1, min(5, len(logs) // 2))  # first and last records averaged: apart in any run of 2 or more
+    tail = logs[-window:]
     mean = lambda k: round(statistics.fmean(r[k] for r in tail if k in r), 4) if any(k in r for r in tail) else None
-    first = [r["reward"] for r in logs[:k] if "reward" in r]
+    first = [r["reward"] for r in logs[:window] if "reward" in r]
     return {**data_stats, "steps": tc.steps, "heldout_acc_before": round(acc_before, 4),
             "heldout_acc_after": round(acc_after, 4),
             "heldout_acc_gain": round(acc_after - acc_before, 4),

@@ -40,6 +40,7 @@ class RLAIFConfig:
 
 def run(ctx) -> dict:
     from lmforge.model.io import load_model
+    from lmforge.rewards.config import build_judge
     from lmforge.stages.common import load_world, model_dir, progress_bar
     from lmforge.stages.pairs import sample_answers, write_jsonl
     from lmforge.tokenizer import Tokenizer
@@ -54,11 +55,7 @@ def run(ctx) -> dict:
     examples = preference_prompts(world, rc.n_prompts, seed=ctx.cfg.seed + 60_000, split="train",
                                   tasks=rc.tasks or ctx.cfg.pairs.tasks or None)
     prompts = [e.messages[:-1] for e in examples]
-    jc = rc.judge
-    if jc.backend == "local":
-        ckpt = str(model_dir(ctx, jc.checkpoint or rc.policy, "rlaif.judge.checkpoint"))
-        jc = AIJudgeConfig(**{**jc.__dict__, "checkpoint": ckpt})
-    judge = jc.build()  # before sampling: a judge that cannot be built fails in seconds, not after minutes
+    judge = build_judge(ctx, rc.judge, "rlaif.judge", policy=rc.policy, device=device)  # before sampling
     answers = sample_answers(model, tok, prompts, 2, temperature=rc.temperature, top_k=0,
                              max_new_tokens=rc.max_new_tokens, seed=ctx.cfg.seed + 2,
                              progress=progress_bar(ctx, "rlaif"))
@@ -67,7 +64,7 @@ def run(ctx) -> dict:
         raise LmforgeError(f"rlaif: all {len(examples)} answer pairs are identical or empty: nothing to judge "
                            f"(raise rlaif.temperature or rlaif.max_new_tokens)")
     ctx.log(f"[rlaif] judging {len(keep)} answer pairs ({len(examples) - len(keep)} identical or empty) with "
-            f"the {jc.backend} AI judge")
+            f"the {rc.judge.backend} AI judge")
     probs = judge.compare_batch([(prompts[i], answers[i][0], answers[i][1]) for i in keep])
     pairs, agree, decided = [], 0, 0
     for i, p in zip(keep, probs, strict=True):
