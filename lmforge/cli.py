@@ -45,16 +45,20 @@ def _pipeline_command(args, until: str | None) -> int:
     cfg = load_run_config(find_recipe(args.recipe), args.overrides)
     if args.dry_run:
         from lmforge.config import check_paths
+        from lmforge.pipeline import plan, stages_up_to
 
         print(dump_yaml(cfg), end="")
-        from lmforge.pipeline import stages_up_to
-
         problems, checked, hub = check_paths(cfg, stages_up_to(cfg, until))
-        for problem in problems:
+        try:  # what the run would do with each stage, given the run directory as it is now
+            print("\n".join(plan(cfg, until, redo_changed=args.redo_changed, fresh=args.fresh)), file=sys.stderr)
+            blocked = []
+        except LmforgeError as e:  # a stage whose input stage is neither complete nor run first
+            blocked = [str(e)]
+        for problem in problems + blocked:
             print(f"error: {problem}", file=sys.stderr)
-        print(f"dry run: {checked} local data path(s) checked, {len(problems)} missing"
+        print(f"dry run: {checked} local path(s) checked, {len(problems)} missing"
               + (f"; {hub} Hub dataset id(s) not checked (they need the network)" if hub else ""), file=sys.stderr)
-        return 2 if problems else 0
+        return 2 if problems or blocked else 0
     from lmforge.pipeline import stages_up_to
 
     stages_up_to(cfg, until)  # a stage the recipe does not list is an error before anything is deleted
@@ -67,11 +71,10 @@ def _pipeline_command(args, until: str | None) -> int:
             run_dir = Path(cfg.out_dir) / cfg.name
             if until is None:
                 shutil.rmtree(run_dir, ignore_errors=True)
-            else:  # the stage and every later one, whose results were built on it (an evaluation: itself only)
-                from lmforge.stages import STAGES
+            else:
+                from lmforge.pipeline import fresh_targets
 
-                later = [] if STAGES[until].measures_only else cfg.stages[cfg.stages.index(until) + 1:]
-                for name in [until, *later]:
+                for name in fresh_targets(cfg, until):
                     shutil.rmtree(run_dir / name, ignore_errors=True)
         from lmforge.train.distributed import barrier
 
@@ -173,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("recipe", help="recipe YAML (or the name of one in recipes/)")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.n_layer=6")
         p.add_argument("--dry-run", action="store_true",
-                       help="print the resolved config, check that the local data files it names exist, and exit")
+                       help="print the resolved config, check that the local data files and models it names "
+                            "exist, say what would run or be kept of each stage (with --fresh/--redo-changed "
+                            "as given), and exit without changing anything")
         p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
         p.add_argument("--fresh", action="store_true",
                        help="delete this stage's and later stages' outputs first (an evaluation stage: its own "

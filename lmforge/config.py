@@ -322,13 +322,22 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
     return load_config(RunConfig, path, overrides)
 
 
+# Fields of a stage's section that name the model it reads: a stage of the recipe or a checkpoint directory.
+_MODEL_REFS = ("init", "policy", "reward")
+
+
 def check_paths(cfg: RunConfig, stages: list[str] | None = None) -> tuple[list[str], int, int]:
     """The local files and directories that `stages` (default: the recipe's) would read: every `path` of a
-    data source, decontamination set or word list in the sections they use. Returns (problems, one line
-    each naming the key; how many were checked; how many are Hub ids, which need the network to check).
+    data source, decontamination set or word list in the sections they use, and every model a stage starts
+    from or scores with (`init`, `policy`, `reward`, a reward part's `model`, a local judge's `checkpoint`,
+    and its `constitution` file) that is not a stage of the recipe. Returns (problems, one line each
+    naming the key; how many were checked; how many are Hub ids, which need the network to check).
     A source of weight 0 and a part switched off (`enabled: false`) are not read, so not checked.
     For `--dry-run`: a missing file is found before anything trains."""
     import glob
+
+    from lmforge.rewards.ai_judge import AIJudgeConfig
+    from lmforge.rewards.config import RewardPartConfig
 
     run = set(cfg.stages if stages is None else stages)
     sections = set(run) | ({"sft"} if "specialize" in run else set())   # specialize rehearses sft's mixture
@@ -337,10 +346,31 @@ def check_paths(cfg: RunConfig, stages: list[str] | None = None) -> tuple[list[s
     problems: list[str] = []
     counts = [0, 0]
 
+    def model_ref(ref: str, key: str) -> None:
+        if ref in cfg.stages:  # a stage's own model: the run checks that it ran, or runs first
+            return
+        counts[0] += 1
+        if not (Path(ref) / "model_config.json").is_file():
+            problems.append(f"{key}: {ref!r} is neither a stage of this recipe nor a checkpoint directory "
+                            f"(no {Path(ref) / 'model_config.json'})")
+
     def visit(obj, key: str) -> None:
         if dataclasses.is_dataclass(obj):
             if getattr(obj, "enabled", True) is False or getattr(obj, "weight", 1) == 0:
                 return
+            if key in run:  # a stage's section (a section read only for its data names no model)
+                for name in _MODEL_REFS:
+                    if isinstance(getattr(obj, name, None), str):
+                        model_ref(getattr(obj, name), f"{key}.{name}")
+            if isinstance(obj, RewardPartConfig) and obj.kind == "rm":
+                model_ref(obj.model, f"{key}.model")
+            if isinstance(obj, AIJudgeConfig):
+                if obj.backend == "local" and obj.checkpoint:  # "": the stage's own starting model
+                    model_ref(obj.checkpoint, f"{key}.checkpoint")
+                if obj.constitution:
+                    counts[0] += 1
+                    if not Path(obj.constitution).is_file():
+                        problems.append(f"{key}.constitution: {obj.constitution}: file not found")
             path = getattr(obj, "path", None)
             if isinstance(path, str) and path:
                 hub = "hf" in (getattr(obj, "format", ""), getattr(obj, "file_format", ""))

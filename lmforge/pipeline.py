@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -103,6 +104,81 @@ def stages_up_to(cfg, until: str | None) -> list[str]:
     return names[: names.index(until) + 1]
 
 
+def check_requirements(ctx: RunContext, names: list[str]) -> None:
+    """Before any work: each stage's inputs come from complete stages or earlier ones of `names`."""
+    from lmforge.stages import STAGES
+
+    for i, name in enumerate(names):
+        missing = [r for r in STAGES[name].needs(ctx.cfg) if not ctx.is_complete(r) and r not in names[:i]]
+        if missing:
+            raise LmforgeError(f"stage '{name}' needs {', '.join(missing)} first; add it to stages, before '{name}'")
+
+
+def decide(ctx: RunContext, name: str, default, redo: bool, redo_changed: bool,
+           will_run: list[str] = ()) -> tuple[str, str]:
+    """What a run does with stage `name`: ("run", ""), ("skip", "" or what changed, which is kept), or
+    ("redo", why). default: RunConfig() (an option added since the stage ran is no change at its default);
+    redo: an earlier stage ran with --redo-changed, so every later one is redone; will_run: the earlier
+    stages a dry run expects to run first (a real run sees their new finish times instead)."""
+    from lmforge.stages import STAGES
+
+    if not ctx.is_complete(name):
+        return "run", ""
+    stage = STAGES[name]
+    rec = ctx.record(name)
+    edits = config_changes(rec.get("config", {}), stage_config(ctx.cfg, stage), stage_config(default, stage))
+    # an earlier stage that ran again since this one did (`lmforge <earlier> --redo-changed`, or --fresh):
+    # this one was built on outputs that are gone
+    newer = upstream_reruns(rec, lambda e: ctx.finished(e) if ctx.is_complete(e) else None)
+    built_on = rec.get("upstream") if isinstance(rec.get("upstream"), dict) else {}
+    first = [e for e in will_run if e in built_on and e not in newer]
+    why = "; ".join(([f"the recipe changed since this stage ran ({'; '.join(edits[:3])})"] if edits else [])
+                    + ([f"{', '.join(newer)} ran again after it"] if newer else [])
+                    + ([f"{', '.join(first)} runs again before it"] if first else []))
+    if not (redo or (redo_changed and why)):
+        return "skip", why
+    return "redo", why or "an earlier stage was redone"
+
+
+def plan(cfg, until: str | None = None, redo_changed: bool = False, fresh: bool = False) -> list[str]:
+    """What `lmforge run` (or `lmforge <until>`) would do with each stage, one line each, doing nothing:
+    for --dry-run. A missing input stage raises as the run would."""
+    from lmforge.config import RunConfig
+
+    ctx = _AfterFresh(cfg=cfg, gone=frozenset(fresh_targets(cfg, until) if fresh else ()))
+    names = stages_up_to(cfg, until)
+    check_requirements(ctx, names)
+    default, redo, will_run, lines = RunConfig(), False, [], []
+    for name in names:
+        action, why = decide(ctx, name, default, redo, redo_changed, will_run)
+        if action == "skip":
+            lines.append(f"[{name}] complete, kept" + (f" (note: {why}; --redo-changed redoes it)" if why else ""))
+            continue
+        lines.append(f"[{name}] would run" if action == "run" else f"[{name}] would be redone: {why}")
+        will_run.append(name)
+        redo = redo or redo_changed
+    return lines
+
+
+@dataclass
+class _AfterFresh(RunContext):
+    """A run directory as --fresh would leave it: the stages in `gone` deleted."""
+    gone: frozenset = frozenset()
+
+    def is_complete(self, name: str) -> bool:
+        return name not in self.gone and super().is_complete(name)
+
+
+def fresh_targets(cfg, until: str | None) -> list[str]:
+    """The stages --fresh deletes: the whole run, or `until` and every later stage (whose results were
+    built on it); an evaluation stage: itself only."""
+    from lmforge.stages import STAGES
+
+    if until is None:
+        return list(cfg.stages)
+    return [until] if STAGES[until].measures_only else [until, *cfg.stages[cfg.stages.index(until) + 1:]]
+
+
 def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, resume: bool = True,
                  redo_changed: bool = False) -> dict:
     """Run the recipe's stages in order (up to `until`), skipping complete ones.
@@ -120,10 +196,7 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
         raise LmforgeError(f"name: {Path(cfg.out_dir) / cfg.name} is a file, not a run directory")
     ctx = RunContext(cfg=cfg, info=info or DistInfo(), resume=resume)
     names = stages_up_to(cfg, until)
-    for i, name in enumerate(names):  # before any work: a stage's inputs come from complete or earlier stages
-        missing = [r for r in STAGES[name].needs(cfg) if not ctx.is_complete(r) and r not in names[:i]]
-        if missing:
-            raise LmforgeError(f"stage '{name}' needs {', '.join(missing)} first; add it to stages, before '{name}'")
+    check_requirements(ctx, names)
     redo = False  # a stage was redone: every later one is too
     ran: list[str] = []
     if ctx.info.is_main:
@@ -136,22 +209,14 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
     default = RunConfig()  # options added since a stage ran are no change at their defaults (config_changes)
     for name in names:
         stage = STAGES[name]
-        if ctx.is_complete(name):
-            rec = ctx.record(name)
-            edits = config_changes(rec.get("config", {}), stage_config(cfg, stage), stage_config(default, stage))
-            # an earlier stage that ran again since this one did (`lmforge <earlier> --redo-changed`, or
-            # --fresh): this one was built on outputs that are gone
-            newer = upstream_reruns(rec, lambda e: ctx.finished(e) if ctx.is_complete(e) else None)
-            why = "; ".join(([f"the recipe changed since this stage ran ({'; '.join(edits[:3])})"] if edits else [])
-                            + ([f"{', '.join(newer)} ran again after it"] if newer else []))
-            changed = edits or newer
-            if not (redo or (redo_changed and changed)):
-                ctx.log(f"[{name}] complete, skipping ({ctx.stage_dir(name)})")
-                if changed:
-                    ctx.log(f"[{name}] note: {why}; its results are kept; use --redo-changed (or --fresh) to "
-                            f"redo it")
-                continue
-            ctx.log(f"[{name}] redoing: {why or 'an earlier stage was redone'}")
+        action, why = decide(ctx, name, default, redo, redo_changed)
+        if action == "skip":
+            ctx.log(f"[{name}] complete, skipping ({ctx.stage_dir(name)})")
+            if why:
+                ctx.log(f"[{name}] note: {why}; its results are kept; use --redo-changed (or --fresh) to redo it")
+            continue
+        if action == "redo":
+            ctx.log(f"[{name}] redoing: {why}")
             if ctx.info.is_main:
                 shutil.rmtree(ctx.stage_dir(name))
             barrier(ctx.info)
@@ -221,6 +286,12 @@ def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[s
     ['a: 1 -> 2', 'b: 0 -> 5']
     >>> len(config_changes({}, {"c": "x" * 200})[0])  # a long value is cut after 80 characters
     94
+
+    Settings of how a stage logs and checkpoints (`train.log_every`, `sft.train.ckpt_every`, ...) are no change.
+
+    >>> config_changes({"sft.train.ckpt_every": 100, "train.progress": True}, {"sft.train.ckpt_every": 400,
+    ...                "train.progress": False, "sft.train.lr": 2})
+    ['sft.train.lr: None -> 2']
     """
     defaults = defaults or {}
 
@@ -235,10 +306,16 @@ def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[s
             return {k: v for k, v in n.items() if k in o or v not in (False, None, 0, "", [], {})}
         return n
 
-    keys = sorted(new)
+    keys = [k for k in sorted(new) if not _BOOKKEEPING.search(k)]
     return [f"{k}: {shown(old, k)} -> {shown(new, k)}" for k in keys
             if not (k not in old and k in defaults and new.get(k) == defaults[k])
             and old.get(k) != added_defaults_dropped(old.get(k), new.get(k))]
+
+
+# Training settings that change how a stage reports and checkpoints, never its model or metrics (the
+# last validation runs at the end whatever eval_every is): no reason to redo it.
+_BOOKKEEPING = re.compile(r"(^|\.)train\.(log_every|eval_every|sample_every|ckpt_every|keep_checkpoints|"
+                          r"tensorboard|progress)$")
 
 
 def _precision_notes(ctx: RunContext, pending: list[str]) -> None:

@@ -140,20 +140,61 @@ def test_dry_run_checks_the_local_data_files_of_the_stages_it_would_run(tmp_path
     stage the recipe does not run is not checked."""
     real = tmp_path / "chat.jsonl"
     real.write_text('{"messages": []}\n')
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base/model_config.json").write_text("{}")
     sources = (f"sft.sources=[{{path: {real}}}, {{path: {tmp_path}/missing.jsonl}}, {{path: '{tmp_path}/*.parquet'}}, "
                f"{{path: someone/chats, file_format: hf}}]")
-    args = ["run", str(ROOT / "recipes/demo.yaml"), "stages=[sft]", sources,
-            f"dpo.sources=[{{path: {tmp_path}/not_run.jsonl}}]", "--dry-run"]
+    args = ["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "stages=[sft]", f"sft.init={tmp_path}/base",
+            sources, f"dpo.sources=[{{path: {tmp_path}/not_run.jsonl}}]", "--dry-run"]
     assert main(args) == 2
     captured = capsys.readouterr()
     assert "sources:" in captured.out  # the resolved config is still printed
     assert captured.err.splitlines() == [
+        "[sft] would run",
         f"error: sft.sources.1.path: {tmp_path}/missing.jsonl: file not found",
         f"error: sft.sources.2.path: {tmp_path}/*.parquet: no files match",
-        "dry run: 3 local data path(s) checked, 2 missing; 1 Hub dataset id(s) not checked (they need the network)"]
-    assert main(["run", str(ROOT / "recipes/demo.yaml"), "stages=[sft]", f"sft.sources=[{{path: {real}}}]",
-                 "--dry-run"]) == 0
-    assert capsys.readouterr().err == "dry run: 1 local data path(s) checked, 0 missing\n"
+        "dry run: 4 local path(s) checked, 2 missing; 1 Hub dataset id(s) not checked (they need the network)"]
+    assert main(["run", str(ROOT / "recipes/demo.yaml"), f"out_dir={tmp_path}", "stages=[sft]",
+                 f"sft.init={tmp_path}/base", f"sft.sources=[{{path: {real}}}]", "--dry-run"]) == 0
+    assert capsys.readouterr().err == "[sft] would run\ndry run: 2 local path(s) checked, 0 missing\n"
+
+
+def test_dry_run_checks_the_models_stages_read(tmp_path, capsys):
+    """A model a stage starts from or scores with is a stage of the recipe or a checkpoint directory: one
+    that is neither fails the dry run (it would fail only when that stage starts, after the earlier ones
+    ran), as does a judge's missing constitution file. A stage of the recipe is not checked (the run
+    checks that it ran, or runs first)."""
+    from lmforge.config import check_paths
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model_config.json").write_text("{}")
+    gone = tmp_path / "gone"
+    cfg = load_run_config(ROOT / "recipes/rlhf.yaml", [
+        "stages=[sft, rm, ppo, grpo, rlaif]", f"grpo.init={gone}",
+        f"grpo.rewards=[{{kind: math}}, {{kind: rm, model: {gone}}}, {{kind: judge, judge: {{checkpoint: {ckpt}}}}}]",
+        f"rlaif.judge.constitution={tmp_path}/rules.txt", f"sft.init={ckpt}"])
+    assert check_paths(cfg) == ([
+        f"grpo.init: '{gone}' is neither a stage of this recipe nor a checkpoint directory "
+        f"(no {gone}/model_config.json)",
+        f"grpo.rewards.1.model: '{gone}' is neither a stage of this recipe nor a checkpoint directory "
+        f"(no {gone}/model_config.json)",
+        f"rlaif.judge.constitution: {tmp_path}/rules.txt: file not found"], 5, 0)
+    # the same stages by name: nothing to check
+    cfg = load_run_config(ROOT / "recipes/rlhf.yaml", ["stages=[pretrain, sft, rm, ppo]"])
+    assert [p for p in check_paths(cfg)[0] if "model" in p or "init" in p] == []
+    # a stage the command does not run is not checked: `lmforge ppo` stops before grpo
+    cfg = load_run_config(ROOT / "recipes/rlhf.yaml", ["stages=[sft, rm, ppo, grpo]", f"sft.init={ckpt}",
+                                                      f"grpo.init={gone}"])
+    assert check_paths(cfg, ["sft", "rm", "ppo"])[0] == []
+    assert main(["ppo", str(ROOT / "recipes/rlhf.yaml"), f"out_dir={tmp_path}", "stages=[ppo]", "--dry-run"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: ppo.init: 'sft' is neither a stage of this recipe nor a checkpoint directory "
+        "(no sft/model_config.json)",
+        "error: ppo.reward: 'rm' is neither a stage of this recipe nor a checkpoint directory "
+        "(no rm/model_config.json)",
+        "error: stage 'ppo' needs toyworld first; add it to stages, before 'ppo'",
+        "dry run: 2 local path(s) checked, 2 missing"]
 
 
 def test_dry_run_path_check_follows_what_the_stages_read(tmp_path):
@@ -164,7 +205,8 @@ def test_dry_run_path_check_follows_what_the_stages_read(tmp_path):
     (tmp_path / "subdir").mkdir()
     miss = f"{tmp_path}/missing.jsonl"
     cfg = load_run_config(ROOT / "recipes/demo.yaml", [
-        "stages=[sft,dpo,specialize]", f"sft.sources=[{{path: {miss}}}, {{path: {tmp_path}/nope.jsonl, weight: 0}}]",
+        "stages=[pretrain,sft,dpo,specialize]",
+        f"sft.sources=[{{path: {miss}}}, {{path: {tmp_path}/nope.jsonl, weight: 0}}]",
         f"dpo.sources=[{{path: '{tmp_path}/sub*'}}]", "curate.decontam.enabled=false",
         f"curate.decontam.sets=[{{name: gsm8k, path: {miss}}}]"])
     assert check_paths(cfg, ["sft"]) == ([f"sft.sources.0.path: {miss}: file not found"], 1, 0)

@@ -89,6 +89,51 @@ def test_run_writes_every_stage_and_a_summary_then_skips(tmp_path, capsys):
     assert "[eval_base] " in capsys.readouterr().out and (tmp_path / "t/sft/kept").exists()
 
 
+def test_dry_run_says_what_the_run_would_do_and_changes_nothing(tmp_path, capsys):
+    """Each stage's line is what the run then does: kept, noted, redone (with why) or run; --fresh and
+    --redo-changed are honored; the run directory is untouched; a stage whose input stage neither ran
+    nor runs first is an error (exit 2), as the run would stop on it."""
+    def dry(*extra, command="run"):
+        code = run(tmp_path, *extra, "--dry-run", command=command)
+        return code, [x for x in capsys.readouterr().err.splitlines() if not x.startswith("dry run:")]
+
+    assert dry() == (0, ["[toyworld] would run", "[tokenizer] would run", "[pretrain] would run",
+                         "[eval_base] would run"])
+    assert not (tmp_path / "t").exists()
+    assert run(tmp_path) == 0
+    capsys.readouterr()
+    records = {p: p.read_bytes() for p in (tmp_path / "t").rglob("*") if p.is_file()}
+    kept = [f"[{n}] complete, kept" for n in ("toyworld", "tokenizer", "pretrain", "eval_base")]
+    assert dry() == (0, kept)
+    # how a stage logs and checkpoints is no change to its results
+    assert dry("train.ckpt_every=2", "train.log_every=1", "train.eval_every=5", "train.progress=true") == (0, kept)
+    code, lines = dry("train.lr=0.001")
+    assert code == 0 and lines[:2] == ["[toyworld] complete, kept", "[tokenizer] complete, kept"]
+    assert lines[2] == "[pretrain] complete, kept (note: the recipe changed since this stage ran (train.lr: 0.004 " \
+                       "-> 0.001); --redo-changed redoes it)"
+    assert lines[3] == lines[2].replace("[pretrain]", "[eval_base]")  # it evaluates with train.* settings
+    code, lines = dry("train.lr=0.001", "--redo-changed")
+    assert lines[:2] == ["[toyworld] complete, kept", "[tokenizer] complete, kept"]
+    assert lines[2] == "[pretrain] would be redone: the recipe changed since this stage ran (train.lr: 0.004 -> 0.001)"
+    assert lines[3] == "[eval_base] would be redone: the recipe changed since this stage ran (train.lr: 0.004 -> " \
+                       "0.001); pretrain runs again before it"
+    assert dry("--fresh", command="pretrain") == (0, ["[toyworld] complete, kept", "[tokenizer] complete, kept",
+                                                      "[pretrain] would run"])
+    assert dry("--fresh")[1] == ["[toyworld] would run", "[tokenizer] would run", "[pretrain] would run",
+                                 "[eval_base] would run"]
+    assert {p: p.read_bytes() for p in (tmp_path / "t").rglob("*") if p.is_file()} == records
+    # what the plan said is what the run does
+    assert run(tmp_path, "train.lr=0.001", "--redo-changed") == 0
+    out = capsys.readouterr().out
+    assert "[tokenizer] complete, skipping" in out and "[pretrain] redoing: the recipe changed" in out
+    assert "[eval_base] redoing: the recipe changed since this stage ran (train.lr: 0.004 -> 0.001); pretrain ran " \
+           "again after it" in out
+    # an input stage that is neither complete nor listed before the stage
+    code, lines = dry("name=u", "stages=[eval_base]")
+    assert code == 2 and lines == ["error: stage 'eval_base' needs pretrain first; add it to stages, before "
+                                   "'eval_base'"]
+
+
 def test_stage_command_refuses_to_clobber_checkpoints(tmp_path, capsys):
     assert run(tmp_path, "stages=[toyworld,tokenizer,pretrain]", "train.steps=3", command="pretrain") == 0
     (tmp_path / "t/pretrain/stage.json").unlink()  # as if the run had been killed after its checkpoint
