@@ -119,6 +119,48 @@ def test_hf_saved_dataset_and_dataset_dict(tmp_path):
            re.escape("ds: missing column 'body' (columns: text)"))
 
 
+def test_hub_ids_fail_in_milliseconds_offline(tmp_path, monkeypatch):
+    """A Hub name that does not resolve means offline: one line at once, where `datasets` retried for ~25 s
+    (measured: `lmforge eval CKPT --tasks gsm8k` without --data, 26 s -> 2.7 s). HF_HUB_OFFLINE (the cache)
+    and a proxy are left to `datasets`; a local path is never checked; HF_ENDPOINT names the host asked."""
+    import socket
+
+    import datasets
+
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, *a, **k: calls.append(path) or ["row"])
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
+                "HF_ENDPOINT"):
+        monkeypatch.delenv(key, raising=False)
+    asked = []
+
+    def no_dns(host, port):
+        asked.append(host)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(LmforgeError) as e:
+        sources_mod.load_hf_split("openai/gsm8k", "main", "test")
+    assert str(e.value) == ("openai/gsm8k: cannot load dataset (the Hugging Face Hub, huggingface.co, does not "
+                            "resolve; HF_HUB_OFFLINE=1 loads a copy from the datasets cache)")
+    assert calls == [] and asked == ["huggingface.co"]
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example.org/")
+    with pytest.raises(LmforgeError, match=r"the Hugging Face Hub, hf-mirror\.example\.org, does not resolve"):
+        sources_mod.load_hf_split("openai/gsm8k", "main", "test")
+    (tmp_path / "local").mkdir()  # a directory `datasets` reads itself: no name to resolve
+    assert sources_mod.load_hf_split(tmp_path / "local", None, "train") == ["row"]
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "true"), ("HTTPS_PROXY", "http://proxy:3128")):
+        monkeypatch.setenv(key, value)
+        assert sources_mod.load_hf_split("openai/gsm8k", "main", "test") == ["row"]
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # not offline: the name is resolved
+    with pytest.raises(LmforgeError, match="does not resolve"):
+        sources_mod.load_hf_split("openai/gsm8k", "main", "test")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port: [("resolved",)])
+    assert sources_mod.load_hf_split("openai/gsm8k", "main", "test") == ["row"]
+    assert calls == [str(tmp_path / "local"), "openai/gsm8k", "openai/gsm8k", "openai/gsm8k", "openai/gsm8k"]
+
+
 def test_directory_glob_and_iter_many(tmp_path):
     (tmp_path / "a.txt").write_text("A1<|endoftext|>A2", encoding="utf-8")
     (tmp_path / "sub").mkdir()

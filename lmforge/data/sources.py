@@ -234,11 +234,35 @@ def _iter_parquet(path: Path, field: str) -> Iterator[str]:
         raise LmforgeError(f"{path}: cannot read ({_one_line(e)})") from None
 
 
+def hub_unreachable() -> str | None:
+    """The Hub's host name when it does not resolve: offline, said in milliseconds, where `datasets` would
+    retry for ~25 s first. None when it resolves, when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE say to use the
+    cache, and behind a proxy (which resolves names itself)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+           for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return None
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except (OSError, UnicodeError):
+        return host
+    return None
+
+
 def load_hf_split(path: Path | str, name: str | None, split: str, streaming: bool = False):
     """One split of a Hugging Face dataset: a hub id, a local dataset directory, or a directory
     written by `save_to_disk`. Every loading failure becomes a one-line LmforgeError."""
     import datasets
 
+    if not Path(path).exists() and (host := hub_unreachable()):
+        raise LmforgeError(f"{path}: cannot load dataset (the Hugging Face Hub, {host}, does not resolve; "
+                           f"HF_HUB_OFFLINE=1 loads a copy from the datasets cache)")
     try:
         if _is_saved_hf_dir(Path(path)):
             ds = datasets.load_from_disk(str(path))
