@@ -38,27 +38,16 @@ def find_recipe(name: str) -> Path:
 
 
 def _pipeline_command(args, until: str | None) -> int:
-    from lmforge.config import dump_yaml, load_run_config
+    from lmforge.config import load_run_config
     from lmforge.pipeline import run_pipeline
     from lmforge.train.distributed import cleanup, init_distributed
 
     cfg = load_run_config(find_recipe(args.recipe), args.overrides)
     if args.dry_run:
-        from lmforge.config import check_paths
-        from lmforge.pipeline import plan, stages_up_to
+        from lmforge.dry_run import dry_run
 
-        print(dump_yaml(cfg), end="")
-        problems, checked, hub = check_paths(cfg, stages_up_to(cfg, until))
-        try:  # what the run would do with each stage, given the run directory as it is now
-            print("\n".join(plan(cfg, until, redo_changed=args.redo_changed, fresh=args.fresh)), file=sys.stderr)
-            blocked = []
-        except LmforgeError as e:  # a stage whose input stage is neither complete nor run first
-            blocked = [str(e)]
-        for problem in problems + blocked:
-            print(f"error: {problem}", file=sys.stderr)
-        print(f"dry run: {checked} local path(s) checked, {len(problems)} missing"
-              + (f"; {hub} Hub dataset id(s) not checked (they need the network)" if hub else ""), file=sys.stderr)
-        return 2 if problems or blocked else 0
+        return dry_run(cfg, until, redo_changed=args.redo_changed, fresh=args.fresh,
+                       resume=args.resume or args.command in ("run", "demo"))
     from lmforge.pipeline import stages_up_to
 
     stages_up_to(cfg, until)  # a stage the recipe does not list is an error before anything is deleted

@@ -140,24 +140,60 @@ def decide(ctx: RunContext, name: str, default, redo: bool, redo_changed: bool,
     return "redo", why or "an earlier stage was redone"
 
 
-def plan(cfg, until: str | None = None, redo_changed: bool = False, fresh: bool = False) -> list[str]:
-    """What `lmforge run` (or `lmforge <until>`) would do with each stage, one line each, doing nothing:
-    for --dry-run. A missing input stage raises as the run would."""
+def plan(cfg, until: str | None = None, redo_changed: bool = False, fresh: bool = False,
+         resume: bool = True) -> list[tuple[str, str, str]]:
+    """What `lmforge run` (or `lmforge <until>`) would do with each stage, doing nothing: for --dry-run.
+    (stage, action, line): action "run", "resume", "redo", "skip", "delete" (--fresh on a stage command
+    deletes the later stages too) or "stop" (the run would stop there: checkpoints of an earlier run and
+    no --resume). An unusable run directory or a missing input stage raises, as the run would."""
     from lmforge.config import RunConfig
 
-    ctx = _AfterFresh(cfg=cfg, gone=frozenset(fresh_targets(cfg, until) if fresh else ()))
+    check_run_dir(cfg)
+    gone = fresh_targets(cfg, until) if fresh else []
+    ctx = _AfterFresh(cfg=cfg, gone=frozenset(gone), resume=resume)
     names = stages_up_to(cfg, until)
     check_requirements(ctx, names)
-    default, redo, will_run, lines = RunConfig(), False, [], []
+    default, redo, will_run, steps = RunConfig(), False, [], []
     for name in names:
         action, why = decide(ctx, name, default, redo, redo_changed, will_run)
         if action == "skip":
-            lines.append(f"[{name}] complete, kept" + (f" (note: {why}; --redo-changed redoes it)" if why else ""))
+            steps.append((name, "skip", f"[{name}] complete, kept"
+                          + (f" (note: {why}; --redo-changed redoes it)" if why else "")))
             continue
-        lines.append(f"[{name}] would run" if action == "run" else f"[{name}] would be redone: {why}")
+        if action == "redo":
+            steps.append((name, "redo", f"[{name}] would be redone: {why}"))
+        else:
+            steps.append((name, *_start(ctx, name)))
         will_run.append(name)
         redo = redo or redo_changed
-    return lines
+    steps += [(name, "delete", f"[{name}] would be deleted (--fresh: it was built on {until})")
+              for name in gone if name not in names and ctx.stage_dir(name).exists()]
+    return steps
+
+
+def _start(ctx: RunContext, name: str) -> tuple[str, str]:
+    """How a stage that is not complete would start: afresh, from its latest checkpoint, or not at all
+    (`resume_step`'s rules: checkpoints without --resume, or without a `latest` pointer)."""
+    ckpts = ctx.stage_dir(name) / "checkpoints"
+    if name in ctx.gone or not ckpts.is_dir():
+        return "run", f"[{name}] would run"
+    if not (ckpts / "latest").exists():
+        if any(ckpts.glob("step_*")):
+            return "stop", f"{ckpts}: checkpoints but no 'latest' pointer; pass --fresh to start over"
+        return "run", f"[{name}] would run"
+    latest = (ckpts / "latest").read_text(errors="replace").strip()
+    if not ctx.resume:
+        return "stop", (f"{ctx.stage_dir(name)}: holds checkpoints of an earlier run; pass --resume to continue "
+                        f"it or --fresh to start over")
+    return "resume", f"[{name}] would resume from {latest}"
+
+
+def check_run_dir(cfg) -> None:
+    """out_dir and the run's directory are directories (or do not exist yet)."""
+    if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
+        raise LmforgeError(f"out_dir: {cfg.out_dir} is a file, not a directory")
+    if (Path(cfg.out_dir) / cfg.name).exists() and not (Path(cfg.out_dir) / cfg.name).is_dir():
+        raise LmforgeError(f"name: {Path(cfg.out_dir) / cfg.name} is a file, not a run directory")
 
 
 @dataclass
@@ -190,10 +226,7 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
     from lmforge.config import dump_yaml
     from lmforge.stages import STAGES
 
-    if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
-        raise LmforgeError(f"out_dir: {cfg.out_dir} is a file, not a directory")
-    if (Path(cfg.out_dir) / cfg.name).exists() and not (Path(cfg.out_dir) / cfg.name).is_dir():
-        raise LmforgeError(f"name: {Path(cfg.out_dir) / cfg.name} is a file, not a run directory")
+    check_run_dir(cfg)
     ctx = RunContext(cfg=cfg, info=info or DistInfo(), resume=resume)
     names = stages_up_to(cfg, until)
     check_requirements(ctx, names)
@@ -287,7 +320,7 @@ def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[s
     >>> len(config_changes({}, {"c": "x" * 200})[0])  # a long value is cut after 80 characters
     94
 
-    Settings of how a stage logs and checkpoints (`train.log_every`, `sft.train.ckpt_every`, ...) are no change.
+    Settings of how often a stage validates and checkpoints (`sft.train.ckpt_every`, ...) are no change.
 
     >>> config_changes({"sft.train.ckpt_every": 100, "train.progress": True}, {"sft.train.ckpt_every": 400,
     ...                "train.progress": False, "sft.train.lr": 2})
@@ -312,10 +345,10 @@ def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[s
             and old.get(k) != added_defaults_dropped(old.get(k), new.get(k))]
 
 
-# Training settings that change how a stage reports and checkpoints, never its model or metrics (the
-# last validation runs at the end whatever eval_every is): no reason to redo it.
-_BOOKKEEPING = re.compile(r"(^|\.)train\.(log_every|eval_every|sample_every|ckpt_every|keep_checkpoints|"
-                          r"tensorboard|progress)$")
+# Training settings that change how a stage reports and checkpoints, never its model or metrics (the last
+# validation, sample and checkpoint run at the end whatever their interval): no reason to redo it. Not
+# log_every: a stage's train_loss (and GRPO's reward_first/last) are read from the logged steps.
+_BOOKKEEPING = re.compile(r"(^|\.)train\.(eval_every|sample_every|ckpt_every|keep_checkpoints|tensorboard|progress)$")
 
 
 def _precision_notes(ctx: RunContext, pending: list[str]) -> None:

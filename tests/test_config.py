@@ -164,24 +164,38 @@ def test_dry_run_checks_the_models_stages_read(tmp_path, capsys):
     that is neither fails the dry run (it would fail only when that stage starts, after the earlier ones
     ran), as does a judge's missing constitution file. A stage of the recipe is not checked (the run
     checks that it ran, or runs first)."""
-    from lmforge.config import check_paths
+    from lmforge.dry_run import check_paths
 
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "model_config.json").write_text("{}")
+    ckpt, rm_ckpt = tmp_path / "ckpt", tmp_path / "rm_ckpt"
+    for d, config in ((ckpt, "{}"), (rm_ckpt, '{"head": "reward"}')):
+        d.mkdir()
+        (d / "model_config.json").write_text(config)
     gone = tmp_path / "gone"
     cfg = load_run_config(ROOT / "recipes/rlhf.yaml", [
-        "stages=[sft, rm, ppo, grpo, rlaif]", f"grpo.init={gone}",
+        f"out_dir={tmp_path}", "stages=[sft, rm, ppo, grpo, rlaif]", f"grpo.init={gone}",
         f"grpo.rewards=[{{kind: math}}, {{kind: rm, model: {gone}}}, {{kind: judge, judge: {{checkpoint: {ckpt}}}}}]",
-        f"rlaif.judge.constitution={tmp_path}/rules.txt", f"sft.init={ckpt}"])
+        f"rlaif.judge.constitution={tmp_path}/rules.txt", f"sft.init={ckpt}", f"ppo.reward={rm_ckpt}"])
     assert check_paths(cfg) == ([
         f"grpo.init: '{gone}' is neither a stage of this recipe nor a checkpoint directory "
         f"(no {gone}/model_config.json)",
         f"grpo.rewards.1.model: '{gone}' is neither a stage of this recipe nor a checkpoint directory "
         f"(no {gone}/model_config.json)",
-        f"rlaif.judge.constitution: {tmp_path}/rules.txt: file not found"], 5, 0)
+        f"rlaif.judge.constitution: {tmp_path}/rules.txt: file not found"], 6, 0)
+    # a stage of the recipe that cannot serve: listed after its reader (and not run yet), an evaluation,
+    # or not a reward model where one is read; a checkpoint that is not a reward model
+    cfg = load_run_config(ROOT / "recipes/demo.yaml", [
+        f"out_dir={tmp_path}", "stages=[toyworld, tokenizer, pretrain, sft, eval_sft, rm, bon, grpo, dpo, ppo]",
+        "grpo.init=dpo", "bon.reward=sft", "dpo.init=eval_sft", f"ppo.reward={ckpt}"])
+    assert check_paths(cfg, ["bon", "grpo", "dpo", "ppo"])[0] == [
+        "bon.reward: stage 'sft' makes no reward model (the rm stage does)",
+        "dpo.init: 'eval_sft' is an evaluation stage; it makes no model",
+        "grpo.init: stage 'dpo' comes after 'grpo' in stages, and has no model yet",
+        f"ppo.reward: '{ckpt}' is not a reward-model checkpoint (its model_config.json has no \"head\": \"reward\")"]
+    (tmp_path / "demo/dpo/model").mkdir(parents=True)  # dpo already made its model: grpo can start from it
+    (tmp_path / "demo/dpo/model/model_config.json").write_text("{}")
+    assert check_paths(cfg, ["grpo"])[0] == []
     # the same stages by name: nothing to check
-    cfg = load_run_config(ROOT / "recipes/rlhf.yaml", ["stages=[pretrain, sft, rm, ppo]"])
+    cfg = load_run_config(ROOT / "recipes/rlhf.yaml", [f"out_dir={tmp_path}", "stages=[pretrain, sft, rm, ppo]"])
     assert [p for p in check_paths(cfg)[0] if "model" in p or "init" in p] == []
     # a stage the command does not run is not checked: `lmforge ppo` stops before grpo
     cfg = load_run_config(ROOT / "recipes/rlhf.yaml", ["stages=[sft, rm, ppo, grpo]", f"sft.init={ckpt}",
@@ -200,7 +214,7 @@ def test_dry_run_checks_the_models_stages_read(tmp_path, capsys):
 def test_dry_run_path_check_follows_what_the_stages_read(tmp_path):
     """Only the stages the command runs, and what they read: specialize rehearses sft's mixture;
     a weight-0 source and a switched-off part are never read; a glob must match a file, not a directory."""
-    from lmforge.config import check_paths
+    from lmforge.dry_run import check_paths
 
     (tmp_path / "subdir").mkdir()
     miss = f"{tmp_path}/missing.jsonl"

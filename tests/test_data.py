@@ -119,18 +119,30 @@ def test_hf_saved_dataset_and_dataset_dict(tmp_path):
            re.escape("ds: missing column 'body' (columns: text)"))
 
 
-def test_hub_ids_fail_in_milliseconds_offline(tmp_path, monkeypatch):
-    """A Hub name that does not resolve means offline: one line at once, where `datasets` retried for ~25 s
-    (measured: `lmforge eval CKPT --tasks gsm8k` without --data, 26 s -> 2.7 s). HF_HUB_OFFLINE (the cache)
-    and a proxy are left to `datasets`; a local path is never checked; HF_ENDPOINT names the host asked."""
+def test_hub_ids_offline_use_the_cache_or_fail_at_once(tmp_path, monkeypatch):
+    """A Hub name that does not resolve means offline: `datasets` is put in offline mode for the call, so
+    a cached copy loads and a missing one fails at once, where `datasets` retried for ~25 s first
+    (measured: `lmforge eval CKPT --tasks gsm8k` without --data, 26 s -> 2.6 s). HF_HUB_OFFLINE and a proxy
+    are left to `datasets`; a local path is never resolved; HF_ENDPOINT names the host asked."""
     import socket
 
     import datasets
+    import huggingface_hub.constants
 
-    calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda path, *a, **k: calls.append(path) or ["row"])
-    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
-                "HF_ENDPOINT"):
+    calls, cache = [], {"openai/gsm8k"}
+
+    def fake_load_dataset(path, *a, **k):  # offline mode: only what is cached
+        offline = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
+        calls.append((path, offline))
+        if offline == (True, True) and path not in cache:
+            raise ConnectionError(f"Couldn't reach '{path}' on the Hub (OfflineModeIsEnabled)")
+        return ["row"]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy",
+                "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
         monkeypatch.delenv(key, raising=False)
     asked = []
 
@@ -139,26 +151,29 @@ def test_hub_ids_fail_in_milliseconds_offline(tmp_path, monkeypatch):
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    assert sources_mod.load_hf_split("openai/gsm8k", "main", "test") == ["row"]  # from the cache
+    assert calls == [("openai/gsm8k", (True, True))] and asked == ["huggingface.co"]
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == (False, False)  # restored
     with pytest.raises(LmforgeError) as e:
-        sources_mod.load_hf_split("openai/gsm8k", "main", "test")
-    assert str(e.value) == ("openai/gsm8k: cannot load dataset (the Hugging Face Hub, huggingface.co, does not "
-                            "resolve; HF_HUB_OFFLINE=1 loads a copy from the datasets cache)")
-    assert calls == [] and asked == ["huggingface.co"]
+        sources_mod.load_hf_split("someone/notes", None, "train")
+    assert str(e.value) == ("someone/notes: cannot load dataset: not a local path, the Hugging Face Hub "
+                            "(huggingface.co) does not resolve, and the datasets cache has no copy (Couldn't reach "
+                            "'someone/notes' on the Hub (OfflineModeIsEnabled))")
     monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example.org/")
-    with pytest.raises(LmforgeError, match=r"the Hugging Face Hub, hf-mirror\.example\.org, does not resolve"):
-        sources_mod.load_hf_split("openai/gsm8k", "main", "test")
+    with pytest.raises(LmforgeError, match=r"the Hugging Face Hub \(hf-mirror\.example\.org\) does not resolve"):
+        sources_mod.load_hf_split("someone/notes", None, "train")
+    calls.clear()
     (tmp_path / "local").mkdir()  # a directory `datasets` reads itself: no name to resolve
     assert sources_mod.load_hf_split(tmp_path / "local", None, "train") == ["row"]
-    for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "true"), ("HTTPS_PROXY", "http://proxy:3128")):
-        monkeypatch.setenv(key, value)
-        assert sources_mod.load_hf_split("openai/gsm8k", "main", "test") == ["row"]
+    asked.clear()
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "true"), ("HTTPS_PROXY", "http://p:3128")):
+        monkeypatch.setenv(key, value)  # datasets decides, as it was told (its flags are left as they are)
+        assert sources_mod.load_hf_split("someone/notes", None, "train") == ["row"]
         monkeypatch.delenv(key)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # not offline: the name is resolved
-    with pytest.raises(LmforgeError, match="does not resolve"):
-        sources_mod.load_hf_split("openai/gsm8k", "main", "test")
-    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port: [("resolved",)])
-    assert sources_mod.load_hf_split("openai/gsm8k", "main", "test") == ["row"]
-    assert calls == [str(tmp_path / "local"), "openai/gsm8k", "openai/gsm8k", "openai/gsm8k", "openai/gsm8k"]
+    assert asked == []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port: [("resolved",)])  # online
+    assert sources_mod.load_hf_split("someone/notes", None, "train") == ["row"]
+    assert calls == [(str(tmp_path / "local"), (False, False))] + [("someone/notes", (False, False))] * 4
 
 
 def test_directory_glob_and_iter_many(tmp_path):

@@ -105,8 +105,15 @@ def test_dry_run_says_what_the_run_would_do_and_changes_nothing(tmp_path, capsys
     records = {p: p.read_bytes() for p in (tmp_path / "t").rglob("*") if p.is_file()}
     kept = [f"[{n}] complete, kept" for n in ("toyworld", "tokenizer", "pretrain", "eval_base")]
     assert dry() == (0, kept)
-    # how a stage logs and checkpoints is no change to its results
-    assert dry("train.ckpt_every=2", "train.log_every=1", "train.eval_every=5", "train.progress=true") == (0, kept)
+    # how often a stage validates and checkpoints is no change to its results; how often it logs is (its
+    # train_loss is the mean of the last logged losses)
+    assert dry("train.ckpt_every=2", "train.eval_every=5", "train.progress=true") == (0, kept)
+    assert "(train.log_every: 10 -> 1)" in dry("train.log_every=1")[1][2]
+    # what a kept stage would read is not checked (it reads nothing); a stage that would be redone's is
+    code, lines = dry("tokenizer.path=/nonexistent/tokenizer.json")
+    assert code == 0 and lines[1].startswith("[tokenizer] complete, kept (note: the recipe changed")
+    code, lines = dry("tokenizer.path=/nonexistent/tokenizer.json", "--redo-changed")
+    assert code == 2 and lines[-1] == "error: tokenizer.path: /nonexistent/tokenizer.json: file not found"
     code, lines = dry("train.lr=0.001")
     assert code == 0 and lines[:2] == ["[toyworld] complete, kept", "[tokenizer] complete, kept"]
     assert lines[2] == "[pretrain] complete, kept (note: the recipe changed since this stage ran (train.lr: 0.004 " \
@@ -117,8 +124,9 @@ def test_dry_run_says_what_the_run_would_do_and_changes_nothing(tmp_path, capsys
     assert lines[2] == "[pretrain] would be redone: the recipe changed since this stage ran (train.lr: 0.004 -> 0.001)"
     assert lines[3] == "[eval_base] would be redone: the recipe changed since this stage ran (train.lr: 0.004 -> " \
                        "0.001); pretrain runs again before it"
-    assert dry("--fresh", command="pretrain") == (0, ["[toyworld] complete, kept", "[tokenizer] complete, kept",
-                                                      "[pretrain] would run"])
+    assert dry("--fresh", command="pretrain") == (0, [
+        "[toyworld] complete, kept", "[tokenizer] complete, kept", "[pretrain] would run",
+        "[eval_base] would be deleted (--fresh: it was built on pretrain)"])
     assert dry("--fresh")[1] == ["[toyworld] would run", "[tokenizer] would run", "[pretrain] would run",
                                  "[eval_base] would run"]
     assert {p: p.read_bytes() for p in (tmp_path / "t").rglob("*") if p.is_file()} == records
@@ -128,6 +136,19 @@ def test_dry_run_says_what_the_run_would_do_and_changes_nothing(tmp_path, capsys
     assert "[tokenizer] complete, skipping" in out and "[pretrain] redoing: the recipe changed" in out
     assert "[eval_base] redoing: the recipe changed since this stage ran (train.lr: 0.004 -> 0.001); pretrain ran " \
            "again after it" in out
+    # a stage killed after a checkpoint: `run` resumes it, a stage command without --resume stops
+    import shutil
+    (tmp_path / "t/eval_base/stage.json").unlink()
+    (tmp_path / "t/pretrain/stage.json").unlink()
+    latest = (tmp_path / "t/pretrain/checkpoints/latest").read_text().strip()
+    assert dry()[1][2:] == [f"[pretrain] would resume from {latest}", "[eval_base] would run"]
+    assert dry(command="pretrain") == (2, ["[toyworld] complete, kept", "[tokenizer] complete, kept",
+                                           f"error: {tmp_path / 't/pretrain'}: holds checkpoints of an earlier run; "
+                                           "pass --resume to continue it or --fresh to start over"])
+    assert dry("--resume", command="pretrain")[1][2] == f"[pretrain] would resume from {latest}"
+    assert run(tmp_path, command="pretrain") == 2  # what the plan said
+    assert "holds checkpoints of an earlier run" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "t")
     # an input stage that is neither complete nor listed before the stage
     code, lines = dry("name=u", "stages=[eval_base]")
     assert code == 2 and lines == ["error: stage 'eval_base' needs pretrain first; add it to stages, before "

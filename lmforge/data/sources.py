@@ -8,6 +8,7 @@ import and only needed for their own formats.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import itertools
@@ -236,14 +237,15 @@ def _iter_parquet(path: Path, field: str) -> Iterator[str]:
 
 def hub_unreachable() -> str | None:
     """The Hub's host name when it does not resolve: offline, said in milliseconds, where `datasets` would
-    retry for ~25 s first. None when it resolves, when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE say to use the
-    cache, and behind a proxy (which resolves names itself)."""
+    retry for ~25 s before it looks in its cache. None when it resolves, when HF_HUB_OFFLINE (or
+    HF_DATASETS_OFFLINE, TRANSFORMERS_OFFLINE) already says to use the cache, and behind a proxy (which
+    resolves names itself)."""
     import os
     import socket
     from urllib.parse import urlparse
 
     if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-           for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+           for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")):
         return None
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None
@@ -255,21 +257,42 @@ def hub_unreachable() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """`datasets` and `huggingface_hub` in offline mode for one call (as HF_HUB_OFFLINE=1 would set them at
+    import): a Hub id then loads from the datasets cache at once, or fails at once."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    mods = [m for m in (datasets.config, huggingface_hub.constants) if offline and hasattr(m, "HF_HUB_OFFLINE")]
+    before = [m.HF_HUB_OFFLINE for m in mods]
+    try:
+        for m in mods:
+            m.HF_HUB_OFFLINE = True
+        yield
+    finally:
+        for m, value in zip(mods, before, strict=True):
+            m.HF_HUB_OFFLINE = value
+
+
 def load_hf_split(path: Path | str, name: str | None, split: str, streaming: bool = False):
     """One split of a Hugging Face dataset: a hub id, a local dataset directory, or a directory
-    written by `save_to_disk`. Every loading failure becomes a one-line LmforgeError."""
+    written by `save_to_disk`. Every loading failure becomes a one-line LmforgeError. Offline (the Hub's
+    name does not resolve) a Hub id loads from the datasets cache or fails at once, naming why."""
     import datasets
 
-    if not Path(path).exists() and (host := hub_unreachable()):
-        raise LmforgeError(f"{path}: cannot load dataset (the Hugging Face Hub, {host}, does not resolve; "
-                           f"HF_HUB_OFFLINE=1 loads a copy from the datasets cache)")
+    host = None if Path(path).exists() else hub_unreachable()
     try:
         if _is_saved_hf_dir(Path(path)):
             ds = datasets.load_from_disk(str(path))
         else:
             extra = {"streaming": True} if streaming else {}
-            ds = datasets.load_dataset(str(path), name or None, split=split, **extra)
+            with _hub_offline(host is not None):
+                ds = datasets.load_dataset(str(path), name or None, split=split, **extra)
     except Exception as e:  # hub/network/format errors: all mean "could not load what you named"
+        if host:
+            raise LmforgeError(f"{path}: cannot load dataset: not a local path, the Hugging Face Hub ({host}) does "
+                               f"not resolve, and the datasets cache has no copy ({_one_line(e)})") from None
         raise LmforgeError(f"{path}: cannot load dataset ({_one_line(e)})") from None
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split not in ds:
