@@ -1,7 +1,7 @@
 """`--dry-run`: what a command would do, without doing it.
 
 It prints the resolved config, then, on stderr, what the run would do with each stage given the run
-directory as it is (`pipeline.plan`), and checks that what the stages it would run read is there:
+directory as it is (`plan`), and checks that what the stages it would run read is there:
 local data paths, the models they start from or score with, a judge's constitution. Each problem is
 one `error:` line naming its key, and the exit code is 2.
 """
@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.pipeline import RunContext, check_requirements, check_run_dir, decide, fresh_targets, stages_up_to
 
 
 def dry_run(cfg, until: str | None, *, redo_changed: bool, fresh: bool, resume: bool) -> int:
     """--dry-run: the resolved config (stdout), then on stderr what the run would do with each stage and
     whether what the stages it would run read is there: local data paths, models, the run directory."""
     from lmforge.config import dump_yaml
-    from lmforge.pipeline import plan, stages_up_to
 
     print(dump_yaml(cfg), end="")
     names = stages_up_to(cfg, until)
@@ -37,6 +38,63 @@ def dry_run(cfg, until: str | None, *, redo_changed: bool, fresh: bool, resume: 
     print(f"dry run: {checked} local path(s) checked, {len(problems)} missing"
           + (f"; {hub} Hub dataset id(s) not checked (they need the network)" if hub else ""), file=sys.stderr)
     return 2 if problems or blocked else 0
+
+
+def plan(cfg, until: str | None = None, redo_changed: bool = False, fresh: bool = False,
+         resume: bool = True) -> list[tuple[str, str, str]]:
+    """What `lmforge run` (or `lmforge <until>`) would do with each stage, doing nothing: for --dry-run.
+    (stage, action, line): action "run", "resume", "redo", "skip", "delete" (--fresh on a stage command
+    deletes the later stages too) or "stop" (the run would stop there: checkpoints of an earlier run and
+    no --resume). An unusable run directory or a missing input stage raises, as the run would."""
+    from lmforge.config import RunConfig
+
+    check_run_dir(cfg)
+    gone = fresh_targets(cfg, until) if fresh else []
+    ctx = _AfterFresh(cfg=cfg, gone=frozenset(gone), resume=resume)
+    names = stages_up_to(cfg, until)
+    check_requirements(ctx, names)
+    default, redo, will_run, steps = RunConfig(), False, [], []
+    for name in names:
+        action, why = decide(ctx, name, default, redo, redo_changed, will_run)
+        if action == "skip":
+            steps.append((name, "skip", f"[{name}] complete, kept"
+                          + (f" (note: {why}; --redo-changed redoes it)" if why else "")))
+            continue
+        if action == "redo":
+            steps.append((name, "redo", f"[{name}] would be redone: {why}"))
+        else:
+            steps.append((name, *_start(ctx, name)))
+        will_run.append(name)
+        redo = redo or redo_changed
+    steps += [(name, "delete", f"[{name}] would be deleted (--fresh: it was built on {until})")
+              for name in gone if name not in names and ctx.stage_dir(name).exists()]
+    return steps
+
+
+def _start(ctx: RunContext, name: str) -> tuple[str, str]:
+    """How a stage that is not complete would start: afresh, from its latest checkpoint, or not at all
+    (`resume_step`'s rules: checkpoints without --resume, or without a `latest` pointer)."""
+    ckpts = ctx.stage_dir(name) / "checkpoints"
+    if name in ctx.gone or not ckpts.is_dir():
+        return "run", f"[{name}] would run"
+    if not (ckpts / "latest").exists():
+        if any(ckpts.glob("step_*")):
+            return "stop", f"{ckpts}: checkpoints but no 'latest' pointer; pass --fresh to start over"
+        return "run", f"[{name}] would run"
+    latest = (ckpts / "latest").read_text(errors="replace").strip()
+    if not ctx.resume:
+        return "stop", (f"{ctx.stage_dir(name)}: holds checkpoints of an earlier run; pass --resume to continue "
+                        f"it or --fresh to start over")
+    return "resume", f"[{name}] would resume from {latest}"
+
+
+@dataclass
+class _AfterFresh(RunContext):
+    """A run directory as --fresh would leave it: the stages in `gone` deleted."""
+    gone: frozenset = frozenset()
+
+    def is_complete(self, name: str) -> bool:
+        return name not in self.gone and super().is_complete(name)
 
 
 def _json_field(path: Path, key: str):
