@@ -220,6 +220,9 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
             print(f"(the stages run now; every stage's metrics: {ctx.run_dir / 'summary.json'})")
         else:
             print(format_summary(summary))
+        if ran:  # what the stages run now took (the demo has a budget: README)
+            total = sum(summary[name].get("seconds", 0) for name in ran if name in summary)
+            ctx.log(f"[run] {len(ran)} stage(s) ran in {total / 60:.1f} min ({total:.0f} s of stage time)")
         if until is None:  # a whole run: its report card (`lmforge report` makes one at any time)
             from lmforge.report import write_report
 

@@ -39,11 +39,14 @@ def test_run_writes_every_stage_and_a_summary_then_skips(tmp_path, capsys):
     assert hw["cpu_native_bf16"] is native_bf16("cpu") and hw["cpu_capability"]
     out = capsys.readouterr().out
     assert "cloze_heldout_acc" in out  # the summary table
+    total = sum(summary[name]["seconds"] for name in summary)
+    assert f"[run] 4 stage(s) ran in {total / 60:.1f} min ({total:.0f} s of stage time)" in out
     assert f"device cpu ({'bf16 autocast' if native_bf16('cpu') else 'fp32'})" in out
     assert ("has no native bf16: pretrain train in fp32" in out) is (not native_bf16("cpu"))
     # a second run skips every complete stage
     assert run(tmp_path) == 0
-    assert capsys.readouterr().out.count("complete, skipping") == 4
+    out = capsys.readouterr().out
+    assert out.count("complete, skipping") == 4 and "[run] " not in out  # nothing ran: no stage time
     # a changed recipe is noticed (results kept, the user is told how to redo them)
     assert run(tmp_path, "train.lr=0.001") == 0
     out = capsys.readouterr().out
