@@ -115,9 +115,10 @@ _MODEL_REFS = ("init", "policy", "reward")
 def check_paths(cfg, stages: list[str] | None = None) -> tuple[list[str], int, int]:
     """The local files and directories that `stages` (default: the recipe's) would read: every `path` of a
     data source, decontamination set or word list in the sections they use, and every model a stage starts
-    from or scores with (`init`, `policy`, `reward`, a reward part's `model`, a local judge's `checkpoint`,
-    and its `constitution` file) that is not a stage of the recipe. Returns (problems, one line each
-    naming the key; how many were checked; how many are Hub ids, which need the network to check).
+    from or scores with (`init`, `policy`, `reward`, a reward part's `model`, a local judge's `checkpoint`;
+    and the judge's `constitution` file): a stage of the recipe that can serve (see `model_ref`) or a
+    checkpoint directory. Returns (problems, one line each naming the key; how many local paths were
+    checked; how many are Hub ids, which need the network to check).
     A source of weight 0 and a part switched off (`enabled: false`) are not read, so not checked.
     For `--dry-run`: a missing file is found before anything trains."""
     import glob
