@@ -280,6 +280,27 @@ def test_toyworld_suites_run(tiny, tmp_path):
     assert report["results"]["toyworld_refusals"]["breakdown"].keys() == {"refusal"}
 
 
+def test_toyworld_chat_tasks_get_the_runs_tools_temperature_and_seed(tiny, tmp_path, monkeypatch):
+    """--tools, --temperature and --seed reach the toyworld chat tasks as they reach gsm8k's: the word
+    problems' calculator calls run (they did not, and the samples were the same with or without --tools)."""
+    import lmforge.eval.chat_tasks as chat_tasks
+    from lmforge.toyworld import generate_world
+
+    ckpt, _, _ = tiny
+    generate_world(0).save(tmp_path / "world.json")
+    seen, real = [], chat_tasks.evaluate_examples
+
+    def spy(*args, **kw):
+        seen.append((sorted(kw["tools"] or ()), kw["temperature"], kw["seed"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(chat_tasks, "evaluate_examples", spy)
+    for flags in ({}, {"tools": True, "temperature": 0.7, "seed": 3}):
+        evaluate_checkpoint(str(ckpt), ["toyworld_word_problems"], world=str(tmp_path / "world.json"), limit=2,
+                            out_dir=str(tmp_path / "out"), progress=False, **flags)
+    assert seen == [([], 0.0, 0), (["calculator"], 0.7, 3)]
+
+
 # --- errors --------------------------------------------------------------------------------------------
 
 def test_bad_input_names_the_file_line_and_field(tmp_path):

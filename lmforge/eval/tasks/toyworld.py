@@ -99,8 +99,10 @@ class ToyworldChatTask(Task):
         with lm.progress(len(data.docs), self.name) as bar:  # evaluate_examples has no progress of its own
             for start in range(0, len(data.docs), chunk):
                 part = data.docs[start:start + chunk]
+                # the run's --tools, --temperature and --seed, as the other generation tasks get them
                 res = evaluate_examples(lm.model, lm.tok, part, max_new_tokens=opts.max_new_tokens or 64,
-                                        batch_size=lm.batch_size)
+                                        batch_size=lm.batch_size, tools=lm.engine.tools or None,
+                                        temperature=lm.temperature, seed=lm.seed + start)
                 records += res["records"]
                 bar.update(len(part))
         by_task = defaultdict(list)
