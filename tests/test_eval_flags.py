@@ -103,6 +103,15 @@ def test_a_missing_checkpoint_fails_before_any_data_loads(nothing_loads, tmp_pat
     assert str(e.value) == f"{tmp_path / 'nope'}: not an lmforge checkpoint (no model_config.json)"
 
 
+def test_a_data_dir_without_a_file_for_a_task_names_the_task(ckpt, tmp_path):
+    """--data DIR serves the tasks its layout has files for; for another (arc_easy reads the Hub) the error
+    names the task and what to do, where it named only the directory."""
+    with pytest.raises(LmforgeError) as e:
+        run_cli([str(ckpt), "--tasks", "arc_easy", "--data", str(tmp_path), "--no-progress"])
+    assert str(e.value) == (f"arc_easy: --data {tmp_path} has no file for this task (is a directory, expected a "
+                            f"data file); give it one with arc_easy:path=FILE, or run it without --data")
+
+
 def test_hub_data_that_cannot_load_points_to_data(ckpt, monkeypatch):
     import lmforge.data.sources
 

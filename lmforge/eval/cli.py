@@ -75,12 +75,21 @@ def run_eval(args) -> int:
 def truncation_notes(report: dict) -> list[str]:
     """One line per task whose prompts were cut to fit the model's context (results.json has the count).
 
-    >>> truncation_notes({"results": {"gsm8k": {"n": 50, "truncated_prompts": 50}, "arc": {"n": 9}}})
-    ['note: gsm8k: 50 of 50 prompts were cut from the left to fit the context (fewer shots: gsm8k:num_fewshot=N)']
+    The prompt gets the context less the answer's budget: the hint is fewer shots, or where there are
+    none, a smaller --max-new-tokens.
+
+    >>> truncation_notes({"results": {"gsm8k": {"n": 50, "truncated_prompts": 50, "num_fewshot": 8}, "arc": {"n": 9},
+    ...                               "svamp": {"n": 20, "truncated_prompts": 3, "num_fewshot": 0}}})[0]
+    'note: gsm8k: 50 of 50 prompts were cut from the left to fit the context (fewer shots: gsm8k:num_fewshot=N)'
+    >>> truncation_notes({"results": {"svamp": {"n": 20, "truncated_prompts": 3, "num_fewshot": 0}}})[0][-62:]
+    'to fit the context (a smaller --max-new-tokens leaves it room)'
     """
+    def hint(name: str, e: dict) -> str:
+        return ("a smaller --max-new-tokens leaves it room" if e.get("num_fewshot") == 0
+                else f"fewer shots: {name}:num_fewshot=N")
+
     return [f"note: {name}: {e['truncated_prompts']} of {e['n']} prompts were cut from the left to fit the context "
-            f"(fewer shots: {name}:num_fewshot=N)"
-            for name, e in report["results"].items() if e.get("truncated_prompts")]
+            f"({hint(name, e)})" for name, e in report["results"].items() if e.get("truncated_prompts")]
 
 
 def _cell(x: float) -> str:

@@ -229,6 +229,21 @@ def plan(task_specs: list[str], *, data: str | None = None, **defaults) -> list[
     return planned
 
 
+def _load(p: Planned, data: str | None) -> Loaded:
+    """A task's documents; its errors say what to do about --data."""
+    try:
+        return p.task.load(p.opts)
+    except LmforgeError as e:
+        if data and p.opts.path == data and Path(data).is_dir() and str(e).startswith(f"{Path(data)}: is a directory"):
+            # the layout of --data DIR has no file for this task (arc_easy, hellaswag, ... load from the Hub)
+            raise LmforgeError(f"{p.task.name}: --data {data} has no file for this task ({str(e).split(': ', 1)[1]});"
+                               f" give it one with {p.task.name}:path=FILE, or run it without --data") from None
+        if data or "cannot load dataset" not in str(e):
+            raise
+        raise LmforgeError(f"{e}; offline, give --data DIR (a directory of the released files: "
+                           f"docs/evaluation.md)") from None
+
+
 def summarize(task: Task, loaded: Loaded, output, elapsed: float, truncated: int) -> dict:
     entry = {"kind": task.kind, "n": len(loaded.docs), "source": loaded.source, **loaded.info,
              "metrics": {}, "stderr": {}}
@@ -284,13 +299,7 @@ def evaluate_checkpoint(checkpoint: str, task_specs: list[str], *, data: str | N
         if p.opts.max_new_tokens is not None and p.opts.max_new_tokens < 1:
             raise LmforgeError(f"--tasks {p.task.name}: option 'max_new_tokens' must be positive, "
                                f"got {p.opts.max_new_tokens}")
-    try:
-        loaded = [p.task.load(p.opts) for p in planned]  # every data error surfaces before the model loads
-    except LmforgeError as e:
-        if data or "cannot load dataset" not in str(e):
-            raise
-        raise LmforgeError(f"{e}; offline, give --data DIR (a directory of the released files: "
-                           f"docs/evaluation.md)") from None
+    loaded = [_load(p, data) for p in planned]  # every data error surfaces before the model loads
     for p, ld in zip(planned, loaded, strict=True):
         if not ld.docs:
             raise LmforgeError(f"{p.task.name}: no documents to evaluate in {ld.source}")
