@@ -125,9 +125,11 @@ def _tokenizer_train(args) -> int:
 
 def _export(args) -> int:
     from lmforge.model.export import export_hf
+    from lmforge.model.reward import is_reward_checkpoint
 
     out = export_hf(args.checkpoint, args.out)
-    print(f"wrote {out} (loads with transformers.AutoModelForCausalLM.from_pretrained)")
+    auto = "AutoModelForSequenceClassification" if is_reward_checkpoint(args.checkpoint) else "AutoModelForCausalLM"
+    print(f"wrote {out} (loads with transformers.{auto}.from_pretrained)")
     return 0
 
 

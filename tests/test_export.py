@@ -80,6 +80,34 @@ def tok_dir(toy_data):
     return toy_data[0].parent / "tok"
 
 
+def test_reward_model_exports_as_sequence_classification_with_equal_rewards(toy_data, tmp_path):
+    """`lmforge export` of a reward checkpoint: transformers' AutoModelForSequenceClassification gives
+    lmforge's reward as its one logit, also for a right-padded row (both read the last real token).
+    Measured on the demo's reward model: 1.29477 for a plain answer, -2.00888 with the hasty sign-off,
+    on both sides. Loading one as a language model (chat, eval, export as a causal LM) is refused."""
+    from lmforge.model.reward import RewardModel, save_reward_model
+
+    _, tok = toy_data
+    torch.manual_seed(0)
+    rm = RewardModel(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4, n_kv_head=2,
+                                 tie_embeddings=True, max_seq_len=64)).eval()
+    torch.nn.init.normal_(rm.score.weight)  # a trained head: zero-initialized would score everything 0
+    save_reward_model(rm, tmp_path / "rm", tok_dir(toy_data))
+    export_hf(tmp_path / "rm", tmp_path / "hf")
+    assert not (tmp_path / "hf/generation_config.json").exists()
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    assert hf.config.architectures == ["LlamaForSequenceClassification"] and hf.config.num_labels == 1
+    x = torch.randint(tok.pad_id + 1, tok.vocab_size, (2, 20))
+    x[1, 15:] = tok.pad_id                                            # row 1: 15 real tokens, then padding
+    with torch.no_grad():
+        theirs = hf(x).logits[:, 0]
+        ours = rm(x, last=torch.tensor([19, 14]))
+    assert (theirs - ours).abs().max().item() < 1e-4 and ours.abs().min().item() > 1e-3
+    with pytest.raises(LmforgeError, match=r"a reward model \(model_config.json \"head\": \"reward\"\), not a "
+                                           r"language model: it scores answers and cannot generate"):
+        load_model(tmp_path / "rm")
+
+
 def test_non_llama_architecture_is_refused(toy_data, tmp_path):
     _, tok = toy_data
     model = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, d_model=32, n_head=2, mlp="gelu"))

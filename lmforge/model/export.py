@@ -1,7 +1,10 @@
 """Export an lmforge checkpoint as a Hugging Face `LlamaForCausalLM` directory.
 
 The result (config.json, model.safetensors, tokenizer files, generation_config.json)
-loads with `transformers.AutoModelForCausalLM.from_pretrained(dir)` and in vLLM.
+loads with `transformers.AutoModelForCausalLM.from_pretrained(dir)` and in vLLM. A reward
+checkpoint (`lmforge rm`) exports as `LlamaForSequenceClassification` with one label, which
+`AutoModelForSequenceClassification` loads: its logit for a conversation is lmforge's reward
+(both read the head at the last token that is not padding).
 Only the Llama-compatible architecture exports: RMSNorm, pre-norm, RoPE, SwiGLU,
 MHA/GQA/MQA, causal, full attention, no QK-norm (tied embeddings are fine).
 """
@@ -14,7 +17,15 @@ from pathlib import Path
 
 from lmforge.chat import write_chat_template
 from lmforge.errors import LmforgeError
-from lmforge.model.io import check_output_dir, load_checkpoint, read_json_object, staged_dir, state_dict_for_saving
+from lmforge.model.io import (
+    check_output_dir,
+    load_checkpoint,
+    load_config,
+    load_tokenizer,
+    read_json_object,
+    staged_dir,
+    state_dict_for_saving,
+)
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils import atomic_write_bytes, write_json
 
@@ -50,8 +61,14 @@ def llama_config(cfg, tok: Tokenizer) -> dict:
 def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     from safetensors.torch import save
 
+    from lmforge.model.reward import is_reward_checkpoint, load_reward_model
+
     check_output_dir(out_dir, ckpt_dir)
-    model, tok = load_checkpoint(ckpt_dir)
+    reward = is_reward_checkpoint(ckpt_dir)
+    if reward:
+        model, tok = load_reward_model(ckpt_dir), load_tokenizer(ckpt_dir, load_config(ckpt_dir))
+    else:
+        model, tok = load_checkpoint(ckpt_dir)
     cfg = model.cfg
     if not cfg.llama_compatible:
         raise LmforgeError(
@@ -69,10 +86,15 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
             shutil.copyfile(Path(ckpt_dir) / name, out / name)
         write_chat_template(out)  # apply_chat_template then yields the ids lmforge trains on
         atomic_write_bytes(out / "model.safetensors", save(state_dict_for_saving(model), metadata={"format": "pt"}))
-        write_json(out / "generation_config.json", {
-            "bos_token_id": tok.bos_id,
-            "eos_token_id": [tok.eos_id, tok.special["<|end_of_turn|>"]],
-            "pad_token_id": tok.pad_id,
-        })
-        write_json(out / "config.json", llama_config(cfg, tok))  # last: marks the export complete
+        config = llama_config(cfg, tok)
+        if reward:  # `model.*` + `score.weight`: the names LlamaForSequenceClassification loads
+            config.update(architectures=["LlamaForSequenceClassification"], num_labels=1,
+                          id2label={0: "LABEL_0"}, label2id={"LABEL_0": 0}, tie_word_embeddings=False)
+        else:
+            write_json(out / "generation_config.json", {
+                "bos_token_id": tok.bos_id,
+                "eos_token_id": [tok.eos_id, tok.special["<|end_of_turn|>"]],
+                "pad_token_id": tok.pad_id,
+            })
+        write_json(out / "config.json", config)  # last: marks the export complete
     return Path(out_dir)

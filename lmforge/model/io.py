@@ -121,7 +121,12 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, device: str | torch.device = "c
 
 
 def _load_weights(ckpt_dir: str | os.PathLike, cfg: ModelConfig, device: str | torch.device) -> Transformer:
+    from lmforge.model.reward import is_reward_checkpoint
 
+    if is_reward_checkpoint(ckpt_dir):  # its head scores answers: there are no token logits to generate with
+        raise LmforgeError(f"{ckpt_dir}: a reward model (model_config.json \"head\": \"reward\"), not a language "
+                           f"model: it scores answers and cannot generate; give a policy checkpoint such as "
+                           f"<run>/sft/model (reward models: best-of-n, PPO, `lmforge export`)")
     weights = Path(ckpt_dir) / "model.safetensors"
     sd = read_safetensors(weights, missing=f"{ckpt_dir}: no model.safetensors")
     model = Transformer(cfg)
