@@ -79,6 +79,10 @@ def test_list_of_sources_override():
                             "differ), got 0"),
     ("rlaif.judge.timeout=-1", "override: rlaif.judge.timeout: expected a number of seconds > 0, got -1"),
     ("pairs.samples=1", "override: pairs.samples: expected at least 2 answers per prompt (a pair), got 1"),
+    ("pairs.temperature=0", "override: pairs.temperature: expected a number > 0 (a prompt's answers must differ to "
+                            "make a pair), got 0"),
+    ("bon.temperature=0", "override: bon.temperature: expected a number > 0 (greedy gives one answer, not 8 to "
+                          "choose from), got 0"),
     ("bon.split=test", "override: bon.split: expected one of heldout, train, got 'test'"),
     ("data.val_fraction=0", "override: data.val_fraction: expected a number > 0 and < 1 (pretraining measures "
                             "its validation loss on that share), got 0"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from lmforge.errors import LmforgeError, non_negative, one_of, positive
+from lmforge.errors import LmforgeError, above_zero, non_negative, one_of, positive
 from lmforge.pipeline import Stage
 from lmforge.utils import write_json
 
@@ -33,6 +33,8 @@ class BoNConfig:
     def __post_init__(self):
         positive(self, "n", "n_prompts", "max_new_tokens")
         non_negative(self, "temperature", "top_k")
+        if self.n > 1:  # greedy answers are all one answer: best-of-n would be best-of-1
+            above_zero(self, "temperature", why=f"greedy gives one answer, not {self.n} to choose from")
         one_of(self, "split", ("heldout", "train"))
         one_of(self, "prompt_entities", ("heldout", "train"))
 

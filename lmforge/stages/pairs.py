@@ -17,7 +17,7 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
-from lmforge.errors import LmforgeError, check_fields, fraction, non_negative, positive
+from lmforge.errors import LmforgeError, above_zero, check_fields, fraction, non_negative, positive
 from lmforge.pipeline import Stage
 from lmforge.stages.common import check_task_mix
 from lmforge.utils import atomic_write_text
@@ -41,7 +41,8 @@ class PairsConfig:
     def __post_init__(self):
         positive(self, "n_prompts", "max_new_tokens")
         check_fields(self, ["samples"], lambda v: v >= 2, "at least 2 answers per prompt (a pair)")
-        non_negative(self, "temperature", "top_k", "min_margin")
+        above_zero(self, "temperature", why="a prompt's answers must differ to make a pair")
+        non_negative(self, "top_k", "min_margin")
         fraction(self, "val_fraction", closed_top=False)
         check_task_mix(self, "tasks")
 
