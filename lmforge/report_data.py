@@ -226,8 +226,32 @@ def eval_table(record: RunRecord) -> tuple[list[str], list[tuple[str, dict[str, 
                 continue
             cells.setdefault(metric, {})[model] = value
             source[(metric, model)] = stage
+    for stage, metric, start in before_after(record, models):  # e.g. GRPO's held-out accuracy
+        row, end = f"{stage}_{metric}", MODEL_OF_STAGE.get(stage, stage)
+        cells[row] = {start: record.metrics[stage][f"{metric}_before"], end: record.metrics[stage][f"{metric}_after"]}
+        source[(row, start)] = source[(row, end)] = stage
     used = [m for m in models if any(m in values for values in cells.values())]
     used += sorted({m for values in cells.values() for m in values} - set(used))
     rows = [(metric, values, sorted({source[(metric, m)] for m in values}, key=record.stages.index))
             for metric, values in cells.items()]
     return used, rows
+
+
+def before_after(record: RunRecord, models: list[str]) -> list[tuple[str, str, str]]:
+    """(stage, metric, model it started from) for each training stage's `<metric>_before` measured on the
+    model it starts from (`<stage>.init` in the config, a model of this run) with `<metric>_after` on its
+    own: GRPO's `heldout_acc_before/after` become a `grpo_heldout_acc` row with DPO's and GRPO's cells."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    rows = []
+    for stage in record.stages:
+        section = record.config.get(stage)
+        init = section.get("init") if isinstance(section, dict) else None
+        start = MODEL_OF_STAGE.get(init, init)
+        if stage.startswith(EVAL_PREFIX) or start not in models:
+            continue
+        metrics = record.metrics.get(stage, {})
+        rows += [(stage, key[:-len("_before")], start) for key, value in metrics.items()
+                 if key.endswith("_before") and number(value) and number(metrics.get(key[:-len("_before")] + "_after"))]
+    return rows

@@ -177,6 +177,25 @@ def test_later_eval_stages_get_their_own_column(tmp_path):
     assert model_and_metric("eval_sft", "sft_lora_acc", ["base", "sft", "sft_lora"]) == ("sft_lora", "acc")
 
 
+def test_a_training_stages_before_and_after_metrics_join_the_evaluation_table(tmp_path):
+    """GRPO measures held-out accuracy on the model it starts from (grpo.init) and on its own: a
+    `grpo_heldout_acc` row with both cells. Started from a checkpoint outside the run: no row."""
+    STAGE_METRICS["grpo"] = ({"steps": 5, "heldout_acc_before": 0.185, "heldout_acc_after": 0.3525,
+                              "heldout_acc_gain": 0.1675, "reward_first": 0.04}, 100.0)
+    try:
+        run = make_run(tmp_path, stages=(*STAGE_METRICS,))
+    finally:
+        del STAGE_METRICS["grpo"]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "grpo": {"init": "sft"}}))
+    rows = rows_of(write_report(run).read_text())
+    assert ["metric", "base", "sft", "grpo", "from"] in rows
+    assert ["grpo_heldout_acc", "—", "0.185", "0.3525", "grpo"] in rows
+    assert not any(r[0].startswith("grpo_heldout_acc_gain") or r[0] == "grpo_reward" for r in rows)
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "grpo": {"init": "/elsewhere/model"}}))
+    assert not any(r[0] == "grpo_heldout_acc" for r in rows_of(write_report(run).read_text()))
+
+
 def test_bad_run_dir_is_a_one_line_error(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(LmforgeError) as e:
