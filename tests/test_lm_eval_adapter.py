@@ -192,6 +192,36 @@ def test_cli_bad_checkpoint_is_a_one_line_error(offline, monkeypatch, tmp_path, 
     assert capsys.readouterr().err.endswith(f"error: {tmp_path}: not an lmforge checkpoint (no model_config.json)\n")
 
 
+def test_cli_offline_hub_task_is_a_one_line_error_at_once(monkeypatch, capsys):
+    """A Hub task with the Hub unreachable: lm-eval runs with `datasets` in offline mode (the cache, or
+    failure at once, where it retried ~25 s and printed a traceback) and the failure is one line."""
+    import datasets.config
+    import huggingface_hub.constants
+    import lm_eval.__main__
+
+    import lmforge.data.sources
+
+    seen = []
+
+    def hub_task():
+        seen.append((datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE))
+        raise ConnectionError("Couldn't reach 'Rowan/hellaswag' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # online as far as the libraries know
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(lmforge.data.sources, "hub_unreachable", lambda: "huggingface.co")
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", hub_task)
+    monkeypatch.setattr(sys, "argv", ["lmforge-lm-eval"])
+    with pytest.raises(SystemExit) as e:
+        adapter.main(["--model", "lmforge", "--tasks", "hellaswag"])
+    assert e.value.code == 2 and seen == [(True, True)]
+    assert capsys.readouterr().err == (
+        "error: the Hugging Face Hub (huggingface.co) does not resolve, and a task's dataset could not be loaded "
+        "(Couldn't reach 'Rowan/hellaswag' on the Hub (OfflineModeIsEnabled)); offline, use tasks whose data is "
+        "local (--include_path DIR with task YAMLs over local files: docs/lm_eval.md)\n")
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == (False, False)  # restored
+
+
 def test_without_lm_eval_the_module_imports_and_says_what_to_install():
     code = ("import sys; sys.modules['lm_eval'] = None\n"  # None in sys.modules: `import lm_eval` fails
             "from lmforge.eval import lm_eval_adapter as a\n"

@@ -280,13 +280,22 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(LmforgeError.exit_code)
     from lm_eval.__main__ import cli_evaluate
 
+    from lmforge.data.sources import _hub_offline, _one_line, hub_unreachable
+
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    host = hub_unreachable()  # offline: the tasks' datasets come from the cache or fail at once (no retries)
     try:
-        cli_evaluate()
+        with _hub_offline(host is not None):
+            cli_evaluate()
     except LmforgeError as e:  # a wrong checkpoint path or model argument: one line, as lmforge's own commands
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
+    except ConnectionError as e:  # a task's dataset is on the Hub, and the Hub cannot be reached
+        where = f"the Hugging Face Hub ({host}) does not resolve, and " if host else ""
+        print(f"error: {where}a task's dataset could not be loaded ({_one_line(e)}); offline, use tasks whose "
+              f"data is local (--include_path DIR with task YAMLs over local files: docs/lm_eval.md)", file=sys.stderr)
+        raise SystemExit(LmforgeError.exit_code) from None
 
 
 if __name__ == "__main__":
