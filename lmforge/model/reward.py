@@ -56,7 +56,11 @@ def is_reward_checkpoint(ckpt_dir: str | os.PathLike) -> bool:
     from lmforge.utils import read_json
 
     p = Path(ckpt_dir) / "model_config.json"
-    return p.exists() and read_json(p).get(HEAD_KEY) == HEAD_REWARD
+    try:
+        config = read_json(p) if p.is_file() else None
+    except (OSError, ValueError):  # unreadable: the loader that reads it next says how, in one line
+        return False
+    return isinstance(config, dict) and config.get(HEAD_KEY) == HEAD_REWARD
 
 
 def load_reward_model(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> RewardModel:
