@@ -112,7 +112,8 @@ def test_non_llama_architecture_is_refused(toy_data, tmp_path):
     _, tok = toy_data
     model = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, d_model=32, n_head=2, mlp="gelu"))
     save_model(model, tmp_path / "ckpt", tok_dir(toy_data))
-    with pytest.raises(LmforgeError, match="only the Llama-compatible architecture exports.*mlp=gelu"):
+    with pytest.raises(LmforgeError, match=r"only the Llama-compatible architecture exports to transformers; "
+                                           r"this model has mlp=gelu \(needs swiglu\)$"):
         export_hf(tmp_path / "ckpt", tmp_path / "hf")
 
 

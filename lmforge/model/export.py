@@ -71,12 +71,11 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         model, tok = load_checkpoint(ckpt_dir)
     cfg = model.cfg
     if not cfg.llama_compatible:
-        raise LmforgeError(
-            f"{ckpt_dir}: only the Llama-compatible architecture exports to transformers "
-            f"(norm=rmsnorm, norm_position=pre, position=rope, mlp=swiglu, qk_norm=false, "
-            f"sliding_window=0, mask=causal); this model has norm={cfg.norm}, "
-            f"norm_position={cfg.norm_position}, position={cfg.position}, mlp={cfg.mlp}, "
-            f"qk_norm={cfg.qk_norm}, sliding_window={cfg.sliding_window}, mask={cfg.mask}")
+        llama = {"norm": "rmsnorm", "norm_position": "pre", "position": "rope", "mlp": "swiglu", "qk_norm": False,
+                 "sliding_window": 0, "mask": "causal"}
+        off = ", ".join(f"{k}={getattr(cfg, k)} (needs {v})" for k, v in llama.items() if getattr(cfg, k) != v)
+        raise LmforgeError(f"{ckpt_dir}: only the Llama-compatible architecture exports to transformers; this "
+                           f"model has {off}")
     for name in TOKENIZER_FILES:
         if not (Path(ckpt_dir) / name).is_file():
             raise LmforgeError(f"{ckpt_dir}: no {name} (export copies the tokenizer files next to the model)")
