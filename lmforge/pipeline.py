@@ -212,7 +212,8 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
             ctx.log(f"[{name}] done in {seconds:.1f}s")
         ran.append(name)
         barrier(ctx.info)
-        redo = redo or redo_changed  # what was built on this stage's old outputs is stale now
+        # what was built on this stage's old outputs is stale now (an evaluation's: nothing is built on it)
+        redo = redo or (redo_changed and not stage.measures_only)
     summary = write_summary(ctx)
     if ctx.info.is_main:
         if ran and len(ran) < len(summary):  # a run that added stages to complete ones: what is new

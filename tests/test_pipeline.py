@@ -158,6 +158,38 @@ def test_dry_run_says_what_the_run_would_do_and_changes_nothing(tmp_path, capsys
                                    "'eval_base'"]
 
 
+def test_redoing_an_evaluation_redoes_nothing_after_it(tmp_path):
+    """--redo-changed after a changed evaluation (bon) redoes it alone: no later stage was built on what it
+    measured (it redid dpo, eval_dpo and grpo before). The plan and the run share the rule."""
+    import json as json_mod
+
+    from lmforge.config import load_run_config
+    from lmforge.dry_run import plan
+    from lmforge.pipeline import stage_config
+    from lmforge.stages import STAGES
+
+    names = ["toyworld", "pairs", "rm", "bon", "dpo", "grpo"]
+    cfg = load_run_config(ROOT / "recipes/demo.yaml", [f"out_dir={tmp_path}", "name=r", f"stages=[{','.join(names)}]"])
+    for i, name in enumerate(names):  # a complete run, as stage.json records it
+        (tmp_path / "r" / name).mkdir(parents=True)
+        upstream = {e: j + 1.0 for j, e in enumerate(names[:i]) if not STAGES[e].measures_only}
+        (tmp_path / "r" / name / "stage.json").write_text(json_mod.dumps(
+            {"stage": name, "seconds": 1.0, "metrics": {}, "config": stage_config(cfg, STAGES[name]),
+             "finished": i + 1.0, "upstream": upstream}))
+    changed = load_run_config(ROOT / "recipes/demo.yaml", [f"out_dir={tmp_path}", "name=r",
+                                                            f"stages=[{','.join(names)}]", "bon.n_prompts=100"])
+    lines = [line for _, _, line in plan(changed, redo_changed=True)]
+    assert lines == ["[toyworld] complete, kept", "[pairs] complete, kept", "[rm] complete, kept",
+                     "[bon] would be redone: the recipe changed since this stage ran (bon.n_prompts: 200 -> 100)",
+                     "[dpo] complete, kept", "[grpo] complete, kept"]
+    changed = load_run_config(ROOT / "recipes/demo.yaml", [f"out_dir={tmp_path}", "name=r",
+                                                            f"stages=[{','.join(names)}]", "rm.train.steps=7"])
+    steps = plan(changed, redo_changed=True)  # a changed training stage: everything after it is redone
+    assert [(name, action) for name, action, _ in steps] == [
+        ("toyworld", "skip"), ("pairs", "skip"), ("rm", "redo"), ("bon", "redo"), ("dpo", "redo"), ("grpo", "redo")]
+    assert steps[2][2] == "[rm] would be redone: the recipe changed since this stage ran (rm.train.steps: 120 -> 7)"
+
+
 def test_stage_command_refuses_to_clobber_checkpoints(tmp_path, capsys):
     assert run(tmp_path, "stages=[toyworld,tokenizer,pretrain]", "train.steps=3", command="pretrain") == 0
     (tmp_path / "t/pretrain/stage.json").unlink()  # as if the run had been killed after its checkpoint
