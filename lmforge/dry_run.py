@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
-from lmforge.pipeline import RunContext, check_requirements, check_run_dir, decide, fresh_targets, stages_up_to
+from lmforge.pipeline import (
+    RunContext,
+    check_requirements,
+    check_run_dir,
+    decide,
+    fresh_targets,
+    redoes_later,
+    stages_up_to,
+)
 
 
 def dry_run(cfg, until: str | None, *, redo_changed: bool, fresh: bool, resume: bool) -> int:
@@ -47,7 +55,6 @@ def plan(cfg, until: str | None = None, redo_changed: bool = False, fresh: bool 
     deletes the later stages too) or "stop" (the run would stop there: checkpoints of an earlier run and
     no --resume). An unusable run directory or a missing input stage raises, as the run would."""
     from lmforge.config import RunConfig
-    from lmforge.stages import STAGES
 
     check_run_dir(cfg)
     gone = fresh_targets(cfg, until) if fresh else []
@@ -66,7 +73,7 @@ def plan(cfg, until: str | None = None, redo_changed: bool = False, fresh: bool 
         else:
             steps.append((name, *_start(ctx, name)))
         will_run.append(name)
-        redo = redo or (redo_changed and not STAGES[name].measures_only)  # as the run does
+        redo = redo or redoes_later(name, redo_changed)
     steps += [(name, "delete", f"[{name}] would be deleted (--fresh: it was built on {until})")
               for name in gone if name not in names and ctx.stage_dir(name).exists()]
     return steps

@@ -140,6 +140,14 @@ def decide(ctx: RunContext, name: str, default, redo: bool, redo_changed: bool,
     return "redo", why or "an earlier stage was redone"
 
 
+def redoes_later(name: str, redo_changed: bool) -> bool:
+    """After stage `name` ran with --redo-changed, every later stage is redone: it was built on outputs
+    that are gone. Not after an evaluation: no later stage reads what it measured."""
+    from lmforge.stages import STAGES
+
+    return redo_changed and not STAGES[name].measures_only
+
+
 def check_run_dir(cfg) -> None:
     """out_dir and the run's directory are directories (or do not exist yet)."""
     if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
@@ -212,8 +220,7 @@ def run_pipeline(cfg, until: str | None = None, info: DistInfo | None = None, re
             ctx.log(f"[{name}] done in {seconds:.1f}s")
         ran.append(name)
         barrier(ctx.info)
-        # what was built on this stage's old outputs is stale now (an evaluation's: nothing is built on it)
-        redo = redo or (redo_changed and not stage.measures_only)
+        redo = redo or redoes_later(name, redo_changed)
     summary = write_summary(ctx)
     if ctx.info.is_main:
         if ran and len(ran) < len(summary):  # a run that added stages to complete ones: what is new

@@ -258,18 +258,20 @@ def hub_unreachable() -> str | None:
 
 
 @contextlib.contextmanager
-def _hub_offline(offline: bool):
-    """`datasets` and `huggingface_hub` in offline mode for one call (as HF_HUB_OFFLINE=1 would set them at
-    import): a Hub id then loads from the datasets cache at once, or fails at once."""
+def offline_if_unreachable(check: bool = True):
+    """Yields the Hub's host name when it does not resolve (`hub_unreachable`; None otherwise, or when not
+    `check`), with `datasets` and `huggingface_hub` in offline mode meanwhile, as HF_HUB_OFFLINE=1 would
+    set them at import: a Hub id then loads from the datasets cache at once, or fails at once."""
     import datasets.config
     import huggingface_hub.constants
 
-    mods = [m for m in (datasets.config, huggingface_hub.constants) if offline and hasattr(m, "HF_HUB_OFFLINE")]
+    host = hub_unreachable() if check else None
+    mods = [m for m in (datasets.config, huggingface_hub.constants) if host and hasattr(m, "HF_HUB_OFFLINE")]
     before = [m.HF_HUB_OFFLINE for m in mods]
     try:
         for m in mods:
             m.HF_HUB_OFFLINE = True
-        yield
+        yield host
     finally:
         for m, value in zip(mods, before, strict=True):
             m.HF_HUB_OFFLINE = value
@@ -281,19 +283,18 @@ def load_hf_split(path: Path | str, name: str | None, split: str, streaming: boo
     name does not resolve) a Hub id loads from the datasets cache or fails at once, naming why."""
     import datasets
 
-    host = None if Path(path).exists() else hub_unreachable()
-    try:
-        if _is_saved_hf_dir(Path(path)):
-            ds = datasets.load_from_disk(str(path))
-        else:
-            extra = {"streaming": True} if streaming else {}
-            with _hub_offline(host is not None):
+    with offline_if_unreachable(check=not Path(path).exists()) as host:  # a local path names no host
+        try:
+            if _is_saved_hf_dir(Path(path)):
+                ds = datasets.load_from_disk(str(path))
+            else:
+                extra = {"streaming": True} if streaming else {}
                 ds = datasets.load_dataset(str(path), name or None, split=split, **extra)
-    except Exception as e:  # hub/network/format errors: all mean "could not load what you named"
-        if host:
-            raise LmforgeError(f"{path}: cannot load dataset: not a local path, the Hugging Face Hub ({host}) does "
-                               f"not resolve, and the datasets cache has no copy ({_one_line(e)})") from None
-        raise LmforgeError(f"{path}: cannot load dataset ({_one_line(e)})") from None
+        except Exception as e:  # hub/network/format errors: all mean "could not load what you named"
+            if host:
+                raise LmforgeError(f"{path}: cannot load dataset: not a local path, the Hugging Face Hub ({host}) "
+                                   f"does not resolve, and the datasets cache has no copy ({_one_line(e)})") from None
+            raise LmforgeError(f"{path}: cannot load dataset ({_one_line(e)})") from None
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split not in ds:
             raise LmforgeError(f"{path}: no split '{split}' (splits: {', '.join(ds)})")

@@ -280,13 +280,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(LmforgeError.exit_code)
     from lm_eval.__main__ import cli_evaluate
 
-    from lmforge.data.sources import _hub_offline, _one_line, hub_unreachable
+    from lmforge.data.sources import _one_line, offline_if_unreachable
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    host = hub_unreachable()  # offline: the tasks' datasets come from the cache or fail at once (no retries)
-    try:
-        with _hub_offline(host is not None):
+    host = None
+    try:  # offline: the tasks' datasets come from the cache or fail at once (no retries)
+        with offline_if_unreachable() as host:
             cli_evaluate()
     except LmforgeError as e:  # a wrong checkpoint path or model argument: one line, as lmforge's own commands
         print(f"error: {e}", file=sys.stderr)

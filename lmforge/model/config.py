@@ -14,6 +14,11 @@ CHOICES = {
 }
 
 
+# The architecture transformers' LlamaForCausalLM computes (any head counts, tied or untied embeddings).
+LLAMA = {"norm": "rmsnorm", "norm_position": "pre", "position": "rope", "mlp": "swiglu", "qk_norm": False,
+         "sliding_window": 0, "mask": "causal"}
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 0           # 0: taken from the tokenizer
@@ -76,9 +81,11 @@ class ModelConfig:
     @property
     def llama_compatible(self) -> bool:
         """True when the architecture is exactly what transformers' LlamaForCausalLM computes."""
-        return (self.norm == "rmsnorm" and self.norm_position == "pre" and self.position == "rope"
-                and self.mlp == "swiglu" and not self.qk_norm and self.sliding_window == 0
-                and self.mask == "causal")
+        return not self.not_llama()
+
+    def not_llama(self) -> list[str]:
+        """The settings that differ from LLAMA, as "name=value (needs value)"."""
+        return [f"{k}={getattr(self, k)} (needs {v})" for k, v in LLAMA.items() if getattr(self, k) != v]
 
 
 def depth_preset(depth: int) -> tuple[int, int, int]:

@@ -71,11 +71,8 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         model, tok = load_checkpoint(ckpt_dir)
     cfg = model.cfg
     if not cfg.llama_compatible:
-        llama = {"norm": "rmsnorm", "norm_position": "pre", "position": "rope", "mlp": "swiglu", "qk_norm": False,
-                 "sliding_window": 0, "mask": "causal"}
-        off = ", ".join(f"{k}={getattr(cfg, k)} (needs {v})" for k, v in llama.items() if getattr(cfg, k) != v)
         raise LmforgeError(f"{ckpt_dir}: only the Llama-compatible architecture exports to transformers; this "
-                           f"model has {off}")
+                           f"model has {', '.join(cfg.not_llama())}")
     for name in TOKENIZER_FILES:
         if not (Path(ckpt_dir) / name).is_file():
             raise LmforgeError(f"{ckpt_dir}: no {name} (export copies the tokenizer files next to the model)")
