@@ -82,18 +82,13 @@ def plan(cfg, until: str | None = None, redo_changed: bool = False, fresh: bool 
 def _start(ctx: RunContext, name: str) -> tuple[str, str]:
     """How a stage that is not complete would start: afresh, from its latest checkpoint, or not at all
     (`resume_step`'s rules: checkpoints without --resume, or without a `latest` pointer)."""
-    ckpts = ctx.stage_dir(name) / "checkpoints"
-    if name in ctx.gone or not ckpts.is_dir():
-        return "run", f"[{name}] would run"
-    if not (ckpts / "latest").exists():
-        if any(ckpts.glob("step_*")):
-            return "stop", f"{ckpts}: checkpoints but no 'latest' pointer; pass --fresh to start over"
-        return "run", f"[{name}] would run"
-    latest = (ckpts / "latest").read_text(errors="replace").strip()
-    if not ctx.resume:
-        return "stop", (f"{ctx.stage_dir(name)}: holds checkpoints of an earlier run; pass --resume to continue "
-                        f"it or --fresh to start over")
-    return "resume", f"[{name}] would resume from {latest}"
+    from lmforge.stages.common import latest_checkpoint
+
+    try:
+        latest = None if name in ctx.gone else latest_checkpoint(ctx.stage_dir(name), ctx.resume)
+    except LmforgeError as e:
+        return "stop", str(e)
+    return ("run", f"[{name}] would run") if latest is None else ("resume", f"[{name}] would resume from {latest}")
 
 
 @dataclass

@@ -62,18 +62,25 @@ def tokenizer_dir(ctx) -> Path:
     return ctx.stage_dir("tokenizer")
 
 
-def resume_step(ctx, trainer, name: str) -> int:
-    """Continue from the stage's latest checkpoint when asked to; refuse to overwrite one silently."""
-    out = ctx.stage_dir(name)
+def latest_checkpoint(out: Path, resume: bool) -> str | None:
+    """The name of the stage's latest checkpoint (in `out`/checkpoints) to continue from, or None to start
+    afresh; refuses to overwrite one silently (without `resume`, or without a `latest` pointer)."""
     if not (out / "checkpoints" / "latest").exists():
         steps = sorted((out / "checkpoints").glob("step_*"))
         if steps:  # `latest` is written after a checkpoint is complete: without it, none is known to be
             raise LmforgeError(f"{out / 'checkpoints'}: {steps[-1].name} but no 'latest' pointer (a run stopped "
                                f"while saving, or it was deleted); pass --fresh to start over")
-        return 0
-    if not ctx.resume:
+        return None
+    if not resume:
         raise LmforgeError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it "
                            f"or --fresh to start over")
+    return (out / "checkpoints" / "latest").read_text(errors="replace").strip()
+
+
+def resume_step(ctx, trainer, name: str) -> int:
+    """Continue from the stage's latest checkpoint when asked to (`latest_checkpoint`'s rules)."""
+    if latest_checkpoint(ctx.stage_dir(name), ctx.resume) is None:
+        return 0
     start = trainer.resume()
     ctx.log(f"[{name}] resuming from step {start}")
     return start
