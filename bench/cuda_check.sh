@@ -70,6 +70,10 @@ fi
 if wants demo; then
   part demo 330 $PY -m lmforge run recipes/demo.yaml out_dir="$WORK" name=demo $DEMO_ARGS
   for f in report.md summary.json hardware.json; do cp "$WORK/demo/$f" "$OUT/demo_$f" 2>/dev/null; done
+  # where GRPO's steps go on this device: sampling, the whole rollout batch, the whole step (mean s)
+  $PY -c "import json, sys; r = [json.loads(l) for l in open(sys.argv[1])]; r = [x for x in r if 'rollout_s' in x]
+print('grpo mean seconds a step:', {k: round(sum(x[k] for x in r) / max(len(r), 1), 3) for k in ('generate_s', 'rollout_s', 'step_time_s')})" \
+    "$WORK/demo/grpo/metrics.jsonl" >>"$LOG" 2>&1
 fi
 
 if wants train; then

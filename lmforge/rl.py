@@ -19,6 +19,7 @@ Rows are prompt + completion, right-padded; the loss applies to sampled completi
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -227,6 +228,7 @@ class RolloutSource:
         from lmforge.tokenizer import END_OF_TURN, END_TOOL_CALL, TOOL_CALL
         from lmforge.train.distributed import all_gather_rows, all_reduce_max
 
+        t0 = time.perf_counter()
         rank, per = self.info.rank, self.P // self.info.world_size
         chosen = self._prompt_ids(batch_index)[rank * per:(rank + 1) * per]
         stop = (self.tok.special[END_OF_TURN], self.tok.eos_id)
@@ -240,6 +242,7 @@ class RolloutSource:
         outs = Engine(policy, self.tok, tools=self.tools, batch_size=per * self.G,
                       bf16=self.bf16 and self.device.type == "cpu").generate(
             [self.encoded[i] for i in chosen], params, n=self.G)
+        generate_s = time.perf_counter() - t0  # (the engine reads its tokens back every step: no sync needed)
         prompts = [self.encoded[i] for i in chosen for _ in range(self.G)]
         comps = [c for group in outs for c in group]
         texts = [self.tok.decode(c.ids, skip_special=True).strip() for c in comps]
@@ -282,6 +285,8 @@ class RolloutSource:
                  "response_length": float(rows[:, 1].mean()), "truncated_fraction": float(rows[:, 2].mean()),
                  "malformed_fraction": float(rows[:, 3].mean()), "logp_max_diff": float(max_diff)}
         stats.update({k: float(parts_rows[:, i].mean()) for i, k in enumerate(parts)})
+        # this rank's seconds: sampling alone, and the whole batch (rewards, trainer-side forwards too)
+        stats.update(generate_s=generate_s, rollout_s=time.perf_counter() - t0)
         # advantages over the whole batch (a batch-scaled one needs every rank's rewards); this rank's rows
         lo = rank * len(rewards)
         adv = self.advantage(all_rewards, self.G)[lo:lo + len(rewards)]

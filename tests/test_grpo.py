@@ -48,6 +48,7 @@ def test_engine_logprobs_match_the_trainers_recomputation(toy_data, temperature)
     batch = source(tiny(tok), tok, temperature).make(0)
     assert batch.stats["logp_max_diff"] < 1e-4
     assert batch.ids.shape[0] == 16 and batch.advantages.shape == (16,)
+    assert 0 < batch.stats["generate_s"] < batch.stats["rollout_s"]  # sampling is part of the batch's time
 
 
 def test_rollout_rows_train_only_sampled_completion_tokens(toy_data):

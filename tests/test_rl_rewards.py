@@ -83,6 +83,7 @@ def test_ppo_rollouts_log_entropy_logprob_check_and_the_chosen_kl(toy_data, kind
     assert s["entropy"] == pytest.approx(float(entropy_from_logits(logits, mask)), abs=1e-5)
     assert 0 < s["entropy"] < math.log(tok.vocab_size)
     assert s["logp_max_diff"] < 1e-4
+    assert 0 < s["generate_s"] < s["rollout_s"]
     if kind == "k3":
         assert (want_kl >= 0).all()  # k3 is >= 0 per token
 

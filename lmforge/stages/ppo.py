@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -173,6 +174,7 @@ def make_rollouts(pc, policy, value, ref, reward, tok, prompts, seed, device, bf
         policy_now, value_now = policy, value
         if replicas is not None:  # FSDP2: the engine and these forwards need whole weights
             policy_now, value_now = (gather_full_weights(m, r) for m, r in zip((policy, value), replicas, strict=True))
+        t0 = time.perf_counter()
         rng = random.Random(f"ppo:{seed}:{index}")
         chosen = rng.sample(range(len(prompts)), pc.prompts_per_step)[info.rank * per:(info.rank + 1) * per]
         params = SamplingParams(max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
@@ -180,6 +182,7 @@ def make_rollouts(pc, policy, value, ref, reward, tok, prompts, seed, device, bf
                                 stop_ids=(tok.special[END_OF_TURN], tok.eos_id), logprobs=True)
         enc = [prompts[i][1] for i in chosen]
         comps = [c[0] for c in Engine(policy_now, tok, batch_size=len(enc)).generate(enc, params)]
+        generate_s = time.perf_counter() - t0
         texts = [tok.decode(c.ids, skip_special=True).strip() for c in comps]
         score = torch.tensor(reward.score([RewardRequest(prompts[i][0], t) for i, t in zip(chosen, texts,
                                                                                            strict=True)]))
@@ -209,7 +212,9 @@ def make_rollouts(pc, policy, value, ref, reward, tok, prompts, seed, device, bf
                  "entropy": float(all_sum(ent[real].float().sum()) / all_sum(mask.sum()).clamp(min=1)),
                  "logp_max_diff": float(all_reduce_max(diff.max() if diff.numel() else torch.zeros((), device=device),
                                                        info)),
-                 **{k: mean(torch.tensor(v)) for k, v in columns.items()}}
+                 **{k: mean(torch.tensor(v)) for k, v in columns.items()},
+                 # this rank's seconds: sampling alone, and the whole rollout batch
+                 "generate_s": generate_s, "rollout_s": time.perf_counter() - t0}
         return {"ids": ids, "targets": targets, "old_logp": old, "old_values": old_v, "adv": adv, "returns": ret,
                 "stats": stats}
 
