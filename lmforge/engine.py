@@ -38,7 +38,8 @@ Speed: decode steps do not go through `Transformer.forward`, which rebuilds RoPE
 masks on every call; `lmforge.fast_decode._Decoder` runs the same layers with what does not change
 across steps prepared once per call: a RoPE table, the padding mask, and on CPU the linear weights
 fused (q|k|v, gate|up) and pre-packed for oneDNN (about twice as fast as the default matmul at a
-handful of rows). Configurations it does not cover (ALiBi, sliding window) decode through
+handful of rows), or in bf16 on a CPU with AVX512-BF16 for lmforge's own kernel (`lmforge.cpu_gemm`,
+2-4x oneDNN's call at decode sizes). Configurations it does not cover (ALiBi, sliding window) decode through
 `Transformer.forward`, as does `Engine(fast=False)`, the reference path the tests compare against.
 The packed weights are copies made at the start of a generate/stream call (tens of milliseconds)
 and reused while no parameter changed (`_Decoder.weights_key`: identity, storage and in-place

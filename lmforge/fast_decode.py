@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge import cpu_gemm
 from lmforge.group_decode import GroupCache
 from lmforge.model.layers import RMSNorm, apply_rope, rope_cos_sin
 from lmforge.model.transformer import KVCache, Transformer
@@ -43,18 +44,25 @@ def _onednn_ok(dtype: torch.dtype) -> bool:
 
 # The compiled decode step (see _Decoder.step) calls two opaque ops, registered with the low-level
 # torch.library API (its `custom_op` wrapper costs ~10 us of Python per call, x17 calls a step):
-# - packed_linear: oneDNN-packed weights are opaque tensors that torch.compile cannot take as graph
-#   inputs, so the graph passes the plain fused weight and the op swaps in its packed copy;
+# - packed_linear: packed weights (oneDNN's opaque tensors, or lmforge.cpu_gemm's layout) are not what
+#   the graph should see, so it passes the plain fused weight and the op swaps in its packed copy;
 # - attend: attention over the cache columns in use, whose count changes every step; hidden in an
 #   op, it leaves every shape of the graph fixed for a run, so the graph compiles once.
-_PACKED: dict[int, torch.Tensor] = {}  # data_ptr of a _Proj's own fused weight -> its packed copy
+_PACKED: dict[int, tuple] = {}  # data_ptr of a _Proj's own fused weight -> (packed copy, own kernel?, rows)
+
+
+def _matmul(x: torch.Tensor, packed: torch.Tensor, own: bool, n: int) -> torch.Tensor:
+    """x @ W^T for W packed by _Proj: lmforge.cpu_gemm's kernel (own) or oneDNN's."""
+    if own:
+        return cpu_gemm.linear(x, packed, n)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
 
 
 def _packed_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    packed = _PACKED.get(w.data_ptr())
-    if packed is None:  # not registered (cannot happen while its _Proj lives): same math, unpacked
+    entry = _PACKED.get(w.data_ptr())
+    if entry is None:  # not registered (cannot happen while its _Proj lives): same math, unpacked
         return F.linear(x, w)
-    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    return _matmul(x, *entry)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, span: torch.Tensor,
@@ -106,7 +114,9 @@ def _plain_weight(m: nn.Module) -> torch.Tensor | None:
 
 
 class _Proj:
-    """Linear layers that read the same input (q|k|v, gate|up), as one packed oneDNN matmul on CPU.
+    """Linear layers that read the same input (q|k|v, gate|up), as one packed matmul on CPU: in bf16 on a
+    CPU with AVX512-BF16, lmforge's own kernel (`lmforge.cpu_gemm`, 2-4x oneDNN's call at decode sizes),
+    else oneDNN's packed linear.
 
     Elsewhere (GPU, unusual modules) the modules are called as they are: no weight copies.
     """
@@ -119,11 +129,13 @@ class _Proj:
             # our own copy (torch.cat copies; a lone weight is cloned): the key of _PACKED must never be
             # memory that training rewrites, and the entry goes when this copy is freed
             self.weight = torch.cat(ws).detach() if len(ws) > 1 else ws[0].detach().clone()
-            self.weight = self.weight.to(dtype)
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous())
+            self.weight = self.weight.to(dtype).contiguous()
+            self.own = dtype == torch.bfloat16 and self.weight.shape[1] % 2 == 0 and cpu_gemm.available()
+            self.packed = (cpu_gemm.pack(self.weight) if self.own
+                           else torch.ops.mkldnn._reorder_linear_weight(self.weight))
             self.sizes = [w.shape[0] for w in ws]
             key = self.weight.data_ptr()
-            _PACKED[key] = self.packed
+            _PACKED[key] = (self.packed, self.own, self.weight.shape[0])
             weakref.finalize(self.weight, _PACKED.pop, key, None)
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +143,7 @@ class _Proj:
         x = x.to(self.weight.dtype)
         if torch.compiler.is_compiling():
             return torch.ops.lmforge.packed_linear(x, self.weight)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        return _matmul(x, self.packed, self.own, self.weight.shape[0])
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.packed is None:
