@@ -135,7 +135,8 @@ class _Proj:
                            else torch.ops.mkldnn._reorder_linear_weight(self.weight))
             self.sizes = [w.shape[0] for w in ws]
             key = self.weight.data_ptr()
-            _PACKED[key] = (self.packed, self.own, self.weight.shape[0])
+            self.entry = (self.packed, self.own, self.weight.shape[0])  # what _matmul takes after x
+            _PACKED[key] = self.entry
             weakref.finalize(self.weight, _PACKED.pop, key, None)
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,7 +144,7 @@ class _Proj:
         x = x.to(self.weight.dtype)
         if torch.compiler.is_compiling():
             return torch.ops.lmforge.packed_linear(x, self.weight)
-        return _matmul(x, self.packed, self.own, self.weight.shape[0])
+        return _matmul(x, *self.entry)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.packed is None:

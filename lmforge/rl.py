@@ -242,7 +242,8 @@ class RolloutSource:
         outs = Engine(policy, self.tok, tools=self.tools, batch_size=per * self.G,
                       bf16=self.bf16 and self.device.type == "cpu").generate(
             [self.encoded[i] for i in chosen], params, n=self.G)
-        generate_s = time.perf_counter() - t0  # (the engine reads its tokens back every step: no sync needed)
+        # (with FSDP2's weight gather; the engine reads its tokens back every step: no sync needed)
+        generate_s = time.perf_counter() - t0
         prompts = [self.encoded[i] for i in chosen for _ in range(self.G)]
         comps = [c for group in outs for c in group]
         texts = [self.tok.decode(c.ids, skip_special=True).strip() for c in comps]

@@ -171,10 +171,10 @@ def make_rollouts(pc, policy, value, ref, reward, tok, prompts, seed, device, bf
     def make(index: int) -> dict:
         import random
 
+        t0 = time.perf_counter()  # (as in GRPO's rollouts, generate_s includes FSDP2's weight gather)
         policy_now, value_now = policy, value
         if replicas is not None:  # FSDP2: the engine and these forwards need whole weights
             policy_now, value_now = (gather_full_weights(m, r) for m, r in zip((policy, value), replicas, strict=True))
-        t0 = time.perf_counter()
         rng = random.Random(f"ppo:{seed}:{index}")
         chosen = rng.sample(range(len(prompts)), pc.prompts_per_step)[info.rank * per:(info.rank + 1) * per]
         params = SamplingParams(max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
